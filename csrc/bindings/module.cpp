@@ -1,0 +1,338 @@
+// fastrnn._core: the one Python extension module. It checks every array it is given (type,
+// dtype, C-contiguity, shape, lengths range), allocates outputs, releases the GIL around the
+// native work, and turns C++ errors into Python exceptions that name the argument.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "fastrnn/fastrnn.h"
+
+namespace py = pybind11;
+using fastrnn::Cell;
+using fastrnn::LayerShape;
+
+namespace {
+
+// Raised as fastrnn.LengthsError, a subclass of both ValueError and IndexError.
+struct LengthsError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+struct DtypeError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+std::string shape_str(const std::vector<int64_t>& dims) {
+  std::ostringstream out;
+  out << "(";
+  for (size_t i = 0; i < dims.size(); ++i) out << (i ? ", " : "") << dims[i];
+  out << (dims.size() == 1 ? ",)" : ")");
+  return out.str();
+}
+
+std::vector<int64_t> shape_of(const py::array& a) {
+  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+py::array as_array(const py::object& obj, const char* name) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + ": expected a numpy.ndarray, got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  return py::reinterpret_borrow<py::array>(obj);
+}
+
+// Checks type, dtype, contiguity and shape of one array argument.
+template <typename scalar_t>
+py::array checked(const py::object& obj, const char* name, const std::vector<int64_t>& expected) {
+  py::array a = as_array(obj, name);
+  if (!a.dtype().is(py::dtype::of<scalar_t>()))
+    throw DtypeError(std::string(name) + ": expected dtype " +
+                     std::string(py::str(py::dtype::of<scalar_t>())) + ", got " +
+                     std::string(py::str(a.dtype())));
+  if (shape_of(a) != expected)
+    throw py::value_error(std::string(name) + ": expected shape " + shape_str(expected) +
+                          ", got " + shape_str(shape_of(a)));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array (use "
+                          "numpy.ascontiguousarray), got strides " +
+                          shape_str(std::vector<int64_t>(a.strides(), a.strides() + a.ndim())));
+  return a;
+}
+
+template <typename scalar_t>
+const scalar_t* in_ptr(const std::optional<py::array>& a) {
+  return a ? static_cast<const scalar_t*>(a->data()) : nullptr;
+}
+
+Cell cell_from(int code) {
+  if (code < 0 || code > 3)
+    throw py::value_error("cell: expected 0 (rnn_tanh), 1 (rnn_relu), 2 (lstm) or 3 (gru), got " +
+                          std::to_string(code));
+  return static_cast<Cell>(code);
+}
+
+// Everything a layer call reads, checked once. Forward and backward share it.
+template <typename scalar_t>
+struct LayerInputs {
+  LayerShape shape;
+  py::array x, h0, w_ih, w_hh;
+  std::optional<py::array> c0, b_ih, b_hh;
+  std::vector<int64_t> lengths;  // empty when None
+
+  LayerInputs(int cell_code, const py::object& x_obj, const py::object& h0_obj,
+              const py::object& c0_obj, const py::object& w_ih_obj, const py::object& w_hh_obj,
+              const py::object& b_ih_obj, const py::object& b_hh_obj,
+              const py::object& lengths_obj, bool reverse) {
+    const Cell cell = cell_from(cell_code);
+    py::array xa = as_array(x_obj, "x");
+    if (xa.ndim() != 3)
+      throw py::value_error("x: expected a 3-D array (T, B, I), got shape " +
+                            shape_str(shape_of(xa)));
+    const int64_t T = xa.shape(0), B = xa.shape(1), I = xa.shape(2);
+    if (T < 1 || B < 1 || I < 1)
+      throw py::value_error("x: expected T, B, I >= 1, got shape " + shape_str(shape_of(xa)));
+    py::array wh = as_array(w_hh_obj, "weight_hh");
+    if (wh.ndim() != 2)
+      throw py::value_error("weight_hh: expected a 2-D array (G*H, H), got shape " +
+                            shape_str(shape_of(wh)));
+    const int64_t H = wh.shape(1), G = fastrnn::num_gates(cell);
+    if (H < 1) throw py::value_error("weight_hh: expected hidden size >= 1, got shape " +
+                                     shape_str(shape_of(wh)));
+    shape = LayerShape{cell, T, B, I, H, reverse};
+    x = checked<scalar_t>(x_obj, "x", {T, B, I});
+    w_ih = checked<scalar_t>(w_ih_obj, "weight_ih", {G * H, I});
+    w_hh = checked<scalar_t>(w_hh_obj, "weight_hh", {G * H, H});
+    h0 = checked<scalar_t>(h0_obj, "h0", {B, H});
+    if (fastrnn::has_cell_state(cell)) {
+      if (c0_obj.is_none()) throw py::value_error("c0: required for an LSTM layer, got None");
+      c0 = checked<scalar_t>(c0_obj, "c0", {B, H});
+    } else if (!c0_obj.is_none()) {
+      throw py::value_error("c0: only an LSTM layer has a cell state; expected None");
+    }
+    if (b_ih_obj.is_none() != b_hh_obj.is_none())
+      throw py::value_error("bias_ih, bias_hh: pass both or neither");
+    if (!b_ih_obj.is_none()) {
+      b_ih = checked<scalar_t>(b_ih_obj, "bias_ih", {G * H});
+      b_hh = checked<scalar_t>(b_hh_obj, "bias_hh", {G * H});
+    }
+    if (!lengths_obj.is_none()) {
+      py::array la = as_array(lengths_obj, "lengths");
+      if (!la.dtype().is(py::dtype::of<int64_t>()))
+        throw DtypeError("lengths: expected dtype int64, got " + std::string(py::str(la.dtype())));
+      if (shape_of(la) != std::vector<int64_t>{B})
+        throw LengthsError("lengths: expected shape " + shape_str({B}) + ", got " +
+                           shape_str(shape_of(la)));
+      auto view = la.unchecked<int64_t, 1>();
+      lengths.resize(B);
+      for (int64_t b = 0; b < B; ++b) {
+        lengths[b] = view(b);
+        if (lengths[b] < 1 || lengths[b] > T)
+          throw LengthsError("lengths: expected every value in [1, T=" + std::to_string(T) +
+                             "], got lengths[" + std::to_string(b) +
+                             "] = " + std::to_string(lengths[b]));
+      }
+    }
+    // Every dtype must agree; checked<> above enforces scalar_t everywhere.
+  }
+
+  fastrnn::ForwardArgs<scalar_t> args() const {
+    fastrnn::ForwardArgs<scalar_t> a{};
+    a.shape = shape;
+    a.x = static_cast<const scalar_t*>(x.data());
+    a.h0 = static_cast<const scalar_t*>(h0.data());
+    a.c0 = in_ptr<scalar_t>(c0);
+    a.w_ih = static_cast<const scalar_t*>(w_ih.data());
+    a.w_hh = static_cast<const scalar_t*>(w_hh.data());
+    a.b_ih = in_ptr<scalar_t>(b_ih);
+    a.b_hh = in_ptr<scalar_t>(b_hh);
+    a.lengths = lengths.empty() ? nullptr : lengths.data();
+    return a;
+  }
+};
+
+template <typename scalar_t>
+scalar_t* out_ptr(py::array_t<scalar_t>& a) { return a.mutable_data(); }
+
+// Allocates an uninitialised C-contiguous array; sizes were validated so this cannot overflow
+// silently (numpy raises MemoryError / ValueError itself when it cannot allocate).
+template <typename scalar_t>
+py::array_t<scalar_t> empty(const std::vector<int64_t>& dims) {
+  return py::array_t<scalar_t>(std::vector<py::ssize_t>(dims.begin(), dims.end()));
+}
+
+template <typename scalar_t>
+py::tuple forward_typed(int cell, const py::object& x, const py::object& h0, const py::object& c0,
+                        const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
+                        const py::object& b_hh, const py::object& lengths, bool reverse,
+                        bool training) {
+  LayerInputs<scalar_t> in(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
+  const LayerShape& s = in.shape;
+  auto y = empty<scalar_t>({s.T, s.B, s.H});
+  auto h_n = empty<scalar_t>({s.B, s.H});
+  std::optional<py::array_t<scalar_t>> c_n, reserve;
+  if (fastrnn::has_cell_state(s.cell)) c_n = empty<scalar_t>({s.B, s.H});
+  if (training) reserve = empty<scalar_t>({fastrnn::reserve_elements(s)});
+  std::vector<scalar_t> workspace(fastrnn::forward_workspace_elements(s, training));
+
+  fastrnn::ForwardArgs<scalar_t> a = in.args();
+  a.y = out_ptr(y);
+  a.h_n = out_ptr(h_n);
+  a.c_n = c_n ? out_ptr(*c_n) : nullptr;
+  a.reserve = reserve ? out_ptr(*reserve) : nullptr;
+  a.workspace = workspace.data();
+  {
+    py::gil_scoped_release release;
+    fastrnn::layer_forward<scalar_t>(a);
+  }
+  py::object c_n_obj = c_n ? py::object(*c_n) : py::none();
+  py::object reserve_obj = reserve ? py::object(*reserve) : py::none();
+  return py::make_tuple(y, h_n, c_n_obj, reserve_obj);
+}
+
+template <typename scalar_t>
+py::tuple backward_typed(int cell, const py::object& x, const py::object& h0,
+                         const py::object& c0, const py::object& w_ih, const py::object& w_hh,
+                         const py::object& b_ih, const py::object& b_hh,
+                         const py::object& lengths, bool reverse, const py::object& reserve_obj,
+                         const py::object& dy_obj, const py::object& dh_n_obj,
+                         const py::object& dc_n_obj) {
+  LayerInputs<scalar_t> in(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
+  const LayerShape& s = in.shape;
+  const bool lstm = fastrnn::has_cell_state(s.cell);
+  py::array reserve = checked<scalar_t>(reserve_obj, "reserve", {fastrnn::reserve_elements(s)});
+  py::array dy = checked<scalar_t>(dy_obj, "dy", {s.T, s.B, s.H});
+  std::optional<py::array> dh_n, dc_n;
+  if (!dh_n_obj.is_none()) dh_n = checked<scalar_t>(dh_n_obj, "dh_n", {s.B, s.H});
+  if (!dc_n_obj.is_none()) {
+    if (!lstm) throw py::value_error("dc_n: only an LSTM layer has a cell state; expected None");
+    dc_n = checked<scalar_t>(dc_n_obj, "dc_n", {s.B, s.H});
+  }
+  const int64_t GH = s.gate_width();
+  auto dx = empty<scalar_t>({s.T, s.B, s.I});
+  auto dh0 = empty<scalar_t>({s.B, s.H});
+  auto dw_ih = empty<scalar_t>({GH, s.I});
+  auto dw_hh = empty<scalar_t>({GH, s.H});
+  std::optional<py::array_t<scalar_t>> dc0, db_ih, db_hh;
+  if (lstm) dc0 = empty<scalar_t>({s.B, s.H});
+  if (in.b_ih) {
+    db_ih = empty<scalar_t>({GH});
+    db_hh = empty<scalar_t>({GH});
+  }
+  std::vector<scalar_t> workspace(fastrnn::backward_workspace_elements(s));
+
+  fastrnn::BackwardArgs<scalar_t> a{};
+  static_cast<fastrnn::ForwardArgs<scalar_t>&>(a) = in.args();
+  // The reserve is read-only in backward; the struct shares the forward's pointer type.
+  a.reserve = const_cast<scalar_t*>(static_cast<const scalar_t*>(reserve.data()));
+  a.workspace = workspace.data();
+  a.dy = static_cast<const scalar_t*>(dy.data());
+  a.dh_n = in_ptr<scalar_t>(dh_n);
+  a.dc_n = in_ptr<scalar_t>(dc_n);
+  a.dx = out_ptr(dx);
+  a.dh0 = out_ptr(dh0);
+  a.dc0 = dc0 ? out_ptr(*dc0) : nullptr;
+  a.dw_ih = out_ptr(dw_ih);
+  a.dw_hh = out_ptr(dw_hh);
+  a.db_ih = db_ih ? out_ptr(*db_ih) : nullptr;
+  a.db_hh = db_hh ? out_ptr(*db_hh) : nullptr;
+  {
+    py::gil_scoped_release release;
+    fastrnn::layer_backward<scalar_t>(a);
+  }
+  auto opt = [](const std::optional<py::array_t<scalar_t>>& v) {
+    return v ? py::object(*v) : py::object(py::none());
+  };
+  return py::make_tuple(dx, dh0, opt(dc0), dw_ih, dw_hh, opt(db_ih), opt(db_hh));
+}
+
+// Dtype dispatch: the dtype of x decides; every other array must match it.
+py::dtype dtype_of_x(const py::object& x) { return as_array(x, "x").dtype(); }
+
+[[noreturn]] void unsupported_dtype(const py::dtype& dt) {
+  throw DtypeError("x: expected dtype float32 or float64, got " + std::string(py::str(dt)));
+}
+
+py::tuple layer_forward(int cell, const py::object& x, const py::object& h0, const py::object& c0,
+                        const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
+                        const py::object& b_hh, const py::object& lengths, bool reverse,
+                        bool training) {
+  py::dtype dt = dtype_of_x(x);
+  if (dt.is(py::dtype::of<float>()))
+    return forward_typed<float>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training);
+  if (dt.is(py::dtype::of<double>()))
+    return forward_typed<double>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training);
+  unsupported_dtype(dt);
+}
+
+py::tuple layer_backward(int cell, const py::object& x, const py::object& h0, const py::object& c0,
+                         const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
+                         const py::object& b_hh, const py::object& lengths, bool reverse,
+                         const py::object& reserve, const py::object& dy, const py::object& dh_n,
+                         const py::object& dc_n) {
+  py::dtype dt = dtype_of_x(x);
+  if (dt.is(py::dtype::of<float>()))
+    return backward_typed<float>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                                 reserve, dy, dh_n, dc_n);
+  if (dt.is(py::dtype::of<double>()))
+    return backward_typed<double>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                                  reserve, dy, dh_n, dc_n);
+  unsupported_dtype(dt);
+}
+
+int64_t reserve_size(int cell, int64_t T, int64_t B, int64_t I, int64_t H) {
+  return fastrnn::reserve_elements(LayerShape{cell_from(cell), T, B, I, H, false});
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fastrnn native core: fused recurrent layers (see fastrnn.functional for the API)";
+
+  // The exception types live in Python (fastrnn/errors.py) so both layers raise the same ones.
+  py::module_ errors = py::module_::import("fastrnn.errors");
+  // Released handles: kept alive for the life of the process (no destructor after finalize).
+  static py::handle lengths_error = py::object(errors.attr("LengthsError")).release();
+  static py::handle dtype_error = py::object(errors.attr("DtypeError")).release();
+  m.attr("LengthsError") = lengths_error;
+  m.attr("DtypeError") = dtype_error;
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const LengthsError& e) {
+      PyErr_SetString(lengths_error.ptr(), e.what());
+    } catch (const DtypeError& e) {
+      PyErr_SetString(dtype_error.ptr(), e.what());
+    } catch (const std::length_error& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+
+  m.def("layer_forward", &layer_forward, py::arg("cell"), py::arg("x"), py::arg("h0"),
+        py::arg("c0"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"),
+        py::arg("bias_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("training"),
+        "One layer, one direction: returns (y, h_n, c_n or None, reserve or None).");
+  m.def("layer_backward", &layer_backward, py::arg("cell"), py::arg("x"), py::arg("h0"),
+        py::arg("c0"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"),
+        py::arg("bias_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("reserve"),
+        py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+        "BPTT for one layer and direction: returns (dx, dh0, dc0, dweight_ih, dweight_hh, "
+        "dbias_ih, dbias_hh); absent items are None.");
+  m.def("reserve_size", &reserve_size, py::arg("cell"), py::arg("T"), py::arg("B"), py::arg("I"),
+        py::arg("H"), "Elements a training forward saves for backward.");
+  m.def("blas_name", &fastrnn::blas_name);
+  m.def("blas_config", &fastrnn::blas_config);
+  m.def("compiler", &fastrnn::compiler_name);
+#ifdef __AVX512F__
+  m.attr("simd") = py::make_tuple("avx512f");
+#elif defined(__AVX2__)
+  m.attr("simd") = py::make_tuple("avx2");
+#elif defined(__SSE2__)
+  m.attr("simd") = py::make_tuple("sse2");
+#else
+  m.attr("simd") = py::tuple();
+#endif
+}

@@ -1,0 +1,96 @@
+// fastrnn public C++ interface: one recurrent layer, one direction, a whole sequence.
+//
+// Shape legend (every sequence tensor is time-major and C-contiguous):
+//   T  steps           B  batch            I  input size
+//   H  hidden size     G  gates: 1 (vanilla), 4 (LSTM: i,f,g,o), 3 (GRU: r,z,n)
+//
+// Conventions are PyTorch's (see DESIGN.md §1), so weights move across unchanged.
+// Variable lengths: steps t >= lengths[b] leave the state untouched and write zeros to y;
+// the reverse direction walks t = T-1 .. 0, so sequence b starts at lengths[b]-1.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace fastrnn {
+
+enum class Cell : int { RnnTanh = 0, RnnRelu = 1, Lstm = 2, Gru = 3 };
+
+inline int num_gates(Cell cell) {
+  switch (cell) {
+    case Cell::RnnTanh:
+    case Cell::RnnRelu: return 1;
+    case Cell::Lstm: return 4;
+    case Cell::Gru: return 3;
+  }
+  throw std::invalid_argument("fastrnn: unknown cell kind " + std::to_string(static_cast<int>(cell)));
+}
+
+inline bool has_cell_state(Cell cell) { return cell == Cell::Lstm; }
+
+struct LayerShape {
+  Cell cell;
+  int64_t T, B, I, H;
+  bool reverse;   // walk t = T-1 .. 0
+  int64_t gate_width() const { return num_gates(cell) * H; }
+};
+
+// Saved state ("reserve") written by a training forward and read by backward. Sizes in elements:
+//   hs     (T+1, B, H)  hidden state before/after every step, in time order, with h0 at slot 0
+//                       (forward) or slot T (reverse); padded steps carry the state.
+//   cs     (T+1, B, H)  the same for the LSTM cell state (absent for other cells)
+//   acts   (T, B, S*H)  saved activations: LSTM i,f,g,o (S=4); GRU r,z,n and W_hn h + b_hn (S=4);
+//                       vanilla nothing (S=0: derivatives come from hs)
+int64_t reserve_elements(const LayerShape& s);
+// Scratch used inside one call (forward or backward), in elements.
+int64_t forward_workspace_elements(const LayerShape& s, bool training);
+int64_t backward_workspace_elements(const LayerShape& s);
+
+// Forward. Every pointer is C-contiguous; none may alias another except as stated.
+template <typename scalar_t>
+struct ForwardArgs {
+  LayerShape shape;
+  const scalar_t* x;          // (T, B, I)                    in
+  const scalar_t* h0;         // (B, H)                       in
+  const scalar_t* c0;         // (B, H) LSTM, else nullptr    in
+  const scalar_t* w_ih;       // (G*H, I)                     in
+  const scalar_t* w_hh;       // (G*H, H)                     in
+  const scalar_t* b_ih;       // (G*H) or nullptr (no bias)   in
+  const scalar_t* b_hh;       // (G*H) or nullptr (no bias)   in
+  const int64_t* lengths;     // (B) in [1, T], or nullptr     in
+  scalar_t* y;                // (T, B, H)                    out
+  scalar_t* h_n;              // (B, H)                       out
+  scalar_t* c_n;              // (B, H) LSTM, else nullptr    out
+  scalar_t* reserve;          // reserve_elements(), or nullptr for inference   out
+  scalar_t* workspace;        // forward_workspace_elements(shape, reserve != nullptr)
+};
+
+// Backward through time. Extends the forward arguments with the incoming and outgoing gradients.
+template <typename scalar_t>
+struct BackwardArgs : ForwardArgs<scalar_t> {
+  const scalar_t* dy;         // (T, B, H); entries at padded steps are ignored   in
+  const scalar_t* dh_n;       // (B, H) or nullptr (zeros)     in
+  const scalar_t* dc_n;       // (B, H) or nullptr (zeros)     in
+  scalar_t* dx;               // (T, B, I)                     out (+= when accumulate_dx)
+  scalar_t* dh0;              // (B, H)                        out
+  scalar_t* dc0;              // (B, H) LSTM, else nullptr     out
+  scalar_t* dw_ih;            // (G*H, I)                      out
+  scalar_t* dw_hh;            // (G*H, H)                      out
+  scalar_t* db_ih;            // (G*H) or nullptr              out
+  scalar_t* db_hh;            // (G*H) or nullptr              out
+  bool accumulate_dx = false; // add into dx instead of overwriting (bidirectional stacks)
+};
+
+template <typename scalar_t>
+void layer_forward(const ForwardArgs<scalar_t>& args);
+template <typename scalar_t>
+void layer_backward(const BackwardArgs<scalar_t>& args);
+
+// What this build contains.
+std::string blas_name();
+std::string blas_config();
+std::string compiler_name();
+
+}  // namespace fastrnn

@@ -1,0 +1,35 @@
+"""fastrnn: fused recurrent-network kernels (vanilla RNN, LSTM, GRU), forward and backward
+through time, with PyTorch's conventions and a NumPy reference to check them against.
+
+    import numpy as np, fastrnn
+    lstm = fastrnn.LSTM(input_size=32, hidden_size=64, num_layers=2, bidirectional=True, seed=0)
+    y, (h_n, c_n) = lstm(np.random.randn(10, 4, 32).astype(np.float32))
+    grads = lstm.backward(np.ones_like(y))
+"""
+from importlib import metadata as _metadata
+
+from . import _blas_loader  # noqa: F401  (makes the BLAS library visible before _core loads)
+from . import _core
+from . import functional, reference
+from .errors import DtypeError, LengthsError
+from .modules import GRU, LSTM, RNN
+
+try:
+    __version__ = _metadata.version("fastrnn")
+except _metadata.PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["RNN", "LSTM", "GRU", "functional", "reference", "build_info", "DtypeError",
+           "LengthsError", "__version__"]
+
+
+def build_info() -> dict:
+    """What this build contains: version, compiler, BLAS, SIMD paths compiled in, backends."""
+    return {
+        "version": __version__,
+        "compiler": _core.compiler(),
+        "blas": _core.blas_name(),
+        "blas_config": _core.blas_config(),
+        "simd": list(_core.simd),
+        "cuda": False,
+    }

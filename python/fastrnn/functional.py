@@ -1,0 +1,102 @@
+"""One recurrent layer, one direction, a whole sequence, on the fastrnn C++ core.
+
+These two functions are the layer-level API under the module classes (``fastrnn.RNN``,
+``fastrnn.LSTM``, ``fastrnn.GRU``). ``fastrnn.reference`` offers the same two functions written in
+plain NumPy; the module classes run on either.
+
+Shapes (time-major): ``x (T, B, I)``, ``h0, c0 (B, H)``, ``weight_ih (G*H, I)``,
+``weight_hh (G*H, H)``, ``bias_ih, bias_hh (G*H,)`` with G = 1 (vanilla), 4 (LSTM: i, f, g, o),
+3 (GRU: r, z, n). ``lengths (B,)`` integers in ``[1, T]``: steps ``t >= lengths[b]`` leave the state
+untouched and give zero outputs; ``reverse=True`` walks ``t = T-1 .. 0``.
+
+Arrays must share one floating dtype (float32 or float64); non-contiguous arrays are copied to
+C order. Errors name the argument: ``TypeError`` (``fastrnn.DtypeError``) for dtypes,
+``ValueError`` for shapes, ``fastrnn.LengthsError`` (a ``ValueError`` and an ``IndexError``) for
+lengths.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import _core, _validate
+
+MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+_CELL_CODES = {mode: code for code, mode in enumerate(MODES)}
+_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+
+
+def num_gates(mode: str) -> int:
+    """Number of gates G of a cell: the weights have G*H rows."""
+    return _GATES[check_mode(mode)]
+
+
+def check_mode(mode: str) -> str:
+    if mode not in _CELL_CODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    return mode
+
+
+def _contiguous(a):
+    """C-contiguous view or copy of an ndarray; anything else passes through for the core to reject."""
+    if isinstance(a, np.ndarray) and not a.flags.c_contiguous:
+        return np.ascontiguousarray(a)
+    return a
+
+
+@dataclass
+class LayerState:
+    """What a training-mode forward keeps for backward (opaque to callers)."""
+    mode: str
+    x: np.ndarray
+    h0: np.ndarray
+    c0: Optional[np.ndarray]
+    weight_ih: np.ndarray
+    weight_hh: np.ndarray
+    bias_ih: Optional[np.ndarray]
+    bias_hh: Optional[np.ndarray]
+    lengths: Optional[np.ndarray]
+    reverse: bool
+    reserve: np.ndarray
+
+
+def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *, lengths=None,
+                  reverse=False, training=True):
+    """Run one layer in one direction over the whole sequence.
+
+    Returns ``(y (T, B, H), h_n (B, H), c_n (B, H) or None, state)``; ``h_n``/``c_n`` are each
+    sequence's state after its own last valid step. ``state`` is None when ``training=False``
+    (nothing is saved), else the object :func:`layer_backward` takes.
+    """
+    code = _CELL_CODES[check_mode(mode)]
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh = map(
+        _contiguous, (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh))
+    if isinstance(x, np.ndarray) and x.ndim == 3:
+        lengths = _validate.lengths(lengths, x.shape[1], x.shape[0])
+    y, h_n, c_n, reserve = _core.layer_forward(code, x, h0, c0, weight_ih, weight_hh, bias_ih,
+                                               bias_hh, lengths, bool(reverse), bool(training))
+    state = None
+    if training:
+        state = LayerState(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                           bool(reverse), reserve)
+    return y, h_n, c_n, state
+
+
+def layer_backward(state: LayerState, dy, dh_n=None, dc_n=None):
+    """Backward through time for a :func:`layer_forward` call made with ``training=True``.
+
+    ``dy (T, B, H)`` (entries at padded steps are ignored: those outputs are constant zeros),
+    ``dh_n, dc_n (B, H)`` or None for zeros. Returns a dict with ``input``, ``h0``, ``c0`` (None
+    unless LSTM), ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (None without bias).
+    """
+    if not isinstance(state, LayerState):
+        raise TypeError(f"state: expected the LayerState returned by a training-mode "
+                        f"layer_forward, got {type(state).__name__}")
+    s = state
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _core.layer_backward(
+        _CELL_CODES[s.mode], s.x, s.h0, s.c0, s.weight_ih, s.weight_hh, s.bias_ih, s.bias_hh,
+        s.lengths, s.reverse, s.reserve, _contiguous(dy), _contiguous(dh_n), _contiguous(dc_n))
+    return {"input": dx, "h0": dh0, "c0": dc0, "weight_ih": dw_ih, "weight_hh": dw_hh,
+            "bias_ih": db_ih, "bias_hh": db_hh}

@@ -1,0 +1,314 @@
+"""RNN / LSTM / GRU layer objects over NumPy arrays, mirroring ``torch.nn.RNN/LSTM/GRU``.
+
+Stacking, bidirection and dropout are written here once, generic over the cell and over the
+backend: a backend is any module with ``layer_forward`` / ``layer_backward`` (``fastrnn.functional``
+on the C++ core, or ``fastrnn.reference`` in plain NumPy). Keeping this in Python costs one call
+per layer and direction, negligible next to a whole sequence's work, and lets the reference
+classes share the exact same stacking code as the fast ones.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from . import _validate, functional
+
+_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+
+
+class _RNNBase:
+    """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU`."""
+
+    _backend = functional
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, dtype=np.float32, seed: Optional[int] = None):
+        self.mode = mode
+        self.input_size = _validate.positive_int(input_size, "input_size")
+        self.hidden_size = _validate.positive_int(hidden_size, "hidden_size")
+        self.num_layers = _validate.positive_int(num_layers, "num_layers")
+        for name, flag in (("bias", bias), ("batch_first", batch_first),
+                           ("bidirectional", bidirectional)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name}: expected a bool, got {type(flag).__name__}")
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        if (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                or not 0.0 <= dropout <= 1.0):
+            raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
+        self.dropout = float(dropout)
+        self.dtype = _validate.as_float_dtype(dtype)
+        self.training = True
+        self._rng = np.random.default_rng(seed)
+        self._saved = None  # what the last training-mode call keeps for backward
+        self.params: Dict[str, np.ndarray] = {}
+        bound = 1.0 / math.sqrt(self.hidden_size)  # PyTorch's default initialisation
+        for name, shape in self._param_shapes().items():
+            self.params[name] = self._rng.uniform(-bound, bound, shape).astype(self.dtype)
+
+    # ---- structure -------------------------------------------------------------------------
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _layer_input_size(self, layer: int) -> int:
+        return self.input_size if layer == 0 else self.hidden_size * self.num_directions
+
+    def _param_names(self, layer: int, direction: int) -> List[str]:
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.bias else [])
+        return [n + suffix for n in names]
+
+    def _param_shapes(self) -> Dict[str, tuple]:
+        gh = _GATES[self.mode] * self.hidden_size
+        shapes = {}
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                sizes = [(gh, self._layer_input_size(layer)), (gh, self.hidden_size), (gh,), (gh,)]
+                shapes.update(zip(self._param_names(layer, direction), sizes))
+        return shapes
+
+    def _checked_params(self) -> Dict[str, np.ndarray]:
+        expected = self._param_shapes()
+        extra = sorted(set(self.params) - set(expected))
+        if extra:
+            raise KeyError(f"params: unexpected names {extra}; expected {sorted(expected)}")
+        missing = sorted(set(expected) - set(self.params))
+        if missing:
+            raise KeyError(f"params: missing {missing}")
+        return {name: _validate.array(self.params[name], f"params[{name!r}]", self.dtype, shape)
+                for name, shape in expected.items()}
+
+    @property
+    def _has_cell_state(self) -> bool:
+        return self.mode == "lstm"
+
+    # ---- modes -----------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def __repr__(self):
+        extra = ", nonlinearity='relu'" if self.mode == "rnn_relu" else ""
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+                f"num_layers={self.num_layers}, bias={self.bias}, batch_first={self.batch_first}, "
+                f"dropout={self.dropout}, bidirectional={self.bidirectional}{extra}, "
+                f"dtype={self.dtype})")
+
+    # ---- forward ---------------------------------------------------------------------------
+    def _time_major_input(self, x):
+        """(T, B, I) contiguous input and whether the call is unbatched."""
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"input: expected a numpy.ndarray, got {type(x).__name__}")
+        if x.dtype != self.dtype:
+            raise _validate.DtypeError(f"input: expected dtype {self.dtype} (the module's dtype), "
+                                       f"got {x.dtype}")
+        if x.ndim not in (2, 3):
+            raise ValueError(f"input: expected a 3-D array ({'B, T' if self.batch_first else 'T, B'}"
+                             f", input_size) or 2-D (T, input_size), got shape {x.shape}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input: expected last dimension input_size={self.input_size}, "
+                             f"got shape {x.shape}")
+        if 0 in x.shape:
+            raise ValueError(f"input: expected at least one step and one sequence (T, B >= 1), "
+                             f"got shape {x.shape}")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        return np.ascontiguousarray(x), unbatched
+
+    def _initial_state(self, value, name: str, batch: int, unbatched: bool) -> np.ndarray:
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        if value is None:
+            return np.zeros(shape, self.dtype)
+        expected = shape[:1] + shape[2:] if unbatched else shape
+        arr = _validate.array(value, name, self.dtype, expected)
+        return arr.reshape(shape)
+
+    def _split_hx(self, hx):
+        if not self._has_cell_state:
+            return hx, None
+        if hx is None:
+            return None, None
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"hx: expected a tuple (h0, c0) for an LSTM, got {type(hx).__name__}")
+        return hx[0], hx[1]
+
+    def __call__(self, input, hx=None, lengths=None):
+        x, unbatched = self._time_major_input(input)
+        T, B, _ = x.shape
+        h0_arg, c0_arg = self._split_hx(hx)
+        h0 = self._initial_state(h0_arg, "h0", B, unbatched)
+        c0 = self._initial_state(c0_arg, "c0", B, unbatched) if self._has_cell_state else None
+        if unbatched and lengths is not None:
+            raise ValueError("lengths: not supported for unbatched (2-D) input; add a batch axis")
+        lengths = _validate.lengths(lengths, B, T)
+        params = self._checked_params()
+        D, H = self.num_directions, self.hidden_size
+
+        layer_input = x
+        h_n = np.empty_like(h0)
+        c_n = np.empty_like(c0) if c0 is not None else None
+        layer_states, dropout_masks = [], []
+        for layer in range(self.num_layers):
+            outputs, states = [], []
+            for direction in range(D):
+                idx = layer * D + direction
+                w = [params[n] for n in self._param_names(layer, direction)]
+                b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
+                y, h, c, state = self._backend.layer_forward(
+                    self.mode, layer_input, h0[idx], c0[idx] if c0 is not None else None,
+                    w[0], w[1], b_ih, b_hh, lengths=lengths, reverse=direction == 1,
+                    training=self.training)
+                outputs.append(y)
+                states.append(state)
+                h_n[idx] = h
+                if c_n is not None:
+                    c_n[idx] = c
+            layer_output = outputs[0] if D == 1 else np.concatenate(outputs, axis=2)
+            mask = None
+            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                keep = 1.0 - self.dropout
+                mask = (self._rng.random(layer_output.shape) < keep).astype(self.dtype)
+                if keep > 0:
+                    mask /= self.dtype.type(keep)
+                layer_output = layer_output * mask
+            layer_states.append(states)
+            dropout_masks.append(mask)
+            layer_input = layer_output
+
+        self._saved = None
+        if self.training:
+            self._saved = dict(states=layer_states, masks=dropout_masks, batch=B, steps=T,
+                               unbatched=unbatched)
+        y = self._user_layout(layer_input, unbatched)
+        if unbatched:
+            h_n = h_n[:, 0]
+            c_n = c_n[:, 0] if c_n is not None else None
+        return (y, (h_n, c_n)) if self._has_cell_state else (y, h_n)
+
+    def _user_layout(self, seq: np.ndarray, unbatched: bool) -> np.ndarray:
+        if unbatched:
+            return seq[:, 0]
+        return np.ascontiguousarray(seq.transpose(1, 0, 2)) if self.batch_first else seq
+
+    # ---- backward --------------------------------------------------------------------------
+    def backward(self, dy, dh_n=None, dc_n=None) -> Dict[str, np.ndarray]:
+        """Gradients of the last training-mode call, given the gradients of its outputs.
+
+        ``dy`` has the output's shape; ``dh_n``/``dc_n`` the final states' shape (None: zeros).
+        Returns a dict: ``input``, ``h0``, ``c0`` (LSTM) and every parameter name. The saved
+        state is consumed: a second backward needs a new forward.
+        """
+        saved = self._saved
+        if saved is None:
+            raise RuntimeError("backward: needs a forward call in training mode first (after "
+                               "eval(), or after a previous backward, nothing is saved)")
+        T, B, unbatched = saved["steps"], saved["batch"], saved["unbatched"]
+        D, H, L = self.num_directions, self.hidden_size, self.num_layers
+        if unbatched:
+            out_shape = (T, D * H)
+        else:
+            out_shape = (B, T, D * H) if self.batch_first else (T, B, D * H)
+        dy = _validate.array(dy, "dy", self.dtype, out_shape)
+        if unbatched:
+            dy = dy[:, None, :]
+        elif self.batch_first:
+            dy = dy.transpose(1, 0, 2)
+        dh_n = self._final_state_grad(dh_n, "dh_n", B, unbatched)
+        if dc_n is not None and not self._has_cell_state:
+            raise ValueError(f"dc_n: only an LSTM has a cell state; expected None for {self.mode}")
+        dc_n = self._final_state_grad(dc_n, "dc_n", B, unbatched)
+
+        grads: Dict[str, np.ndarray] = {}
+        dh0 = np.zeros((L * D, B, H), self.dtype)
+        dc0 = np.zeros((L * D, B, H), self.dtype) if self._has_cell_state else None
+        d_out = dy
+        for layer in reversed(range(L)):
+            mask = saved["masks"][layer]
+            if mask is not None:
+                d_out = d_out * mask
+            d_in = None
+            for direction in range(D):
+                idx = layer * D + direction
+                dy_dir = np.ascontiguousarray(d_out[:, :, direction * H:(direction + 1) * H])
+                g = self._backend.layer_backward(
+                    saved["states"][layer][direction], dy_dir,
+                    None if dh_n is None else dh_n[idx], None if dc_n is None else dc_n[idx])
+                d_in = g["input"] if d_in is None else d_in + g["input"]
+                dh0[idx] = g["h0"]
+                if dc0 is not None:
+                    dc0[idx] = g["c0"]
+                names = self._param_names(layer, direction)
+                grads[names[0]], grads[names[1]] = g["weight_ih"], g["weight_hh"]
+                if self.bias:
+                    grads[names[2]], grads[names[3]] = g["bias_ih"], g["bias_hh"]
+            d_out = d_in
+        self._saved = None
+
+        result = {"input": self._user_layout(d_out, unbatched),
+                  "h0": dh0[:, 0] if unbatched else dh0}
+        if dc0 is not None:
+            result["c0"] = dc0[:, 0] if unbatched else dc0
+        result.update(grads)
+        return result
+
+    def _final_state_grad(self, value, name: str, batch: int, unbatched: bool):
+        if value is None:
+            return None
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        expected = shape[:1] + shape[2:] if unbatched else shape
+        return _validate.array(value, name, self.dtype, expected).reshape(shape)
+
+
+class RNN(_RNNBase):
+    """Elman RNN, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)`` with ``act`` tanh or relu.
+
+    Same arguments as ``torch.nn.RNN`` plus ``dtype`` (float32 or float64) and ``seed``.
+    ``y, h_n = rnn(x, h0=None, lengths=None)``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, dtype=np.float32,
+                 seed: Optional[int] = None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__("rnn_" + nonlinearity, input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, dtype, seed)
+
+
+class LSTM(_RNNBase):
+    """LSTM, gate order i, f, g, o, as ``torch.nn.LSTM`` (without ``proj_size``).
+
+    ``y, (h_n, c_n) = lstm(x, (h0, c0)=None, lengths=None)``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 dtype=np.float32, seed: Optional[int] = None):
+        super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed)
+
+
+class GRU(_RNNBase):
+    """GRU, gate order r, z, n, reset applied after the hidden matmul, as ``torch.nn.GRU``.
+
+    ``y, h_n = gru(x, h0=None, lengths=None)``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 dtype=np.float32, seed: Optional[int] = None):
+        super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed)
