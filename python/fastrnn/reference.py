@@ -1,0 +1,396 @@
+"""NumPy reference implementation of fastrnn's recurrent layers.
+
+This module is the readable ground truth that the C++/CUDA core is tested against. It has
+exactly the same layer functions and signatures as ``fastrnn.functional``, so the module
+classes can run on either. Everything is plain NumPy and computes in the dtype of ``x``
+(float32 or float64); float64 is what the finite-difference tests use.
+
+Math and conventions are those of PyTorch's ``torch.nn.RNN`` / ``LSTM`` / ``GRU``
+(see DESIGN.md section 1), so weights move across unchanged:
+
+- ``rnn_tanh`` / ``rnn_relu``:  h' = act(W_ih x + b_ih + W_hh h + b_hh)
+- ``lstm``, gate order i, f, g, o:
+      i, f, o = sigmoid(.), g = tanh(.), c' = f*c + i*g, h' = o*tanh(c')
+- ``gru``, gate order r, z, n, reset applied after the hidden matmul:
+      r = sigmoid(W_ir x + b_ir + W_hr h + b_hr), z = sigmoid(...),
+      n = tanh(W_in x + b_in + r*(W_hn h + b_hn)), h' = (1-z)*n + z*h
+
+Shape legend: T steps, B batch, I input size, H hidden size, G gates (1, 1, 4, 3).
+
+Layout of this file:
+1. cells: one small forward step and one backward step per cell, nothing else;
+2. the sequence loop (direction, variable lengths), written once for all cells;
+3. argument validation.
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+from .errors import DtypeError, LengthsError
+
+__all__ = ["MODES", "num_gates", "layer_forward", "layer_backward"]
+
+MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Cells
+#
+# A cell's forward step receives the two pre-activation halves of one step,
+#     xp = W_ih x + b_ih   (B, G*H)      hp = W_hh h + b_hh   (B, G*H)
+# and the previous state h (B, H), c (B, H) or None, and returns
+#     (h_new, c_new or None, cache)
+# where cache holds the activations its backward step needs.
+#
+# A cell's backward step receives (cache, dh, dc) -- the gradients of h_new and c_new (dc is
+# None for cells without a c) -- and returns
+#     (dxp, dhp, dh_direct, dc_prev)
+# the gradients of xp and hp, the gradient of h through paths other than hp (only the GRU has
+# one, through z*h; None otherwise) and the gradient of c (None for cells without a c).
+# Derivatives are written from saved activations: tanh' = 1 - y^2, sigmoid' = s*(1 - s),
+# relu' = (y > 0).
+# ---------------------------------------------------------------------------------------------
+
+
+def _sigmoid(a):
+    """Logistic function, without overflow for large |a|."""
+    e = np.exp(-np.abs(a))
+    return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _rnn_tanh_forward(xp, hp, h, c):
+    h_new = np.tanh(xp + hp)
+    return h_new, None, h_new
+
+
+def _rnn_tanh_backward(cache, dh, dc):
+    h_new = cache
+    da = dh * (1 - h_new * h_new)
+    return da, da, None, None
+
+
+def _rnn_relu_forward(xp, hp, h, c):
+    h_new = np.maximum(xp + hp, 0)
+    return h_new, None, h_new
+
+
+def _rnn_relu_backward(cache, dh, dc):
+    h_new = cache
+    da = dh * (h_new > 0)
+    return da, da, None, None
+
+
+def _lstm_forward(xp, hp, h, c):
+    a_i, a_f, a_g, a_o = np.split(xp + hp, 4, axis=1)
+    i = _sigmoid(a_i)
+    f = _sigmoid(a_f)
+    g = np.tanh(a_g)
+    o = _sigmoid(a_o)
+    c_new = f * c + i * g
+    tanh_c = np.tanh(c_new)
+    h_new = o * tanh_c
+    return h_new, c_new, (i, f, g, o, c, tanh_c)
+
+
+def _lstm_backward(cache, dh, dc):
+    i, f, g, o, c, tanh_c = cache
+    dc = dc + dh * o * (1 - tanh_c * tanh_c)  # total gradient of c_new
+    do = dh * tanh_c
+    di = dc * g
+    df = dc * c
+    dg = dc * i
+    da = np.concatenate(
+        [di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)], axis=1
+    )
+    return da, da, None, dc * f
+
+
+def _gru_forward(xp, hp, h, c):
+    x_r, x_z, x_n = np.split(xp, 3, axis=1)
+    h_r, h_z, h_n = np.split(hp, 3, axis=1)
+    r = _sigmoid(x_r + h_r)
+    z = _sigmoid(x_z + h_z)
+    n = np.tanh(x_n + r * h_n)
+    h_new = (1 - z) * n + z * h
+    return h_new, None, (r, z, n, h_n, h)
+
+
+def _gru_backward(cache, dh, dc):
+    r, z, n, h_n, h = cache
+    dn = dh * (1 - z)
+    dz = dh * (h - n)
+    da_n = dn * (1 - n * n)  # gradient of x_n + r*h_n
+    da_r = da_n * h_n * r * (1 - r)
+    da_z = dz * z * (1 - z)
+    dxp = np.concatenate([da_r, da_z, da_n], axis=1)
+    dhp = np.concatenate([da_r, da_z, da_n * r], axis=1)
+    return dxp, dhp, dh * z, None
+
+
+_Cell = namedtuple("_Cell", ["gates", "has_c", "forward", "backward"])
+
+_CELLS = {
+    "rnn_tanh": _Cell(1, False, _rnn_tanh_forward, _rnn_tanh_backward),
+    "rnn_relu": _Cell(1, False, _rnn_relu_forward, _rnn_relu_backward),
+    "lstm": _Cell(4, True, _lstm_forward, _lstm_backward),
+    "gru": _Cell(3, False, _gru_forward, _gru_backward),
+}
+
+
+def _get_cell(mode):
+    try:
+        return _CELLS[mode]
+    except (KeyError, TypeError):
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}") from None
+
+
+def num_gates(mode):
+    """Number of gates G of a mode: 1 for 'rnn_tanh' and 'rnn_relu', 4 for 'lstm', 3 for 'gru'."""
+    return _get_cell(mode).gates
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The sequence loop, generic over the cell
+# ---------------------------------------------------------------------------------------------
+
+
+class _Saved:
+    """What layer_backward needs from a training-mode layer_forward. Opaque to callers.
+
+    It holds references to (not copies of) x, weight_ih and weight_hh: do not modify those in
+    place between layer_forward and layer_backward.
+    """
+
+    __slots__ = (
+        "mode", "reverse", "x", "weight_ih", "weight_hh", "has_bias", "valid", "h_prev", "caches",
+    )
+
+    def __init__(self, **fields):
+        for name in self.__slots__:
+            setattr(self, name, fields.pop(name))
+        assert not fields, fields
+
+    def __repr__(self):
+        T, B, _ = self.x.shape
+        return (f"<fastrnn.reference saved state: mode={self.mode!r} T={T} B={B} "
+                f"reverse={self.reverse}>")
+
+
+def _time_order(T, reverse):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _valid_mask(lengths, T, B):
+    """(T, B, 1) bool: valid[t, b] is True when step t is inside sequence b."""
+    if lengths is None:
+        return np.ones((T, B, 1), dtype=bool)
+    return (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
+
+
+def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *,
+                  lengths=None, reverse=False, training=True):
+    """One layer, one direction, whole sequence.
+
+    x (T, B, I); h0 (B, H) (required: pass zeros for a zero initial state); c0 (B, H) for
+    'lstm', otherwise None; weight_ih (G*H, I); weight_hh (G*H, H); bias_ih and bias_hh (G*H,)
+    or both None (a layer without bias). All arrays share one float dtype, which is the dtype
+    of the computation.
+
+    lengths: None (every sequence is T long) or an integer array (B,) with
+    1 <= lengths[b] <= T, in any order. Steps t >= lengths[b] leave the state untouched and
+    write zeros to y. reverse=True processes t = T-1 .. 0, so for sequence b the reverse
+    direction effectively starts at t = lengths[b]-1 from h0.
+
+    Returns (y (T, B, H), h_n (B, H), c_n (B, H) or None, saved). h_n and c_n are each
+    sequence's state after its own last valid step (what torch returns for a PackedSequence).
+    saved is None when training=False, otherwise an opaque object for layer_backward.
+    """
+    cell = _get_cell(mode)
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths = _check_forward_args(
+        mode, cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths
+    )
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    valid = _valid_mask(lengths, T, B)
+
+    # The input half of every step's pre-activations at once: one large matmul.
+    xp = x @ weight_ih.T
+    if bias_ih is not None:
+        xp = xp + bias_ih
+
+    y = np.zeros((T, B, H), dtype=x.dtype)
+    h, c = h0, c0
+    h_prev = np.empty((T, B, H), dtype=x.dtype) if training else None
+    caches = [None] * T
+    for t in _time_order(T, reverse):
+        hp = h @ weight_hh.T
+        if bias_hh is not None:
+            hp = hp + bias_hh
+        h_new, c_new, cache = cell.forward(xp[t], hp, h, c)
+        if training:
+            h_prev[t] = h
+            caches[t] = cache
+        # Rows past their sequence's end: output 0, state unchanged.
+        m = valid[t]
+        y[t] = np.where(m, h_new, 0)
+        h = np.where(m, h_new, h)
+        if cell.has_c:
+            c = np.where(m, c_new, c)
+
+    saved = None
+    if training:
+        saved = _Saved(
+            mode=mode, reverse=reverse, x=x, weight_ih=weight_ih, weight_hh=weight_hh,
+            has_bias=bias_ih is not None, valid=valid, h_prev=h_prev, caches=caches,
+        )
+    return y, h, c, saved
+
+
+def layer_backward(saved, dy, dh_n=None, dc_n=None):
+    """Backward through time of one layer_forward call (made with training=True).
+
+    dy (T, B, H): gradient of y (entries at padded steps are ignored: y is constant 0 there);
+    dh_n, dc_n (B, H) or None (= zeros); dc_n must be None unless the mode is 'lstm'.
+
+    Returns a dict with keys 'input' (T, B, I), 'h0' (B, H), 'c0' (B, H) or None for non-LSTM,
+    'weight_ih', 'weight_hh', 'bias_ih', 'bias_hh' (the bias entries are None when the forward
+    had no bias).
+    """
+    if not isinstance(saved, _Saved):
+        raise TypeError(
+            "saved: expected the saved object returned by fastrnn.reference.layer_forward("
+            f"..., training=True), got {type(saved).__name__}"
+        )
+    s = saved
+    cell = _CELLS[s.mode]
+    T, B, I = s.x.shape
+    H = s.weight_hh.shape[1]
+    dtype = s.x.dtype
+    dy = _check_array("dy", dy, (T, B, H), dtype)
+    dh = np.zeros((B, H), dtype) if dh_n is None else _check_array("dh_n", dh_n, (B, H), dtype)
+    if cell.has_c:
+        dc = np.zeros((B, H), dtype) if dc_n is None else _check_array("dc_n", dc_n, (B, H), dtype)
+    else:
+        if dc_n is not None:
+            raise ValueError(f"dc_n: expected None for mode {s.mode!r} (it has no cell state)")
+        dc = None
+
+    dxp_all = np.zeros((T, B, cell.gates * H), dtype)
+    dhp_all = np.zeros((T, B, cell.gates * H), dtype)
+    for t in reversed(_time_order(T, s.reverse)):
+        m = s.valid[t]
+        dh = dh + np.where(m, dy[t], 0)
+        # Rows past their sequence's end did not go through the cell: give it zero gradient
+        # there (the cell backward is linear in dh, dc, so dxp, dhp come out zero) and pass
+        # their dh, dc straight through to the previous step.
+        dxp, dhp, dh_direct, dc_prev = cell.backward(
+            s.caches[t], np.where(m, dh, 0), np.where(m, dc, 0) if cell.has_c else None
+        )
+        dxp_all[t] = dxp
+        dhp_all[t] = dhp
+        dh_prev = dhp @ s.weight_hh
+        if dh_direct is not None:
+            dh_prev = dh_prev + dh_direct
+        dh = np.where(m, dh_prev, dh)
+        if cell.has_c:
+            dc = np.where(m, dc_prev, dc)
+
+    # Weight gradients as large matmuls over all steps at once.
+    dxp_rows = dxp_all.reshape(T * B, -1)
+    dhp_rows = dhp_all.reshape(T * B, -1)
+    return {
+        "input": dxp_all @ s.weight_ih,
+        "h0": dh,
+        "c0": dc,
+        "weight_ih": dxp_rows.T @ s.x.reshape(T * B, I),
+        "weight_hh": dhp_rows.T @ s.h_prev.reshape(T * B, H),
+        "bias_ih": dxp_rows.sum(axis=0) if s.has_bias else None,
+        "bias_hh": dhp_rows.sum(axis=0) if s.has_bias else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Argument validation
+# ---------------------------------------------------------------------------------------------
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _check_array(name, a, shape, dtype):
+    a = np.asarray(a)
+    if a.dtype != dtype:
+        raise DtypeError(f"{name}: expected dtype {dtype}, got {a.dtype}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {a.shape}")
+    return a
+
+
+def _check_forward_args(mode, cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
+    x = np.asarray(x)
+    if x.dtype not in _DTYPES:
+        raise DtypeError(f"x: expected dtype float32 or float64, got {x.dtype}")
+    if x.ndim != 3:
+        raise ValueError(f"x: expected 3 dimensions (T, B, I), got shape {x.shape}")
+    T, B, I = x.shape
+    h0 = np.asarray(h0)
+    if h0.ndim != 2:
+        raise ValueError(f"h0: expected 2 dimensions (B, H), got shape {h0.shape}")
+    H = h0.shape[1]
+    GH = cell.gates * H
+    h0 = _check_array("h0", h0, (B, H), x.dtype)
+    if cell.has_c:
+        if c0 is None:
+            raise ValueError(f"c0: expected an array of shape {(B, H)} for mode {mode!r}, got None")
+        c0 = _check_array("c0", c0, (B, H), x.dtype)
+    elif c0 is not None:
+        raise ValueError(f"c0: expected None for mode {mode!r} (it has no cell state)")
+    weight_ih = _check_array("weight_ih", weight_ih, (GH, I), x.dtype)
+    weight_hh = _check_array("weight_hh", weight_hh, (GH, H), x.dtype)
+    if (bias_ih is None) != (bias_hh is None):
+        raise ValueError("bias_ih, bias_hh: expected both arrays or both None, got one of each")
+    if bias_ih is not None:
+        bias_ih = _check_array("bias_ih", bias_ih, (GH,), x.dtype)
+        bias_hh = _check_array("bias_hh", bias_hh, (GH,), x.dtype)
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+        if lengths.dtype.kind not in "iu":
+            raise LengthsError(f"lengths: expected an integer array, got dtype {lengths.dtype}")
+        if lengths.shape != (B,):
+            raise LengthsError(f"lengths: expected shape {(B,)}, got {lengths.shape}")
+        lengths = lengths.astype(np.int64)
+        if B > 0 and (lengths.min() < 1 or lengths.max() > T):
+            raise LengthsError(
+                f"lengths: expected values in [1, T={T}], "
+                f"got min {lengths.min()}, max {lengths.max()}"
+            )
+    return x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Module classes: fastrnn.RNN / LSTM / GRU with this file's layer functions as the backend.
+#    Stacking, bidirection and dropout are the shared code of fastrnn.modules.
+# ---------------------------------------------------------------------------------------------
+import sys as _sys  # noqa: E402
+
+from . import modules as _modules  # noqa: E402
+
+_this_module = _sys.modules[__name__]
+
+
+class RNN(_modules.RNN):
+    """``fastrnn.RNN`` computed by this NumPy reference."""
+    _backend = _this_module
+
+
+class LSTM(_modules.LSTM):
+    """``fastrnn.LSTM`` computed by this NumPy reference."""
+    _backend = _this_module
+
+
+class GRU(_modules.GRU):
+    """``fastrnn.GRU`` computed by this NumPy reference."""
+    _backend = _this_module
+
+
+__all__ += ["RNN", "LSTM", "GRU"]
