@@ -1,0 +1,136 @@
+"""Shared test helpers: the tolerance table, ``assert_close`` and random layer inputs.
+
+Every comparison between two implementations goes through :func:`assert_close`, which prints
+the largest absolute and relative difference before it asserts (DESIGN.md §8), and takes its
+tolerance from the one table :data:`TOLERANCES`, keyed by the dtype of the computation.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+# ---------------------------------------------------------------------------------------------
+# Tolerances, keyed by the dtype the implementation under test computed in.
+#
+# An element passes when   |actual - expected| <= atol * scale + rtol * |expected|
+# with scale = max(1, max|expected|) over the whole array. The atol term is relative to the
+# array's magnitude ("relative-ish"): a weight gradient sums T*B products, so one of its entries
+# can sit near zero by cancellation while its neighbours are in the hundreds, and no purely
+# elementwise relative bound is meaningful there.
+#
+# float64: fastrnn float64 against the reference in float64. Only summation order differs
+#   (BLAS blocking, bias folded into the input GEMM, column sums), so differences are a few ulps
+#   of the array's scale: measured worst 1.7e-15 of scale over tests/test_core_vs_reference.py.
+#   1e-12 leaves ~500x margin and still catches any real bug.
+# float32: fastrnn float32 against the reference in float64 on the same (float32-representable)
+#   inputs, so the difference is fastrnn's own float32 rounding accumulated through the
+#   recurrence. Measured over tests/test_core_vs_reference.py (T up to 200, H up to 64, all four
+#   cells, both directions, lengths, weights up to 2x PyTorch's init range) and over T=200,
+#   H=16..64 sweeps: worst 1.0e-6 of scale (LSTM dW_ih, T=200, reverse, mixed lengths); an
+#   earlier run with rnn_relu exploding to 1e13 over 200 steps stayed at 1.3e-6 of scale.
+#   rtol = atol = 2e-5 is ~15-20x above that; a wrong gate, sign, step or index gives differences
+#   of order 1e-2..1 of scale.
+# ---------------------------------------------------------------------------------------------
+TOLERANCES = {
+    np.dtype(np.float64): {"rtol": 1e-12, "atol": 1e-12},
+    np.dtype(np.float32): {"rtol": 2e-5, "atol": 2e-5},
+}
+
+
+def tolerance(dtype) -> dict:
+    """The ``{"rtol", "atol"}`` entry of :data:`TOLERANCES` for ``dtype``."""
+    return TOLERANCES[np.dtype(dtype)]
+
+
+def assert_close(actual, expected, dtype, what: str) -> None:
+    """Assert ``actual`` matches ``expected`` within the tolerance of ``dtype``.
+
+    ``dtype`` is the dtype the tested implementation computed in (it picks the row of
+    :data:`TOLERANCES`); ``expected`` may be of a wider dtype (float64 reference). Prints the
+    largest absolute and relative difference first, so ``pytest -s`` (or a failure) shows them.
+    ``None`` must match ``None``.
+    """
+    if expected is None or actual is None:
+        print(f"{what}: actual {'None' if actual is None else 'array'}, "
+              f"expected {'None' if expected is None else 'array'}")
+        assert actual is None and expected is None, f"{what}: one of actual/expected is None"
+        return
+    assert isinstance(actual, np.ndarray), f"{what}: expected an ndarray, got {type(actual)}"
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    assert a.shape == e.shape, f"{what}: shape {a.shape} != expected {e.shape}"
+    tol = tolerance(dtype)
+    if e.size == 0:
+        print(f"{what}: empty")
+        return
+    assert np.all(np.isfinite(e)), f"{what}: the expected values are not all finite"
+    diff = np.abs(a - e)
+    diff[np.isnan(diff)] = np.inf
+    scale = max(1.0, float(np.max(np.abs(e))))
+    max_abs = float(np.max(diff))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(diff == 0, 0.0, diff / np.abs(e))
+    max_rel = float(np.max(rel))
+    allowed = tol["atol"] * scale + tol["rtol"] * np.abs(e)
+    bad = diff > allowed
+    print(f"{what} [{np.dtype(dtype)}]: largest abs diff {max_abs:.3e}, largest rel diff "
+          f"{max_rel:.3e}, abs diff / scale {max_abs / scale:.3e} (scale {scale:.3e}; "
+          f"rtol {tol['rtol']:.0e}, atol {tol['atol']:.0e} x scale)")
+    if bad.any():
+        idx = np.unravel_index(int(np.argmax(diff - allowed)), diff.shape)
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.size} elements differ beyond tolerance; worst at "
+            f"{tuple(int(i) for i in idx)}: actual {a[idx]!r}, expected {e[idx]!r} "
+            f"(largest abs diff {max_abs:.3e}, largest rel diff {max_rel:.3e})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Random inputs
+# ---------------------------------------------------------------------------------------------
+
+LAYER_ARG_NAMES = ("x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+
+
+def make_layer_inputs(mode: str, T: int, B: int, I: int, H: int, *, bias: bool = True,
+                      dtype=np.float64, seed: int = 0, weight_scale: float = 2.0) -> dict:
+    """Random arguments of one ``layer_forward`` call, keyed by :data:`LAYER_ARG_NAMES`.
+
+    Weights are uniform in ``weight_scale`` times PyTorch's init range ``±1/sqrt(H)`` (wider than
+    the default, to drive the gates into their nonlinear range), biases in that range, ``x``
+    standard normal, ``h0``/``c0`` normal with std 0.5. ``c0`` is None unless ``mode == "lstm"``,
+    the biases are None when ``bias=False``. Values are drawn in float64 and cast to ``dtype``,
+    so the float32 and float64 inputs of one seed hold the same numbers up to rounding.
+    """
+    rng = np.random.default_rng(seed)
+    gh = _GATES[mode] * H
+    k = 1.0 / np.sqrt(H)
+    a = {
+        "x": rng.standard_normal((T, B, I)),
+        "h0": 0.5 * rng.standard_normal((B, H)),
+        "c0": 0.5 * rng.standard_normal((B, H)) if mode == "lstm" else None,
+        "weight_ih": rng.uniform(-weight_scale * k, weight_scale * k, (gh, I)),
+        "weight_hh": rng.uniform(-weight_scale * k, weight_scale * k, (gh, H)),
+        "bias_ih": rng.uniform(-k, k, gh) if bias else None,
+        "bias_hh": rng.uniform(-k, k, gh) if bias else None,
+    }
+    return cast_inputs(a, dtype)
+
+
+def cast_inputs(arrays: dict, dtype) -> dict:
+    """A copy of a dict of arrays (or None) with every array cast to ``dtype``."""
+    return {k: None if v is None else np.array(v, dtype=dtype) for k, v in arrays.items()}
+
+
+def random_lengths(rng: np.random.Generator, T: int, B: int) -> np.ndarray:
+    """Unsorted int64 lengths in [1, T] that include both 1 and T whenever B >= 2."""
+    lengths = rng.integers(1, T + 1, size=B)
+    if B >= 2:
+        lengths[rng.permutation(B)[:2]] = (1, T)
+    return lengths.astype(np.int64)
+
+
+@pytest.fixture
+def layer_inputs():
+    """The :func:`make_layer_inputs` factory, as a fixture."""
+    return make_layer_inputs
