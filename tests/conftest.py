@@ -34,6 +34,16 @@ import pytest
 TOLERANCES = {
     np.dtype(np.float64): {"rtol": 1e-12, "atol": 1e-12},
     np.dtype(np.float32): {"rtol": 2e-5, "atol": 2e-5},
+    # Checks of the reference on its own (tests/test_reference.py), as a bound on
+    # max|got - want| / max(1, max|want|):
+    # central differences with step 1e-6 in float64: truncation ~eps^2, rounding ~1e-16/eps.
+    "finite_difference_f64": 1e-6,
+    # the reference in float32 against itself in float64 on a short sequence.
+    "reference_f32_vs_f64": 1e-5,
+    # the reference against torch.nn in float64: only summation order differs.
+    "reference_torch_f64": 1e-10,
+    # one sequence run alone against the same sequence inside a padded batch.
+    "reference_truncated_f64": 1e-12,
 }
 
 

@@ -46,7 +46,10 @@ def _lengths(kind, T, B, seed):
         return None
     if kind == "full":  # given, but every sequence is T long
         return np.full(B, T, dtype=np.int64)
-    return random_lengths(np.random.default_rng(seed + 7), T, B)
+    rng = np.random.default_rng(seed + 7)
+    if kind == "short":  # every sequence ends before T (the last steps are all padding)
+        return rng.integers(1, max(T - 1, 1) + 1, size=B).astype(np.int64)
+    return random_lengths(rng, T, B)  # "mixed": unsorted, includes 1 and T
 
 
 def _output_grads(mode, T, B, H, seed):
@@ -69,7 +72,9 @@ def _run_pair(mode, size, dtype, *, reverse, lengths_kind, bias, seed, final_gra
     a = make_layer_inputs(mode, T, B, I, H, bias=bias, dtype=dtype, seed=seed, weight_scale=scale)
     a64 = cast_inputs(a, np.float64)  # exactly the numbers fastrnn sees
     lengths = _lengths(lengths_kind, T, B, seed)
-    dy, dh_n, dc_n = _output_grads(mode, T, B, H, seed)
+    # rounded to dtype first, so that both implementations see the very same numbers
+    grads = _output_grads(mode, T, B, H, seed)
+    dy, dh_n, dc_n = (_cast(_cast(v, dtype), np.float64) for v in grads)
     if not final_grads:
         dh_n = dc_n = None
 
@@ -105,7 +110,7 @@ def _run_pair(mode, size, dtype, *, reverse, lengths_kind, bias, seed, final_gra
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lengths_kind", ["none", "full", "mixed"])
+@pytest.mark.parametrize("lengths_kind", ["none", "full", "mixed", "short"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("size", SIZES, ids=SIZE_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -337,12 +342,36 @@ def test_module_options_match_reference(mode, batch_first, lengths, with_states)
                      lengths=lengths, with_states=with_states, T=5, B=3, I=4, H=3, seed=40)
 
 
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
 @pytest.mark.parametrize("with_states", [False, True], ids=["zero_states", "states"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("mode", MODES)
-def test_module_unbatched_matches_reference(mode, dtype, with_states):
+def test_module_unbatched_matches_reference(mode, dtype, with_states, batch_first):
+    """2-D input (T, input_size), whatever batch_first says, as torch.nn does."""
     _compare_modules(mode, dtype, num_layers=2, bidirectional=True, unbatched=True,
-                     with_states=with_states, T=6, I=3, H=4, seed=50)
+                     batch_first=batch_first, with_states=with_states, T=6, I=3, H=4, seed=50)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_module_unbatched_equals_batch_of_one(mode):
+    """Unbatched input gives the batch-of-one results with the batch axis dropped."""
+    fast, _ = _module_pair(mode, np.float64, input_size=3, hidden_size=4, num_layers=2,
+                           bidirectional=True, seed=55)
+    x, hx, _ = _module_inputs(mode, fast, 6, 1, batch_first=False, unbatched=True,
+                              with_states=True, dtype=np.float64, seed=56)
+    y, hn = fast(x, hx)
+    dy = np.random.default_rng(57).standard_normal(y.shape)
+    g = fast.backward(dy)
+    hx1 = None if hx is None else (tuple(v[:, None] for v in hx) if mode == "lstm"
+                                   else hx[:, None])
+    y1, hn1 = fast(x[:, None], hx1)
+    g1 = fast.backward(dy[:, None])
+    assert_close(y, y1[:, 0], np.float64, f"{mode} unbatched y")
+    for a, b in zip(hn if mode == "lstm" else (hn,), hn1 if mode == "lstm" else (hn1,)):
+        assert_close(a, b[:, 0], np.float64, f"{mode} unbatched final state")
+    for k in g:
+        want = g1[k][:, 0] if k in ("input", "h0", "c0") else g1[k]
+        assert_close(g[k], want, np.float64, f"{mode} unbatched d{k}")
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -9,6 +9,7 @@
 import numpy as np
 import pytest
 
+from conftest import TOLERANCES
 from fastrnn import reference
 
 MODES = reference.MODES
@@ -19,13 +20,7 @@ GRAD_KEY = {"x": "input"}  # layer_backward's key for an input, where it differs
 T, B, I, H = 4, 3, 5, 4
 LENGTHS = np.array([2, 4, 1], dtype=np.int64)
 
-# All tolerances in one table; an error is max|got - want| / max(1, max|want|).
-TOL = {
-    "finite_difference_f64": 1e-6,  # central differences, step FD_EPS
-    "f32_vs_f64": 1e-5,
-    "torch_f64": 1e-10,
-    "truncated_runs_f64": 1e-12,    # same math, matmuls over a different batch
-}
+# Tolerances live in the one table of conftest.py.
 FD_EPS = 1e-6
 
 
@@ -133,7 +128,7 @@ def test_gradients_match_finite_differences(mode, reverse, lengths, bias):
             numeric[idx] = (up - down) / (2 * FD_EPS)
         analytic = grads[GRAD_KEY.get(name, name)]
         assert analytic.dtype == np.float64
-        check_close(f"{mode} {name}", analytic, numeric, TOL["finite_difference_f64"])
+        check_close(f"{mode} {name}", analytic, numeric, TOLERANCES["finite_difference_f64"])
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -177,7 +172,7 @@ def test_each_sequence_matches_a_run_truncated_to_its_length(mode, reverse):
         wy_padded[n:, b] = 1e3
     y, h_n, c_n, saved = forward(mode, a, lengths=LENGTHS, reverse=reverse)
     g = reference.layer_backward(saved, wy_padded, wh, wc)
-    tol = TOL["truncated_runs_f64"]
+    tol = TOLERANCES["reference_truncated_f64"]
     for b, n in enumerate(LENGTHS):
         one = dict(a)
         one["x"] = a["x"][:n, b:b + 1]
@@ -264,7 +259,7 @@ def test_float32_agrees_with_float64(mode, reverse):
     y32, h32, c32, s32 = forward(mode, a32, lengths=lengths, reverse=reverse)
     g64 = reference.layer_backward(s64, *w64)
     g32 = reference.layer_backward(s32, *w32)
-    tol = TOL["f32_vs_f64"]
+    tol = TOLERANCES["reference_f32_vs_f64"]
     outs = [("y", y32, y64), ("h_n", h32, h64), ("c_n", c32, c64)]
     outs += [(f"grad {k}", g32[k], g64[k]) for k in g64]
     for label, got, want in outs:
@@ -390,7 +385,7 @@ def test_matches_torch(mode, lengths, bias):
     gf = reference.layer_backward(sf, wy_f, wh_f, wc_f)
     gb = reference.layer_backward(sb, wy_b, wh_b, wc_b)
 
-    tol = TOL["torch_f64"]
+    tol = TOLERANCES["reference_torch_f64"]
     check_close("y", np.concatenate([yf, yb], axis=2), ty.detach().numpy(), tol)
     check_close("h_n", np.stack([hf, hb]), th_n.detach().numpy(), tol)
     if mode == "lstm":

@@ -8,19 +8,11 @@ import numpy as np
 import pytest
 
 import fastrnn
+from conftest import assert_close
 
 torch = pytest.importorskip("torch")
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
-TOLERANCE = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=2e-5)}
-
-
-def assert_close(actual, expected, dtype, what):
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    diff = np.abs(actual - expected)
-    print(f"{what}: max abs diff {diff.max():.3e}, max |expected| {np.abs(expected).max():.3e}")
-    np.testing.assert_allclose(actual, expected, err_msg=what, **TOLERANCE[dtype])
 
 
 def build_pair(cell, nonlinearity, input_size, hidden, layers, bidirectional, batch_first, bias,

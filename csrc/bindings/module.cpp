@@ -49,7 +49,7 @@ py::array as_array(const py::object& obj, const char* name) {
 template <typename scalar_t>
 py::array checked(const py::object& obj, const char* name, const std::vector<int64_t>& expected) {
   py::array a = as_array(obj, name);
-  if (!a.dtype().is(py::dtype::of<scalar_t>()))
+  if (!a.dtype().equal(py::dtype::of<scalar_t>()))
     throw DtypeError(std::string(name) + ": expected dtype " +
                      std::string(py::str(py::dtype::of<scalar_t>())) + ", got " +
                      std::string(py::str(a.dtype())));
@@ -99,9 +99,12 @@ struct LayerInputs {
     if (wh.ndim() != 2)
       throw py::value_error("weight_hh: expected a 2-D array (G*H, H), got shape " +
                             shape_str(shape_of(wh)));
+    // H is read from weight_hh, which must be (G*H, H): check that first so a wrong weight_hh
+    // is blamed on itself, not on the arrays checked against it.
     const int64_t H = wh.shape(1), G = fastrnn::num_gates(cell);
-    if (H < 1) throw py::value_error("weight_hh: expected hidden size >= 1, got shape " +
-                                     shape_str(shape_of(wh)));
+    if (H < 1 || wh.shape(0) != G * H)
+      throw py::value_error("weight_hh: expected shape (G*H, H) with G = " + std::to_string(G) +
+                            " gates, got " + shape_str(shape_of(wh)));
     shape = LayerShape{cell, T, B, I, H, reverse};
     x = checked<scalar_t>(x_obj, "x", {T, B, I});
     w_ih = checked<scalar_t>(w_ih_obj, "weight_ih", {G * H, I});
@@ -121,7 +124,7 @@ struct LayerInputs {
     }
     if (!lengths_obj.is_none()) {
       py::array la = as_array(lengths_obj, "lengths");
-      if (!la.dtype().is(py::dtype::of<int64_t>()))
+      if (!la.dtype().equal(py::dtype::of<int64_t>()))
         throw DtypeError("lengths: expected dtype int64, got " + std::string(py::str(la.dtype())));
       if (shape_of(la) != std::vector<int64_t>{B})
         throw LengthsError("lengths: expected shape " + shape_str({B}) + ", got " +
@@ -261,9 +264,9 @@ py::tuple layer_forward(int cell, const py::object& x, const py::object& h0, con
                         const py::object& b_hh, const py::object& lengths, bool reverse,
                         bool training) {
   py::dtype dt = dtype_of_x(x);
-  if (dt.is(py::dtype::of<float>()))
+  if (dt.equal(py::dtype::of<float>()))
     return forward_typed<float>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training);
-  if (dt.is(py::dtype::of<double>()))
+  if (dt.equal(py::dtype::of<double>()))
     return forward_typed<double>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training);
   unsupported_dtype(dt);
 }
@@ -274,10 +277,10 @@ py::tuple layer_backward(int cell, const py::object& x, const py::object& h0, co
                          const py::object& reserve, const py::object& dy, const py::object& dh_n,
                          const py::object& dc_n) {
   py::dtype dt = dtype_of_x(x);
-  if (dt.is(py::dtype::of<float>()))
+  if (dt.equal(py::dtype::of<float>()))
     return backward_typed<float>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
                                  reserve, dy, dh_n, dc_n);
-  if (dt.is(py::dtype::of<double>()))
+  if (dt.equal(py::dtype::of<double>()))
     return backward_typed<double>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
                                   reserve, dy, dh_n, dc_n);
   unsupported_dtype(dt);

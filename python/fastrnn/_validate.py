@@ -52,10 +52,9 @@ def lengths(value, batch: int, steps: int) -> Optional[np.ndarray]:
         raise LengthsError(f"lengths: expected integers, got dtype {arr.dtype}")
     if arr.shape != (batch,):
         raise LengthsError(f"lengths: expected shape ({batch},), got {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=np.int64)
-    bad = np.flatnonzero((arr < 1) | (arr > steps))
+    bad = np.flatnonzero((arr < 1) | (arr > steps))  # before any cast, so nothing wraps
     if bad.size:
         b = int(bad[0])
         raise LengthsError(
             f"lengths: expected every value in [1, T={steps}], got lengths[{b}] = {int(arr[b])}")
-    return arr
+    return np.ascontiguousarray(arr, dtype=np.int64)

@@ -144,6 +144,7 @@ class _RNNBase:
         return hx[0], hx[1]
 
     def __call__(self, input, hx=None, lengths=None):
+        self._saved = None  # a failed call must not leave an older call's state for backward
         x, unbatched = self._time_major_input(input)
         T, B, _ = x.shape
         h0_arg, c0_arg = self._split_hx(hx)
@@ -186,7 +187,6 @@ class _RNNBase:
             dropout_masks.append(mask)
             layer_input = layer_output
 
-        self._saved = None
         if self.training:
             self._saved = dict(states=layer_states, masks=dropout_masks, batch=B, steps=T,
                                unbatched=unbatched)
