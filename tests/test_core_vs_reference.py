@@ -395,3 +395,33 @@ def test_module_dropout_same_seed_matches_reference(mode, dtype):
     # The masks really act: without dropout (eval mode) the same call gives other outputs.
     y_eval = fast.eval()(x, hx, lengths=lens)[0]
     assert not np.allclose(y_eval, y)
+
+
+@pytest.mark.parametrize("mode", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
+def test_nan_and_inf_propagate_like_the_reference(mode):
+    """A NaN or Inf in the input reaches the same outputs as in the reference."""
+    from fastrnn import functional, reference
+
+    rng = np.random.default_rng(11)
+    T, B, I, H = 4, 3, 2, 5
+    G = reference.num_gates(mode)
+    x = rng.standard_normal((T, B, I))
+    x[1, 0, 0] = np.nan
+    x[2, 1, 1] = np.inf
+    x[0, 2, 0] = -np.inf
+    args = (x, rng.standard_normal((B, H)), rng.standard_normal((B, H)) if mode == "lstm" else None,
+            rng.standard_normal((G * H, I)), rng.standard_normal((G * H, H)),
+            rng.standard_normal(G * H), rng.standard_normal(G * H))
+    with np.errstate(all="ignore"):
+        got = functional.layer_forward(mode, *args, training=False)[:3]
+        want = reference.layer_forward(mode, *args, training=False)[:3]
+    for name, g, w in zip(("y", "h_n", "c_n"), got, want):
+        if w is None:
+            assert g is None
+            continue
+        print(name, "nan positions fastrnn", np.argwhere(np.isnan(g)).tolist(),
+              "reference", np.argwhere(np.isnan(w)).tolist())
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=name)
+        finite = np.isfinite(w)
+        np.testing.assert_array_equal(np.isfinite(g), finite, err_msg=name)
+        np.testing.assert_allclose(g[finite], w[finite], rtol=1e-12, atol=1e-12, err_msg=name)

@@ -57,7 +57,7 @@ struct VanillaMath {
   template <typename T>
   static T activate(T a) {
     if constexpr (kCell == Cell::RnnTanh) return std::tanh(a);
-    else return a > T(0) ? a : T(0);
+    else return a < T(0) ? T(0) : a;  // NaN propagates, as in NumPy and PyTorch
   }
   template <typename T>
   static T derivative_from_output(T y) {
