@@ -425,3 +425,27 @@ def test_nan_and_inf_propagate_like_the_reference(mode):
         finite = np.isfinite(w)
         np.testing.assert_array_equal(np.isfinite(g), finite, err_msg=name)
         np.testing.assert_allclose(g[finite], w[finite], rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("mode", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (3, 1, 1, 1), (1, 1, 5, 1), (2, 1, 3, 2),
+                                     (1, 2, 1, 1)])
+def test_degenerate_sizes_every_gemm_shape(mode, T, B, I, H):
+    """Size-1 dimensions send single-row products to GEMV (csrc/cpu/blas.h): every branch."""
+    from fastrnn import reference
+
+    rng = np.random.default_rng(T * 1000 + B * 100 + I * 10 + H)
+    kwargs = dict(num_layers=2, bidirectional=True, dtype=np.float64, seed=3)
+    if mode.startswith("rnn_"):
+        kwargs["nonlinearity"] = mode[4:]
+    cls = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[mode.split("_")[0]]
+    fast, ref = getattr(fastrnn, cls)(I, H, **kwargs), getattr(reference, cls)(I, H, **kwargs)
+    x = rng.standard_normal((T, B, I))
+    y_fast, _ = fast(x)
+    y_ref, _ = ref(x)
+    assert_close(y_fast, y_ref, np.float64, "y")
+    dy = rng.standard_normal(y_ref.shape)
+    g_fast, g_ref = fast.backward(dy), ref.backward(dy)
+    assert set(g_fast) == set(g_ref)
+    for name in g_ref:
+        assert_close(g_fast[name], g_ref[name], np.float64, name)
