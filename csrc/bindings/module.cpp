@@ -5,10 +5,13 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "fastrnn/fastrnn.h"
 
@@ -23,6 +26,10 @@ struct LengthsError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 struct DtypeError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// Raised as MemoryError.
+struct OutOfMemory : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
@@ -160,6 +167,27 @@ struct LayerInputs {
 template <typename scalar_t>
 scalar_t* out_ptr(py::array_t<scalar_t>& a) { return a.mutable_data(); }
 
+// Refuses, before anything is allocated, a call whose memory (outputs, saved state, scratch)
+// exceeds the machine's physical memory: Linux overcommits, so such a call would otherwise be
+// killed part-way instead of raising.
+void check_fits_in_memory(double elements, size_t element_bytes) {
+  const double bytes = elements * static_cast<double>(element_bytes);
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0 && bytes > static_cast<double>(pages) * static_cast<double>(page)) {
+    std::ostringstream msg;
+    msg << "fastrnn: this call needs " << bytes / (1 << 30) << " GiB (outputs, saved state and "
+        << "workspace), more than the machine's " << static_cast<double>(pages) * page / (1 << 30)
+        << " GiB of memory";
+    throw OutOfMemory(msg.str());
+  }
+}
+
+// Uninitialised scratch: the kernels write every element before reading it.
+template <typename scalar_t>
+std::unique_ptr<scalar_t[]> workspace_of(int64_t elements) {
+  return std::unique_ptr<scalar_t[]>(new scalar_t[static_cast<size_t>(elements)]);
+}
+
 // Allocates an uninitialised C-contiguous array; sizes were validated so this cannot overflow
 // silently (numpy raises MemoryError / ValueError itself when it cannot allocate).
 template <typename scalar_t>
@@ -174,19 +202,23 @@ py::tuple forward_typed(int cell, const py::object& x, const py::object& h0, con
                         bool training) {
   LayerInputs<scalar_t> in(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
   const LayerShape& s = in.shape;
+  const int64_t ws_elements = fastrnn::forward_workspace_elements(s, training);
+  check_fits_in_memory(static_cast<double>(s.T) * s.B * s.H + 2.0 * s.B * s.H + ws_elements +
+                           (training ? static_cast<double>(fastrnn::reserve_elements(s)) : 0.0),
+                       sizeof(scalar_t));
   auto y = empty<scalar_t>({s.T, s.B, s.H});
   auto h_n = empty<scalar_t>({s.B, s.H});
   std::optional<py::array_t<scalar_t>> c_n, reserve;
   if (fastrnn::has_cell_state(s.cell)) c_n = empty<scalar_t>({s.B, s.H});
   if (training) reserve = empty<scalar_t>({fastrnn::reserve_elements(s)});
-  std::vector<scalar_t> workspace(fastrnn::forward_workspace_elements(s, training));
+  auto workspace = workspace_of<scalar_t>(ws_elements);
 
   fastrnn::ForwardArgs<scalar_t> a = in.args();
   a.y = out_ptr(y);
   a.h_n = out_ptr(h_n);
   a.c_n = c_n ? out_ptr(*c_n) : nullptr;
   a.reserve = reserve ? out_ptr(*reserve) : nullptr;
-  a.workspace = workspace.data();
+  a.workspace = workspace.get();
   {
     py::gil_scoped_release release;
     fastrnn::layer_forward<scalar_t>(a);
@@ -215,6 +247,10 @@ py::tuple backward_typed(int cell, const py::object& x, const py::object& h0,
     dc_n = checked<scalar_t>(dc_n_obj, "dc_n", {s.B, s.H});
   }
   const int64_t GH = s.gate_width();
+  const int64_t ws_elements = fastrnn::backward_workspace_elements(s);
+  check_fits_in_memory(static_cast<double>(s.T) * s.B * s.I + 2.0 * s.B * s.H +
+                           static_cast<double>(GH) * (s.I + s.H + 2) + ws_elements,
+                       sizeof(scalar_t));
   auto dx = empty<scalar_t>({s.T, s.B, s.I});
   auto dh0 = empty<scalar_t>({s.B, s.H});
   auto dw_ih = empty<scalar_t>({GH, s.I});
@@ -225,13 +261,13 @@ py::tuple backward_typed(int cell, const py::object& x, const py::object& h0,
     db_ih = empty<scalar_t>({GH});
     db_hh = empty<scalar_t>({GH});
   }
-  std::vector<scalar_t> workspace(fastrnn::backward_workspace_elements(s));
+  auto workspace = workspace_of<scalar_t>(ws_elements);
 
   fastrnn::BackwardArgs<scalar_t> a{};
   static_cast<fastrnn::ForwardArgs<scalar_t>&>(a) = in.args();
   // The reserve is read-only in backward; the struct shares the forward's pointer type.
   a.reserve = const_cast<scalar_t*>(static_cast<const scalar_t*>(reserve.data()));
-  a.workspace = workspace.data();
+  a.workspace = workspace.get();
   a.dy = static_cast<const scalar_t*>(dy.data());
   a.dh_n = in_ptr<scalar_t>(dh_n);
   a.dc_n = in_ptr<scalar_t>(dc_n);
@@ -309,6 +345,8 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetString(lengths_error.ptr(), e.what());
     } catch (const DtypeError& e) {
       PyErr_SetString(dtype_error.ptr(), e.what());
+    } catch (const OutOfMemory& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
     } catch (const std::length_error& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
     }
