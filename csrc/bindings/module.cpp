@@ -3,6 +3,7 @@
 // native work, and turns C++ errors into Python exceptions that name the argument.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <memory>
@@ -322,6 +323,31 @@ py::tuple layer_backward(int cell, const py::object& x, const py::object& h0, co
   unsupported_dtype(dt);
 }
 
+template <typename scalar_t>
+py::array activation_typed(fastrnn::Activation kind, const py::array& x) {
+  py::array in = checked<scalar_t>(x, "x", shape_of(x));
+  auto out = py::array_t<scalar_t>(std::vector<py::ssize_t>(in.shape(), in.shape() + in.ndim()));
+  const scalar_t* src = static_cast<const scalar_t*>(in.data());
+  scalar_t* dst = out.mutable_data();
+  const int64_t n = in.size();
+  {
+    py::gil_scoped_release release;
+    fastrnn::apply_activation<scalar_t>(kind, src, dst, n);
+  }
+  return out;
+}
+
+py::array activation(const std::string& kind, const py::object& x_obj) {
+  fastrnn::Activation k;
+  if (kind == "sigmoid") k = fastrnn::Activation::Sigmoid;
+  else if (kind == "tanh") k = fastrnn::Activation::Tanh;
+  else throw py::value_error("kind: expected 'sigmoid' or 'tanh', got '" + kind + "'");
+  py::array x = as_array(x_obj, "x");
+  if (x.dtype().equal(py::dtype::of<float>())) return activation_typed<float>(k, x);
+  if (x.dtype().equal(py::dtype::of<double>())) return activation_typed<double>(k, x);
+  unsupported_dtype(x.dtype());
+}
+
 int64_t reserve_size(int cell, int64_t T, int64_t B, int64_t I, int64_t H) {
   return fastrnn::reserve_elements(LayerShape{cell_from(cell), T, B, I, H, false});
 }
@@ -367,13 +393,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("blas_name", &fastrnn::blas_name);
   m.def("blas_config", &fastrnn::blas_config);
   m.def("compiler", &fastrnn::compiler_name);
-#ifdef __AVX512F__
-  m.attr("simd") = py::make_tuple("avx512f");
-#elif defined(__AVX2__)
-  m.attr("simd") = py::make_tuple("avx2");
-#elif defined(__SSE2__)
-  m.attr("simd") = py::make_tuple("sse2");
-#else
-  m.attr("simd") = py::tuple();
-#endif
+  m.def("active_isa", &fastrnn::active_isa,
+        "Instruction set the pointwise kernels use on this CPU (FASTRNN_ISA can lower it).");
+  m.def("compiled_isas", &fastrnn::compiled_isas, "Instruction sets compiled into this build.");
+  m.def("activation", &activation, py::arg("kind"), py::arg("x"),
+        "Applies the kernels' vectorised 'sigmoid' or 'tanh' to a float32/float64 array "
+        "(for accuracy tests).");
 }

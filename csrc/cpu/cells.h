@@ -6,17 +6,16 @@
 // Backward produces the gradients of those pre-activations: dgx (for W_ih, b_ih and x) and
 // dgh (for W_hh, b_hh and h); they differ only for GRU's n gate, where hp_n is scaled by r.
 // Derivatives are written from saved outputs (dtanh = 1 - y^2, dsigmoid = s (1 - s)).
+// Everything is force-inlined into the per-ISA step functions of layer_impl.h, where the j loops
+// are vectorised for the instruction set that the CPU offers.
 #pragma once
 
-#include <cmath>
 #include <cstdint>
 
+#include "cpu/activations.h"
 #include "fastrnn/fastrnn.h"
 
 namespace fastrnn::cpu {
-
-template <typename T>
-inline T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
 
 // Per-step row views passed to the cell functions. Every pointer has H (or gates*H) elements.
 template <typename T>
@@ -55,25 +54,34 @@ struct VanillaMath {
   static constexpr bool kDistinctGradH = false;
 
   template <typename T>
-  static T activate(T a) {
-    if constexpr (kCell == Cell::RnnTanh) return std::tanh(a);
+  static FASTRNN_INLINE T activate(T a) {
+    if constexpr (kCell == Cell::RnnTanh) return fast_tanh(a);
     else return a < T(0) ? T(0) : a;  // NaN propagates, as in NumPy and PyTorch
   }
   template <typename T>
-  static T derivative_from_output(T y) {
+  static FASTRNN_INLINE T derivative_from_output(T y) {
     if constexpr (kCell == Cell::RnnTanh) return T(1) - y * y;
     else return y > T(0) ? T(1) : T(0);
   }
 
   template <typename T>
-  static void forward(int64_t H, const StepRow<T>& r) {
-    for (int64_t j = 0; j < H; ++j) r.h_new[j] = activate(r.xp[j] + r.hp[j]);
+  static FASTRNN_INLINE void forward(int64_t H, const StepRow<T>& r) {
+    const T* FASTRNN_RESTRICT xp = r.xp;
+    const T* FASTRNN_RESTRICT hp = r.hp;
+    T* FASTRNN_RESTRICT h_new = r.h_new;
+    FASTRNN_IVDEP
+    for (int64_t j = 0; j < H; ++j) h_new[j] = activate(xp[j] + hp[j]);
   }
   template <typename T>
-  static void backward(int64_t H, const StepGradRow<T>& g) {
+  static FASTRNN_INLINE void backward(int64_t H, const StepGradRow<T>& g) {
+    const T* FASTRNN_RESTRICT dh = g.dh;
+    const T* FASTRNN_RESTRICT h_new = g.h_new;
+    T* FASTRNN_RESTRICT dgx = g.dgx;
+    T* FASTRNN_RESTRICT dh_direct = g.dh_direct;
+    FASTRNN_IVDEP
     for (int64_t j = 0; j < H; ++j) {
-      g.dgx[j] = g.dh[j] * derivative_from_output(g.h_new[j]);
-      g.dh_direct[j] = T(0);
+      dgx[j] = dh[j] * derivative_from_output(h_new[j]);
+      dh_direct[j] = T(0);
     }
   }
 };
@@ -89,35 +97,57 @@ struct CellMath<Cell::Lstm> {
   static constexpr bool kDistinctGradH = false;
 
   template <typename T>
-  static void forward(int64_t H, const StepRow<T>& r) {
+  static FASTRNN_INLINE void forward(int64_t H, const StepRow<T>& r) {
+    // Two copies of the loop, so that neither carries a branch (training saves activations).
+    if (r.acts) forward_rows<true>(H, r);
+    else forward_rows<false>(H, r);
+  }
+  template <bool kSave, typename T>
+  static FASTRNN_INLINE void forward_rows(int64_t H, const StepRow<T>& r) {
+    const T* FASTRNN_RESTRICT xp = r.xp;
+    const T* FASTRNN_RESTRICT hp = r.hp;
+    const T* FASTRNN_RESTRICT c_prev = r.c_prev;
+    T* FASTRNN_RESTRICT c_new = r.c_new;
+    T* FASTRNN_RESTRICT h_new = r.h_new;
+    T* FASTRNN_RESTRICT acts = r.acts;
+    FASTRNN_IVDEP
     for (int64_t j = 0; j < H; ++j) {
-      const T i = sigmoid(r.xp[j] + r.hp[j]);
-      const T f = sigmoid(r.xp[H + j] + r.hp[H + j]);
-      const T g = std::tanh(r.xp[2 * H + j] + r.hp[2 * H + j]);
-      const T o = sigmoid(r.xp[3 * H + j] + r.hp[3 * H + j]);
-      const T c = f * r.c_prev[j] + i * g;
-      r.c_new[j] = c;
-      r.h_new[j] = o * std::tanh(c);
-      if (r.acts) {
-        r.acts[j] = i;
-        r.acts[H + j] = f;
-        r.acts[2 * H + j] = g;
-        r.acts[3 * H + j] = o;
+      const T i = fast_sigmoid(xp[j] + hp[j]);
+      const T f = fast_sigmoid(xp[H + j] + hp[H + j]);
+      const T g = fast_tanh(xp[2 * H + j] + hp[2 * H + j]);
+      const T o = fast_sigmoid(xp[3 * H + j] + hp[3 * H + j]);
+      const T c = f * c_prev[j] + i * g;
+      c_new[j] = c;
+      h_new[j] = o * fast_tanh(c);
+      if constexpr (kSave) {
+        acts[j] = i;
+        acts[H + j] = f;
+        acts[2 * H + j] = g;
+        acts[3 * H + j] = o;
       }
     }
   }
   template <typename T>
-  static void backward(int64_t H, const StepGradRow<T>& g) {
+  static FASTRNN_INLINE void backward(int64_t H, const StepGradRow<T>& g) {
+    const T* FASTRNN_RESTRICT acts = g.acts;
+    const T* FASTRNN_RESTRICT dh = g.dh;
+    const T* FASTRNN_RESTRICT dc_next = g.dc;
+    const T* FASTRNN_RESTRICT c_prev = g.c_prev;
+    const T* FASTRNN_RESTRICT c_new = g.c_new;
+    T* FASTRNN_RESTRICT dgx = g.dgx;
+    T* FASTRNN_RESTRICT dc_prev = g.dc_prev;
+    T* FASTRNN_RESTRICT dh_direct = g.dh_direct;
+    FASTRNN_IVDEP
     for (int64_t j = 0; j < H; ++j) {
-      const T i = g.acts[j], f = g.acts[H + j], gg = g.acts[2 * H + j], o = g.acts[3 * H + j];
-      const T tc = std::tanh(g.c_new[j]);
-      const T dc = g.dc[j] + g.dh[j] * o * (T(1) - tc * tc);
-      g.dgx[j] = dc * gg * i * (T(1) - i);
-      g.dgx[H + j] = dc * g.c_prev[j] * f * (T(1) - f);
-      g.dgx[2 * H + j] = dc * i * (T(1) - gg * gg);
-      g.dgx[3 * H + j] = g.dh[j] * tc * o * (T(1) - o);
-      g.dc_prev[j] = dc * f;
-      g.dh_direct[j] = T(0);
+      const T i = acts[j], f = acts[H + j], gg = acts[2 * H + j], o = acts[3 * H + j];
+      const T tc = fast_tanh(c_new[j]);
+      const T dc = dc_next[j] + dh[j] * o * (T(1) - tc * tc);
+      dgx[j] = dc * gg * i * (T(1) - i);
+      dgx[H + j] = dc * c_prev[j] * f * (T(1) - f);
+      dgx[2 * H + j] = dc * i * (T(1) - gg * gg);
+      dgx[3 * H + j] = dh[j] * tc * o * (T(1) - o);
+      dc_prev[j] = dc * f;
+      dh_direct[j] = T(0);
     }
   }
 };
@@ -130,36 +160,54 @@ struct CellMath<Cell::Gru> {
   static constexpr bool kDistinctGradH = true;
 
   template <typename T>
-  static void forward(int64_t H, const StepRow<T>& r) {
+  static FASTRNN_INLINE void forward(int64_t H, const StepRow<T>& r) {
+    if (r.acts) forward_rows<true>(H, r);
+    else forward_rows<false>(H, r);
+  }
+  template <bool kSave, typename T>
+  static FASTRNN_INLINE void forward_rows(int64_t H, const StepRow<T>& r) {
+    const T* FASTRNN_RESTRICT xp = r.xp;
+    const T* FASTRNN_RESTRICT hp = r.hp;
+    const T* FASTRNN_RESTRICT h_prev = r.h_prev;
+    T* FASTRNN_RESTRICT h_new = r.h_new;
+    T* FASTRNN_RESTRICT acts = r.acts;
+    FASTRNN_IVDEP
     for (int64_t j = 0; j < H; ++j) {
-      const T rr = sigmoid(r.xp[j] + r.hp[j]);
-      const T z = sigmoid(r.xp[H + j] + r.hp[H + j]);
-      const T hn = r.hp[2 * H + j];
-      const T n = std::tanh(r.xp[2 * H + j] + rr * hn);
-      r.h_new[j] = (T(1) - z) * n + z * r.h_prev[j];
-      if (r.acts) {
-        r.acts[j] = rr;
-        r.acts[H + j] = z;
-        r.acts[2 * H + j] = n;
-        r.acts[3 * H + j] = hn;
+      const T rr = fast_sigmoid(xp[j] + hp[j]);
+      const T z = fast_sigmoid(xp[H + j] + hp[H + j]);
+      const T hn = hp[2 * H + j];
+      const T n = fast_tanh(xp[2 * H + j] + rr * hn);
+      h_new[j] = (T(1) - z) * n + z * h_prev[j];
+      if constexpr (kSave) {
+        acts[j] = rr;
+        acts[H + j] = z;
+        acts[2 * H + j] = n;
+        acts[3 * H + j] = hn;
       }
     }
   }
   template <typename T>
-  static void backward(int64_t H, const StepGradRow<T>& g) {
+  static FASTRNN_INLINE void backward(int64_t H, const StepGradRow<T>& g) {
+    const T* FASTRNN_RESTRICT acts = g.acts;
+    const T* FASTRNN_RESTRICT dh_in = g.dh;
+    const T* FASTRNN_RESTRICT h_prev = g.h_prev;
+    T* FASTRNN_RESTRICT dgx = g.dgx;
+    T* FASTRNN_RESTRICT dgh = g.dgh;
+    T* FASTRNN_RESTRICT dh_direct = g.dh_direct;
+    FASTRNN_IVDEP
     for (int64_t j = 0; j < H; ++j) {
-      const T rr = g.acts[j], z = g.acts[H + j], n = g.acts[2 * H + j], hn = g.acts[3 * H + j];
-      const T dh = g.dh[j];
+      const T rr = acts[j], z = acts[H + j], n = acts[2 * H + j], hn = acts[3 * H + j];
+      const T dh = dh_in[j];
       const T dn = dh * (T(1) - z) * (T(1) - n * n);
-      const T dz = dh * (g.h_prev[j] - n) * z * (T(1) - z);
+      const T dz = dh * (h_prev[j] - n) * z * (T(1) - z);
       const T dr = dn * hn * rr * (T(1) - rr);
-      g.dgx[j] = dr;
-      g.dgx[H + j] = dz;
-      g.dgx[2 * H + j] = dn;
-      g.dgh[j] = dr;
-      g.dgh[H + j] = dz;
-      g.dgh[2 * H + j] = dn * rr;
-      g.dh_direct[j] = dh * z;
+      dgx[j] = dr;
+      dgx[H + j] = dz;
+      dgx[2 * H + j] = dn;
+      dgh[j] = dr;
+      dgh[H + j] = dz;
+      dgh[2 * H + j] = dn * rr;
+      dh_direct[j] = dh * z;
     }
   }
 };

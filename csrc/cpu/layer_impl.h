@@ -16,6 +16,7 @@
 #include "cpu/blas.h"
 #include "cpu/cells.h"
 #include "cpu/denormals.h"
+#include "cpu/isa.h"
 #include "fastrnn/fastrnn.h"
 
 namespace fastrnn::cpu {
@@ -66,6 +67,104 @@ void broadcast_rows(scalar_t* dst, const scalar_t* row, int64_t rows, int64_t n)
   for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * n, row, n * sizeof(scalar_t));
 }
 
+// ---- the pointwise pass of one step over the whole batch, per instruction set --------------
+
+template <typename T>
+struct ForwardStep {
+  int64_t B, H, t;
+  const int64_t* lengths;   // (B) or nullptr
+  const T* xp_t;            // (B, G*H) input pre-activations of step t
+  const T* hp;              // (B, G*H) recurrent pre-activations
+  const T* h_prev;          // (B, H)
+  const T* c_prev;          // (B, H) LSTM
+  T* h_new;                 // (B, H)
+  T* c_new;                 // (B, H) LSTM
+  T* y_t;                   // (B, H)
+  T* acts_t;                // (B, S*H) saved activations, or nullptr (inference)
+};
+
+template <typename T, Cell kCell>
+FASTRNN_INLINE void forward_step_body(const ForwardStep<T>& s) {
+  using Math = CellMath<kCell>;
+  const int64_t H = s.H, GH = Math::kGates * H, SH = Math::kSaved * H;
+  constexpr bool kC = has_cell_state(kCell);
+  for (int64_t b = 0; b < s.B; ++b) {
+    const int64_t row = b * H;
+    if (is_padding(s.lengths, b, s.t)) {  // state carried through, output zero
+      std::memcpy(s.h_new + row, s.h_prev + row, H * sizeof(T));
+      if (kC) std::memcpy(s.c_new + row, s.c_prev + row, H * sizeof(T));
+      std::fill(s.y_t + row, s.y_t + row + H, T(0));
+      continue;
+    }
+    StepRow<T> r{s.xp_t + b * GH, s.hp + b * GH, s.h_prev + row,
+                 kC ? s.c_prev + row : nullptr, s.h_new + row, kC ? s.c_new + row : nullptr,
+                 s.acts_t && SH ? s.acts_t + b * SH : nullptr};
+    Math::forward(H, r);
+    std::memcpy(s.y_t + row, s.h_new + row, H * sizeof(T));
+  }
+}
+
+template <typename T>
+struct BackwardStep {
+  int64_t B, H, t;
+  const int64_t* lengths;
+  const T* dy_t;            // (B, H)
+  const T* dh_next;         // (B, H) gradient of h after step t from later steps
+  const T* dc_next;         // (B, H) LSTM
+  T* dh_total;              // (B, H) scratch: dy_t + dh_next
+  const T* acts_t;          // (B, S*H)
+  const T* h_prev;          // (B, H)
+  const T* h_new;           // (B, H)
+  const T* c_prev;          // (B, H) LSTM
+  const T* c_new;           // (B, H) LSTM
+  T* dgx_t;                 // (B, G*H) out
+  T* dgh_t;                 // (B, G*H) out (== dgx_t unless GRU)
+  T* dh_prev;               // (B, H) out: the part of dh_prev that bypasses W_hh
+  T* dc_prev;               // (B, H) out, LSTM
+};
+
+template <typename T, Cell kCell>
+FASTRNN_INLINE void backward_step_body(const BackwardStep<T>& s) {
+  using Math = CellMath<kCell>;
+  const int64_t H = s.H, GH = Math::kGates * H, SH = Math::kSaved * H;
+  constexpr bool kC = has_cell_state(kCell);
+  for (int64_t b = 0; b < s.B; ++b) {
+    const int64_t row = b * H;
+    T* dgx_row = s.dgx_t + b * GH;
+    T* dgh_row = s.dgh_t + b * GH;
+    if (is_padding(s.lengths, b, s.t)) {  // the state passed through unchanged
+      std::fill(dgx_row, dgx_row + GH, T(0));
+      if (Math::kDistinctGradH) std::fill(dgh_row, dgh_row + GH, T(0));
+      std::memcpy(s.dh_prev + row, s.dh_next + row, H * sizeof(T));
+      if (kC) std::memcpy(s.dc_prev + row, s.dc_next + row, H * sizeof(T));
+      continue;
+    }
+    T* FASTRNN_RESTRICT dh_total = s.dh_total + row;
+    const T* FASTRNN_RESTRICT dy = s.dy_t + row;
+    const T* FASTRNN_RESTRICT dh_next = s.dh_next + row;
+    FASTRNN_IVDEP
+    for (int64_t j = 0; j < H; ++j) dh_total[j] = dy[j] + dh_next[j];
+    StepGradRow<T> g{dh_total, kC ? s.dc_next + row : nullptr,
+                     SH ? s.acts_t + b * SH : nullptr, s.h_prev + row,
+                     kC ? s.c_prev + row : nullptr, s.h_new + row,
+                     kC ? s.c_new + row : nullptr, dgx_row, dgh_row, s.dh_prev + row,
+                     kC ? s.dc_prev + row : nullptr};
+    Math::backward(H, g);
+  }
+}
+
+// Kernels for run_on_isa (isa.h): the same inlined body compiled per instruction set.
+template <typename T, Cell C>
+struct ForwardStepKernel {
+  static FASTRNN_INLINE void run(const ForwardStep<T>& s) { forward_step_body<T, C>(s); }
+};
+template <typename T, Cell C>
+struct BackwardStepKernel {
+  static FASTRNN_INLINE void run(const BackwardStep<T>& s) { backward_step_body<T, C>(s); }
+};
+
+// ---- the sequence driver ------------------------------------------------------------------
+
 template <typename scalar_t, Cell kCell>
 void forward_impl(const ForwardArgs<scalar_t>& a) {
   using Math = CellMath<kCell>;
@@ -73,6 +172,7 @@ void forward_impl(const ForwardArgs<scalar_t>& a) {
   const int64_t T = s.T, B = s.B, I = s.I, H = s.H, GH = Math::kGates * H;
   const bool training = a.reserve != nullptr;
   const bool has_bias = a.b_ih != nullptr;
+  const Isa isa = active_isa();
   DenormalsAreZero ftz;
 
   // Workspace: Xp (T*B*GH) | Hp (B*GH) | bias row (GH) | inference ping-pong states (4*B*H).
@@ -113,22 +213,10 @@ void forward_impl(const ForwardArgs<scalar_t>& a) {
     if (hp_has_bias) broadcast_rows(hp, a.b_hh, B, GH);
     gemm<scalar_t>(false, true, B, GH, H, 1, h_prev, H, a.w_hh, H, hp_has_bias ? 1 : 0, hp, GH);
 
-    scalar_t* y_t = a.y + t * B * H;
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t row = b * H;
-      if (is_padding(a.lengths, b, t)) {
-        std::memcpy(h_new + row, h_prev + row, H * sizeof(scalar_t));
-        if (has_cell_state(kCell)) std::memcpy(c_new + row, c_prev + row, H * sizeof(scalar_t));
-        std::fill(y_t + row, y_t + row + H, scalar_t(0));
-        continue;
-      }
-      StepRow<scalar_t> r{xp + (t * B + b) * GH, hp + b * GH, h_prev + row,
-                          has_cell_state(kCell) ? c_prev + row : nullptr, h_new + row,
-                          has_cell_state(kCell) ? c_new + row : nullptr,
-                          training && acts_width ? rv.acts + (t * B + b) * acts_width : nullptr};
-      Math::forward(H, r);
-      std::memcpy(y_t + row, h_new + row, H * sizeof(scalar_t));
-    }
+    run_on_isa<ForwardStepKernel<scalar_t, kCell>>(
+        isa, ForwardStep<scalar_t>{B, H, t, a.lengths, xp + t * B * GH, hp, h_prev, c_prev, h_new,
+                              c_new, a.y + t * B * H,
+                              training ? rv.acts + t * B * acts_width : nullptr});
   }
   std::memcpy(a.h_n, h_slot(slots.final()), B * H * sizeof(scalar_t));
   if (has_cell_state(kCell)) std::memcpy(a.c_n, c_slot(slots.final()), B * H * sizeof(scalar_t));
@@ -148,6 +236,7 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
   using Math = CellMath<kCell>;
   const LayerShape& s = a.shape;
   const int64_t T = s.T, B = s.B, I = s.I, H = s.H, GH = Math::kGates * H;
+  const Isa isa = active_isa();
   DenormalsAreZero ftz;
 
   // Workspace: dGx (T*B*GH) | dGh (T*B*GH, GRU only) | dh ping-pong (2*B*H) | dc ping-pong
@@ -179,30 +268,10 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
     const scalar_t* h_new = rv.hs + slots.next(t) * B * H;
     const scalar_t* c_prev = has_cell_state(kCell) ? rv.cs + slots.prev(t) * B * H : nullptr;
     const scalar_t* c_new = has_cell_state(kCell) ? rv.cs + slots.next(t) * B * H : nullptr;
-    const scalar_t* dy_t = a.dy + t * B * H;
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t row = b * H;
-      scalar_t* dgx_row = dgx + (t * B + b) * GH;
-      scalar_t* dgh_row = dgh + (t * B + b) * GH;
-      if (is_padding(a.lengths, b, t)) {  // the state passed through unchanged
-        std::fill(dgx_row, dgx_row + GH, scalar_t(0));
-        if (Math::kDistinctGradH) std::fill(dgh_row, dgh_row + GH, scalar_t(0));
-        std::memcpy(dh_prev + row, dh_next + row, H * sizeof(scalar_t));
-        if (has_cell_state(kCell)) std::memcpy(dc_prev + row, dc_next + row, H * sizeof(scalar_t));
-        continue;
-      }
-      for (int64_t j = 0; j < H; ++j) dh_total[row + j] = dy_t[row + j] + dh_next[row + j];
-      StepGradRow<scalar_t> g{dh_total + row,
-                              has_cell_state(kCell) ? dc_next + row : nullptr,
-                              acts_width ? rv.acts + (t * B + b) * acts_width : nullptr,
-                              h_prev + row,
-                              has_cell_state(kCell) ? c_prev + row : nullptr,
-                              h_new + row,
-                              has_cell_state(kCell) ? c_new + row : nullptr,
-                              dgx_row, dgh_row, dh_prev + row,
-                              has_cell_state(kCell) ? dc_prev + row : nullptr};
-      Math::backward(H, g);
-    }
+    run_on_isa<BackwardStepKernel<scalar_t, kCell>>(
+        isa, BackwardStep<scalar_t>{B, H, t, a.lengths, a.dy + t * B * H, dh_next, dc_next, dh_total,
+                               rv.acts + t * B * acts_width, h_prev, h_new, c_prev, c_new,
+                               dgx + t * B * GH, dgh + t * B * GH, dh_prev, dc_prev});
     // dh_prev (holding the direct part) += dGh_t W_hh
     gemm<scalar_t>(false, false, B, H, GH, 1, dgh + t * B * GH, GH, a.w_hh, H, 1, dh_prev, H);
     std::swap(dh_next, dh_prev);

@@ -20,17 +20,4 @@ int64_t backward_workspace_elements(const LayerShape& s) {
   return gate_grads + 5 * s.B * s.H;
 }
 
-std::string blas_name() { return "OpenBLAS (scipy-openblas32)"; }
-std::string blas_config() { return cpu::blas_library_config(); }
-
-std::string compiler_name() {
-#if defined(__clang__)
-  return "clang " __clang_version__;
-#elif defined(__GNUC__)
-  return "gcc " __VERSION__;
-#else
-  return "unknown";
-#endif
-}
-
 }  // namespace fastrnn

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace fastrnn {
 
@@ -28,7 +29,7 @@ inline int num_gates(Cell cell) {
   throw std::invalid_argument("fastrnn: unknown cell kind " + std::to_string(static_cast<int>(cell)));
 }
 
-inline bool has_cell_state(Cell cell) { return cell == Cell::Lstm; }
+constexpr bool has_cell_state(Cell cell) { return cell == Cell::Lstm; }
 
 struct LayerShape {
   Cell cell;
@@ -88,7 +89,15 @@ void layer_forward(const ForwardArgs<scalar_t>& args);
 template <typename scalar_t>
 void layer_backward(const BackwardArgs<scalar_t>& args);
 
+// The vectorised gate activations the kernels use, exposed so their accuracy can be tested:
+// y[k] = sigmoid(x[k]) or tanh(x[k]) for k < n, computed by the active instruction set's code.
+enum class Activation : int { Sigmoid = 0, Tanh = 1 };
+template <typename scalar_t>
+void apply_activation(Activation kind, const scalar_t* x, scalar_t* y, int64_t n);
+
 // What this build contains.
+std::string active_isa();                  // instruction set the pointwise kernels run with
+std::vector<std::string> compiled_isas();  // every instruction set compiled in
 std::string blas_name();
 std::string blas_config();
 std::string compiler_name();

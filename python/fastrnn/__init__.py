@@ -24,12 +24,17 @@ __all__ = ["RNN", "LSTM", "GRU", "functional", "reference", "build_info", "Dtype
 
 
 def build_info() -> dict:
-    """What this build contains: version, compiler, BLAS, SIMD paths compiled in, backends."""
+    """What this build contains: version, compiler, BLAS, SIMD paths compiled in, backends.
+
+    ``simd`` lists the instruction sets the pointwise kernels are compiled for; ``simd_active``
+    is the one this CPU runs (the environment variable ``FASTRNN_ISA`` can lower it).
+    """
     return {
         "version": __version__,
         "compiler": _core.compiler(),
         "blas": _core.blas_name(),
         "blas_config": _core.blas_config(),
-        "simd": list(_core.simd),
+        "simd": list(_core.compiled_isas()),
+        "simd_active": _core.active_isa(),
         "cuda": False,
     }

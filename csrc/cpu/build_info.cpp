@@ -1,0 +1,68 @@
+// What this build contains, and the activation entry point used by the accuracy tests.
+#include "cpu/activations.h"
+#include "cpu/blas.h"
+#include "cpu/denormals.h"
+#include "cpu/isa.h"
+#include "fastrnn/fastrnn.h"
+
+namespace fastrnn {
+
+namespace {
+
+template <typename T>
+struct ActivationArgs {
+  Activation kind;
+  const T* x;
+  T* y;
+  int64_t n;
+};
+
+template <typename T>
+struct ActivationKernel {
+  static FASTRNN_INLINE void run(const ActivationArgs<T>& a) {
+    const T* FASTRNN_RESTRICT x = a.x;
+    T* FASTRNN_RESTRICT y = a.y;
+    if (a.kind == Activation::Sigmoid) {
+      for (int64_t k = 0; k < a.n; ++k) y[k] = cpu::fast_sigmoid(x[k]);
+    } else {
+      for (int64_t k = 0; k < a.n; ++k) y[k] = cpu::fast_tanh(x[k]);
+    }
+  }
+};
+
+}  // namespace
+
+template <typename T>
+void apply_activation(Activation kind, const T* x, T* y, int64_t n) {
+  if (kind != Activation::Sigmoid && kind != Activation::Tanh)
+    throw std::invalid_argument("fastrnn: unknown activation " + std::to_string(static_cast<int>(kind)));
+  cpu::DenormalsAreZero ftz;  // as inside the layer kernels
+  cpu::run_on_isa<ActivationKernel<T>>(cpu::active_isa(), ActivationArgs<T>{kind, x, y, n});
+}
+template void apply_activation<float>(Activation, const float*, float*, int64_t);
+template void apply_activation<double>(Activation, const double*, double*, int64_t);
+
+std::string active_isa() { return cpu::isa_name(cpu::active_isa()); }
+
+std::vector<std::string> compiled_isas() {
+#ifdef FASTRNN_MULTI_ISA
+  return {"baseline", "avx2", "avx512"};
+#else
+  return {"baseline"};
+#endif
+}
+
+std::string blas_name() { return "OpenBLAS (scipy-openblas32)"; }
+std::string blas_config() { return cpu::blas_library_config(); }
+
+std::string compiler_name() {
+#if defined(__clang__)
+  return "clang " __clang_version__;
+#elif defined(__GNUC__)
+  return "gcc " __VERSION__;
+#else
+  return "unknown";
+#endif
+}
+
+}  // namespace fastrnn
