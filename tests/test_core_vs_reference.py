@@ -21,7 +21,7 @@ from conftest import assert_close, cast_inputs, make_layer_inputs, random_length
 
 MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 DTYPES = (np.float32, np.float64)
-GRAD_NAMES = ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+GRAD_NAMES = ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 # (T, B, I, H): single step / single sequence / everything 1, primes, a long sequence, H = 64.
 SIZES = [
@@ -449,3 +449,65 @@ def test_degenerate_sizes_every_gemm_shape(mode, T, B, I, H):
     assert set(g_fast) == set(g_ref)
     for name in g_ref:
         assert_close(g_fast[name], g_ref[name], np.float64, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM with a projection (proj_size): h = W_hr (o * tanh(c))
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lengths_kind", ["none", "mixed", "short"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("size", [(1, 1, 1, 2, 1), (7, 5, 3, 11, 4), (6, 3, 4, 8, 7),
+                                  (60, 2, 5, 9, 3)], ids=lambda s: "T%dB%dI%dH%dP%d" % s)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_lstm_projection_matches_reference(dtype, size, reverse, lengths_kind, bias):
+    T, B, I, H, P = size
+    seed = zlib.crc32(repr((size, reverse, lengths_kind, bias)).encode())
+    rng = np.random.default_rng(seed)
+    k = 2.0 / np.sqrt(H)
+    a64 = {
+        "x": rng.standard_normal((T, B, I)),
+        "h0": 0.5 * rng.standard_normal((B, P)),
+        "c0": 0.5 * rng.standard_normal((B, H)),
+        "weight_ih": rng.uniform(-k, k, (4 * H, I)),
+        "weight_hh": rng.uniform(-k, k, (4 * H, P)),
+        "bias_ih": rng.uniform(-k, k, 4 * H) if bias else None,
+        "bias_hh": rng.uniform(-k, k, 4 * H) if bias else None,
+        "weight_hr": rng.uniform(-k, k, (P, H)),
+    }
+    a = {n: _cast(v, dtype) for n, v in a64.items()}
+    a64 = {n: _cast(v, np.float64) for n, v in a.items()}  # the very numbers fastrnn sees
+    lengths = _lengths(lengths_kind, T, B, seed)
+    dy = rng.standard_normal((T, B, P)).astype(dtype).astype(np.float64)
+    dh_n = rng.standard_normal((B, P)).astype(dtype).astype(np.float64)
+    dc_n = rng.standard_normal((B, H)).astype(dtype).astype(np.float64)
+
+    def run(backend, arrays, cast):
+        y, h_n, c_n, state = _forward(backend, "lstm", arrays, weight_hr=arrays["weight_hr"],
+                                      lengths=lengths, reverse=reverse)
+        g = backend.layer_backward(state, cast(dy), cast(dh_n), cast(dc_n))
+        return y, h_n, c_n, g
+
+    y, h_n, c_n, g = run(functional, a, lambda v: _cast(v, dtype))
+    ry, rh_n, rc_n, rg = run(reference, a64, lambda v: v)
+    label = f"proj {np.dtype(dtype)} T={T} B={B} I={I} H={H} P={P} rev={reverse} {lengths_kind}"
+    assert y.shape == (T, B, P) and h_n.shape == (B, P) and c_n.shape == (B, H)
+    assert_close(y, ry, dtype, f"{label} y")
+    assert_close(h_n, rh_n, dtype, f"{label} h_n")
+    assert_close(c_n, rc_n, dtype, f"{label} c_n")
+    if lengths is not None:
+        padded = np.arange(T)[:, None] >= lengths[None, :]
+        assert np.all(y[padded] == 0), f"{label}: padded outputs are not exactly 0"
+    assert set(g) == set(GRAD_NAMES)
+    for name in GRAD_NAMES:
+        assert_close(g[name], rg[name], dtype, f"{label} d{name}")
+    assert g["weight_hr"].shape == (P, H)
+    # inference computes the same outputs and saves nothing
+    yi, hi, ci, si = _forward(functional, "lstm", a, weight_hr=a["weight_hr"], lengths=lengths,
+                              reverse=reverse, training=False)
+    assert si is None
+    np.testing.assert_array_equal(yi, y)
+    np.testing.assert_array_equal(hi, h_n)
+    np.testing.assert_array_equal(ci, c_n)

@@ -111,7 +111,9 @@ def test_gradients_match_finite_differences(mode, reverse, lengths, bias):
     # The loss's gradients wrt the outputs: dy = wy, dh_n = wh (nonzero), dc_n = wc (nonzero).
     grads = reference.layer_backward(saved, wy, wh, wc)
 
-    assert set(grads) == {"input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"}
+    assert set(grads) == {"input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh",
+                          "weight_hr"}
+    assert grads["weight_hr"] is None
     for name in NAMES:
         if a[name] is None:
             assert grads[GRAD_KEY.get(name, name)] is None, name

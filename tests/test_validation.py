@@ -666,7 +666,7 @@ def _core_args(mode, dtype=np.float64):
     a = _args(mode, dtype)
     return dict(cell=CELL[mode], x=a["x"], h0=a["h0"], c0=a["c0"], weight_ih=a["weight_ih"],
                 weight_hh=a["weight_hh"], bias_ih=a["bias_ih"], bias_hh=a["bias_hh"],
-                lengths=None, reverse=False)
+                weight_hr=None, lengths=None, reverse=False)
 
 
 def _core_backward_args(mode, dtype=np.float64):
@@ -681,7 +681,7 @@ def test_core_good_call(mode):
     kw = _core_backward_args(mode)
     assert kw["reserve"].shape == (_core.reserve_size(CELL[mode], T, B, I, H),)
     out = _core.layer_backward(**kw)
-    assert len(out) == 7
+    assert len(out) == 8 and out[7] is None  # no weight_hr gradient without a projection
     y, h_n, c_n, reserve = _core.layer_forward(training=False, **_core_args(mode))
     assert reserve is None and (c_n is None) == (mode != "lstm")
 

@@ -88,13 +88,13 @@ template <typename scalar_t>
 struct LayerInputs {
   LayerShape shape;
   py::array x, h0, w_ih, w_hh;
-  std::optional<py::array> c0, b_ih, b_hh;
+  std::optional<py::array> c0, b_ih, b_hh, w_hr;
   std::vector<int64_t> lengths;  // empty when None
 
   LayerInputs(int cell_code, const py::object& x_obj, const py::object& h0_obj,
               const py::object& c0_obj, const py::object& w_ih_obj, const py::object& w_hh_obj,
               const py::object& b_ih_obj, const py::object& b_hh_obj,
-              const py::object& lengths_obj, bool reverse) {
+              const py::object& w_hr_obj, const py::object& lengths_obj, bool reverse) {
     const Cell cell = cell_from(cell_code);
     py::array xa = as_array(x_obj, "x");
     if (xa.ndim() != 3)
@@ -104,20 +104,34 @@ struct LayerInputs {
     if (T < 1 || B < 1 || I < 1)
       throw py::value_error("x: expected T, B, I >= 1, got shape " + shape_str(shape_of(xa)));
     py::array wh = as_array(w_hh_obj, "weight_hh");
-    if (wh.ndim() != 2)
-      throw py::value_error("weight_hh: expected a 2-D array (G*H, H), got shape " +
+    const int64_t G = fastrnn::num_gates(cell);
+    if (wh.ndim() != 2 || wh.shape(0) < G || wh.shape(0) % G != 0 || wh.shape(1) < 1)
+      throw py::value_error("weight_hh: expected a 2-D array (G*H, R) with G = " +
+                            std::to_string(G) + " gates, got shape " + shape_str(shape_of(wh)));
+    // H comes from weight_hh's rows; R (the state size) from its columns: R = H, or the
+    // projection size P with weight_hr (P, H) for an LSTM.
+    const int64_t H = wh.shape(0) / G, R = wh.shape(1);
+    int64_t P = 0;
+    if (!w_hr_obj.is_none()) {
+      if (cell != Cell::Lstm)
+        throw py::value_error("weight_hr: only an LSTM layer has a projection; expected None");
+      py::array wr = as_array(w_hr_obj, "weight_hr");
+      if (wr.ndim() != 2 || wr.shape(0) < 1 || wr.shape(0) >= H)
+        throw py::value_error("weight_hr: expected a 2-D array (P, H) with 0 < P < H = " +
+                              std::to_string(H) + ", got shape " + shape_str(shape_of(wr)));
+      P = wr.shape(0);
+      w_hr = checked<scalar_t>(w_hr_obj, "weight_hr", {P, H});
+    }
+    const int64_t state = P > 0 ? P : H;
+    if (R != state)
+      throw py::value_error("weight_hh: expected shape " + shape_str({G * H, state}) +
+                            (P > 0 ? " (G*H, P)" : " (G*H, H)") + ", got " +
                             shape_str(shape_of(wh)));
-    // H is read from weight_hh, which must be (G*H, H): check that first so a wrong weight_hh
-    // is blamed on itself, not on the arrays checked against it.
-    const int64_t H = wh.shape(1), G = fastrnn::num_gates(cell);
-    if (H < 1 || wh.shape(0) != G * H)
-      throw py::value_error("weight_hh: expected shape (G*H, H) with G = " + std::to_string(G) +
-                            " gates, got " + shape_str(shape_of(wh)));
-    shape = LayerShape{cell, T, B, I, H, reverse};
+    shape = LayerShape{cell, T, B, I, H, reverse, P};
     x = checked<scalar_t>(x_obj, "x", {T, B, I});
     w_ih = checked<scalar_t>(w_ih_obj, "weight_ih", {G * H, I});
-    w_hh = checked<scalar_t>(w_hh_obj, "weight_hh", {G * H, H});
-    h0 = checked<scalar_t>(h0_obj, "h0", {B, H});
+    w_hh = checked<scalar_t>(w_hh_obj, "weight_hh", {G * H, state});
+    h0 = checked<scalar_t>(h0_obj, "h0", {B, state});
     if (fastrnn::has_cell_state(cell)) {
       if (c0_obj.is_none()) throw py::value_error("c0: required for an LSTM layer, got None");
       c0 = checked<scalar_t>(c0_obj, "c0", {B, H});
@@ -160,6 +174,7 @@ struct LayerInputs {
     a.w_hh = static_cast<const scalar_t*>(w_hh.data());
     a.b_ih = in_ptr<scalar_t>(b_ih);
     a.b_hh = in_ptr<scalar_t>(b_hh);
+    a.w_hr = in_ptr<scalar_t>(w_hr);
     a.lengths = lengths.empty() ? nullptr : lengths.data();
     return a;
   }
@@ -199,16 +214,16 @@ py::array_t<scalar_t> empty(const std::vector<int64_t>& dims) {
 template <typename scalar_t>
 py::tuple forward_typed(int cell, const py::object& x, const py::object& h0, const py::object& c0,
                         const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
-                        const py::object& b_hh, const py::object& lengths, bool reverse,
+                        const py::object& b_hh, const py::object& w_hr, const py::object& lengths, bool reverse,
                         bool training) {
-  LayerInputs<scalar_t> in(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
+  LayerInputs<scalar_t> in(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse);
   const LayerShape& s = in.shape;
   const int64_t ws_elements = fastrnn::forward_workspace_elements(s, training);
-  check_fits_in_memory(static_cast<double>(s.T) * s.B * s.H + 2.0 * s.B * s.H + ws_elements +
+  check_fits_in_memory(static_cast<double>(s.T) * s.B * s.R() + 2.0 * s.B * s.H + ws_elements +
                            (training ? static_cast<double>(fastrnn::reserve_elements(s)) : 0.0),
                        sizeof(scalar_t));
-  auto y = empty<scalar_t>({s.T, s.B, s.H});
-  auto h_n = empty<scalar_t>({s.B, s.H});
+  auto y = empty<scalar_t>({s.T, s.B, s.R()});
+  auto h_n = empty<scalar_t>({s.B, s.R()});
   std::optional<py::array_t<scalar_t>> c_n, reserve;
   if (fastrnn::has_cell_state(s.cell)) c_n = empty<scalar_t>({s.B, s.H});
   if (training) reserve = empty<scalar_t>({fastrnn::reserve_elements(s)});
@@ -232,17 +247,17 @@ py::tuple forward_typed(int cell, const py::object& x, const py::object& h0, con
 template <typename scalar_t>
 py::tuple backward_typed(int cell, const py::object& x, const py::object& h0,
                          const py::object& c0, const py::object& w_ih, const py::object& w_hh,
-                         const py::object& b_ih, const py::object& b_hh,
+                         const py::object& b_ih, const py::object& b_hh, const py::object& w_hr,
                          const py::object& lengths, bool reverse, const py::object& reserve_obj,
                          const py::object& dy_obj, const py::object& dh_n_obj,
                          const py::object& dc_n_obj) {
-  LayerInputs<scalar_t> in(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
+  LayerInputs<scalar_t> in(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse);
   const LayerShape& s = in.shape;
   const bool lstm = fastrnn::has_cell_state(s.cell);
   py::array reserve = checked<scalar_t>(reserve_obj, "reserve", {fastrnn::reserve_elements(s)});
-  py::array dy = checked<scalar_t>(dy_obj, "dy", {s.T, s.B, s.H});
+  py::array dy = checked<scalar_t>(dy_obj, "dy", {s.T, s.B, s.R()});
   std::optional<py::array> dh_n, dc_n;
-  if (!dh_n_obj.is_none()) dh_n = checked<scalar_t>(dh_n_obj, "dh_n", {s.B, s.H});
+  if (!dh_n_obj.is_none()) dh_n = checked<scalar_t>(dh_n_obj, "dh_n", {s.B, s.R()});
   if (!dc_n_obj.is_none()) {
     if (!lstm) throw py::value_error("dc_n: only an LSTM layer has a cell state; expected None");
     dc_n = checked<scalar_t>(dc_n_obj, "dc_n", {s.B, s.H});
@@ -250,13 +265,14 @@ py::tuple backward_typed(int cell, const py::object& x, const py::object& h0,
   const int64_t GH = s.gate_width();
   const int64_t ws_elements = fastrnn::backward_workspace_elements(s);
   check_fits_in_memory(static_cast<double>(s.T) * s.B * s.I + 2.0 * s.B * s.H +
-                           static_cast<double>(GH) * (s.I + s.H + 2) + ws_elements,
+                           static_cast<double>(GH) * (s.I + s.R() + 2) + s.P * s.H + ws_elements,
                        sizeof(scalar_t));
   auto dx = empty<scalar_t>({s.T, s.B, s.I});
-  auto dh0 = empty<scalar_t>({s.B, s.H});
+  auto dh0 = empty<scalar_t>({s.B, s.R()});
   auto dw_ih = empty<scalar_t>({GH, s.I});
-  auto dw_hh = empty<scalar_t>({GH, s.H});
-  std::optional<py::array_t<scalar_t>> dc0, db_ih, db_hh;
+  auto dw_hh = empty<scalar_t>({GH, s.R()});
+  std::optional<py::array_t<scalar_t>> dc0, db_ih, db_hh, dw_hr;
+  if (s.P > 0) dw_hr = empty<scalar_t>({s.P, s.H});
   if (lstm) dc0 = empty<scalar_t>({s.B, s.H});
   if (in.b_ih) {
     db_ih = empty<scalar_t>({GH});
@@ -279,6 +295,7 @@ py::tuple backward_typed(int cell, const py::object& x, const py::object& h0,
   a.dw_hh = out_ptr(dw_hh);
   a.db_ih = db_ih ? out_ptr(*db_ih) : nullptr;
   a.db_hh = db_hh ? out_ptr(*db_hh) : nullptr;
+  a.dw_hr = dw_hr ? out_ptr(*dw_hr) : nullptr;
   {
     py::gil_scoped_release release;
     fastrnn::layer_backward<scalar_t>(a);
@@ -286,7 +303,7 @@ py::tuple backward_typed(int cell, const py::object& x, const py::object& h0,
   auto opt = [](const std::optional<py::array_t<scalar_t>>& v) {
     return v ? py::object(*v) : py::object(py::none());
   };
-  return py::make_tuple(dx, dh0, opt(dc0), dw_ih, dw_hh, opt(db_ih), opt(db_hh));
+  return py::make_tuple(dx, dh0, opt(dc0), dw_ih, dw_hh, opt(db_ih), opt(db_hh), opt(dw_hr));
 }
 
 // Dtype dispatch: the dtype of x decides; every other array must match it.
@@ -298,27 +315,27 @@ py::dtype dtype_of_x(const py::object& x) { return as_array(x, "x").dtype(); }
 
 py::tuple layer_forward(int cell, const py::object& x, const py::object& h0, const py::object& c0,
                         const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
-                        const py::object& b_hh, const py::object& lengths, bool reverse,
+                        const py::object& b_hh, const py::object& w_hr, const py::object& lengths, bool reverse,
                         bool training) {
   py::dtype dt = dtype_of_x(x);
   if (dt.equal(py::dtype::of<float>()))
-    return forward_typed<float>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training);
+    return forward_typed<float>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training);
   if (dt.equal(py::dtype::of<double>()))
-    return forward_typed<double>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training);
+    return forward_typed<double>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, training);
   unsupported_dtype(dt);
 }
 
 py::tuple layer_backward(int cell, const py::object& x, const py::object& h0, const py::object& c0,
                          const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
-                         const py::object& b_hh, const py::object& lengths, bool reverse,
+                         const py::object& b_hh, const py::object& w_hr, const py::object& lengths, bool reverse,
                          const py::object& reserve, const py::object& dy, const py::object& dh_n,
                          const py::object& dc_n) {
   py::dtype dt = dtype_of_x(x);
   if (dt.equal(py::dtype::of<float>()))
-    return backward_typed<float>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+    return backward_typed<float>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
                                  reserve, dy, dh_n, dc_n);
   if (dt.equal(py::dtype::of<double>()))
-    return backward_typed<double>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+    return backward_typed<double>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
                                   reserve, dy, dh_n, dc_n);
   unsupported_dtype(dt);
 }
@@ -348,8 +365,8 @@ py::array activation(const std::string& kind, const py::object& x_obj) {
   unsupported_dtype(x.dtype());
 }
 
-int64_t reserve_size(int cell, int64_t T, int64_t B, int64_t I, int64_t H) {
-  return fastrnn::reserve_elements(LayerShape{cell_from(cell), T, B, I, H, false});
+int64_t reserve_size(int cell, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P) {
+  return fastrnn::reserve_elements(LayerShape{cell_from(cell), T, B, I, H, false, P});
 }
 
 }  // namespace
@@ -380,16 +397,16 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("layer_forward", &layer_forward, py::arg("cell"), py::arg("x"), py::arg("h0"),
         py::arg("c0"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"),
-        py::arg("bias_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("training"),
+        py::arg("bias_hh"), py::arg("weight_hr"), py::arg("lengths"), py::arg("reverse"), py::arg("training"),
         "One layer, one direction: returns (y, h_n, c_n or None, reserve or None).");
   m.def("layer_backward", &layer_backward, py::arg("cell"), py::arg("x"), py::arg("h0"),
         py::arg("c0"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"),
-        py::arg("bias_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("reserve"),
+        py::arg("bias_hh"), py::arg("weight_hr"), py::arg("lengths"), py::arg("reverse"), py::arg("reserve"),
         py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
         "BPTT for one layer and direction: returns (dx, dh0, dc0, dweight_ih, dweight_hh, "
-        "dbias_ih, dbias_hh); absent items are None.");
+        "dbias_ih, dbias_hh, dweight_hr); absent items are None.");
   m.def("reserve_size", &reserve_size, py::arg("cell"), py::arg("T"), py::arg("B"), py::arg("I"),
-        py::arg("H"), "Elements a training forward saves for backward.");
+        py::arg("H"), py::arg("P") = 0, "Elements a training forward saves for backward.");
   m.def("blas_name", &fastrnn::blas_name);
   m.def("blas_config", &fastrnn::blas_config);
   m.def("compiler", &fastrnn::compiler_name);

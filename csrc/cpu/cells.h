@@ -24,14 +24,15 @@ struct StepRow {
   const T* hp;       // (G*H) recurrent pre-activation (incl. b_hh for GRU)
   const T* h_prev;   // (H)
   const T* c_prev;   // (H) LSTM only
-  T* h_new;          // (H)
+  T* h_new;          // (H) the cell output (LSTM with projection: o*tanh(c), before W_hr)
   T* c_new;          // (H) LSTM only
   T* acts;           // (S*H) saved activations, or nullptr in inference
 };
 
 template <typename T>
 struct StepGradRow {
-  const T* dh;       // (H) total gradient of h_new: dy + gradient from the next step
+  const T* dh;       // (H) total gradient of the cell output o*tanh(c) / h_new (before any
+                     // LSTM projection): dy + gradient from the next step
   const T* dc;       // (H) gradient of c_new from the next step (LSTM)
   const T* acts;     // (S*H) saved activations
   const T* h_prev;   // (H)
@@ -40,7 +41,8 @@ struct StepGradRow {
   const T* c_new;    // (H) LSTM
   T* dgx;            // (G*H) out
   T* dgh;            // (G*H) out; equals dgx except for GRU
-  T* dh_direct;      // (H) out: gradient of h_prev that bypasses W_hh (GRU's z*dh; 0 otherwise)
+  T* dh_direct;      // (H) out, only when kDirectPath (GRU's z*dh): gradient of h_prev that
+                     // bypasses W_hh; the driver zeroes it for the other cells
   T* dc_prev;        // (H) out, LSTM
 };
 
@@ -52,6 +54,7 @@ struct VanillaMath {
   static constexpr int kGates = 1;
   static constexpr int kSaved = 0;   // derivative comes from h_new
   static constexpr bool kDistinctGradH = false;
+  static constexpr bool kDirectPath = false;
 
   template <typename T>
   static FASTRNN_INLINE T activate(T a) {
@@ -77,12 +80,8 @@ struct VanillaMath {
     const T* FASTRNN_RESTRICT dh = g.dh;
     const T* FASTRNN_RESTRICT h_new = g.h_new;
     T* FASTRNN_RESTRICT dgx = g.dgx;
-    T* FASTRNN_RESTRICT dh_direct = g.dh_direct;
     FASTRNN_IVDEP
-    for (int64_t j = 0; j < H; ++j) {
-      dgx[j] = dh[j] * derivative_from_output(h_new[j]);
-      dh_direct[j] = T(0);
-    }
+    for (int64_t j = 0; j < H; ++j) dgx[j] = dh[j] * derivative_from_output(h_new[j]);
   }
 };
 
@@ -95,6 +94,7 @@ struct CellMath<Cell::Lstm> {
   static constexpr int kGates = 4;
   static constexpr int kSaved = 4;
   static constexpr bool kDistinctGradH = false;
+  static constexpr bool kDirectPath = false;
 
   template <typename T>
   static FASTRNN_INLINE void forward(int64_t H, const StepRow<T>& r) {
@@ -136,7 +136,6 @@ struct CellMath<Cell::Lstm> {
     const T* FASTRNN_RESTRICT c_new = g.c_new;
     T* FASTRNN_RESTRICT dgx = g.dgx;
     T* FASTRNN_RESTRICT dc_prev = g.dc_prev;
-    T* FASTRNN_RESTRICT dh_direct = g.dh_direct;
     FASTRNN_IVDEP
     for (int64_t j = 0; j < H; ++j) {
       const T i = acts[j], f = acts[H + j], gg = acts[2 * H + j], o = acts[3 * H + j];
@@ -147,7 +146,6 @@ struct CellMath<Cell::Lstm> {
       dgx[2 * H + j] = dc * i * (T(1) - gg * gg);
       dgx[3 * H + j] = dh[j] * tc * o * (T(1) - o);
       dc_prev[j] = dc * f;
-      dh_direct[j] = T(0);
     }
   }
 };
@@ -158,6 +156,7 @@ struct CellMath<Cell::Gru> {
   static constexpr int kGates = 3;
   static constexpr int kSaved = 4;
   static constexpr bool kDistinctGradH = true;
+  static constexpr bool kDirectPath = true;   // h' = ... + z * h: gradient bypassing W_hh
 
   template <typename T>
   static FASTRNN_INLINE void forward(int64_t H, const StepRow<T>& r) {

@@ -46,18 +46,29 @@ inline bool is_padding(const int64_t* lengths, int64_t b, int64_t t) {
 template <Cell kCell>
 int64_t saved_acts_width(int64_t H) { return CellMath<kCell>::kSaved * H; }
 
-// Reserve layout, in elements: hs | cs (LSTM) | acts.
+// Reserve layout, in elements: hs (T+1,B,R) | cs (T+1,B,H), LSTM | acts (T,B,S*H) | ms (T,B,H),
+// LSTM with projection.
 template <typename scalar_t, Cell kCell>
 struct ReserveView {
-  scalar_t* hs;
-  scalar_t* cs;
-  scalar_t* acts;
-  ReserveView(scalar_t* base, const LayerShape& s) : hs(nullptr), cs(nullptr), acts(nullptr) {
+  scalar_t* hs = nullptr;
+  scalar_t* cs = nullptr;
+  scalar_t* acts = nullptr;
+  scalar_t* ms = nullptr;
+  ReserveView(scalar_t* base, const LayerShape& s) {
     if (base == nullptr) return;  // inference: nothing is saved
-    const int64_t state = (s.T + 1) * s.B * s.H;
     hs = base;
-    cs = has_cell_state(kCell) ? base + state : nullptr;
-    acts = base + (has_cell_state(kCell) ? 2 : 1) * state;
+    scalar_t* next = hs + (s.T + 1) * s.B * s.R();
+    if (has_cell_state(kCell)) {
+      cs = next;
+      next += (s.T + 1) * s.B * s.H;
+    }
+    acts = next;
+    next += s.T * s.B * saved_acts_width<kCell>(s.H);
+    if (s.P > 0) ms = next;
+  }
+  static int64_t elements(const LayerShape& s) {
+    return (s.T + 1) * s.B * s.R() + (has_cell_state(kCell) ? (s.T + 1) * s.B * s.H : 0) +
+           s.T * s.B * saved_acts_width<kCell>(s.H) + (s.P > 0 ? s.T * s.B * s.H : 0);
   }
 };
 
@@ -71,87 +82,139 @@ void broadcast_rows(scalar_t* dst, const scalar_t* row, int64_t rows, int64_t n)
 
 template <typename T>
 struct ForwardStep {
-  int64_t B, H, t;
+  int64_t B, H, R, t;
   const int64_t* lengths;   // (B) or nullptr
   const T* xp_t;            // (B, G*H) input pre-activations of step t
   const T* hp;              // (B, G*H) recurrent pre-activations
-  const T* h_prev;          // (B, H)
+  const T* h_prev;          // (B, R)
   const T* c_prev;          // (B, H) LSTM
-  T* h_new;                 // (B, H)
+  T* h_new;                 // (B, R)
   T* c_new;                 // (B, H) LSTM
-  T* y_t;                   // (B, H)
+  T* y_t;                   // (B, R)
   T* acts_t;                // (B, S*H) saved activations, or nullptr (inference)
+  T* m;                     // (B, H) LSTM with projection: o*tanh(c), else nullptr
 };
 
+// Without projection: the cell writes h_new, and y_t gets a copy (zeros at padded rows).
+// With projection: the cell writes m (zeros at padded rows); project_step finishes the step.
 template <typename T, Cell kCell>
 FASTRNN_INLINE void forward_step_body(const ForwardStep<T>& s) {
   using Math = CellMath<kCell>;
-  const int64_t H = s.H, GH = Math::kGates * H, SH = Math::kSaved * H;
+  const int64_t H = s.H, R = s.R, GH = Math::kGates * H, SH = Math::kSaved * H;
   constexpr bool kC = has_cell_state(kCell);
+  const bool projected = s.m != nullptr;
   for (int64_t b = 0; b < s.B; ++b) {
-    const int64_t row = b * H;
     if (is_padding(s.lengths, b, s.t)) {  // state carried through, output zero
-      std::memcpy(s.h_new + row, s.h_prev + row, H * sizeof(T));
-      if (kC) std::memcpy(s.c_new + row, s.c_prev + row, H * sizeof(T));
-      std::fill(s.y_t + row, s.y_t + row + H, T(0));
+      if (kC) std::memcpy(s.c_new + b * H, s.c_prev + b * H, H * sizeof(T));
+      if (projected) {
+        std::fill(s.m + b * H, s.m + (b + 1) * H, T(0));
+      } else {
+        std::memcpy(s.h_new + b * R, s.h_prev + b * R, R * sizeof(T));
+        std::fill(s.y_t + b * R, s.y_t + (b + 1) * R, T(0));
+      }
       continue;
     }
-    StepRow<T> r{s.xp_t + b * GH, s.hp + b * GH, s.h_prev + row,
-                 kC ? s.c_prev + row : nullptr, s.h_new + row, kC ? s.c_new + row : nullptr,
+    T* out = projected ? s.m + b * H : s.h_new + b * H;
+    StepRow<T> r{s.xp_t + b * GH, s.hp + b * GH, s.h_prev + b * R,
+                 kC ? s.c_prev + b * H : nullptr, out, kC ? s.c_new + b * H : nullptr,
                  s.acts_t && SH ? s.acts_t + b * SH : nullptr};
     Math::forward(H, r);
-    std::memcpy(s.y_t + row, s.h_new + row, H * sizeof(T));
+    if (!projected) std::memcpy(s.y_t + b * H, out, H * sizeof(T));
+  }
+}
+
+// LSTM projection, after the cell: h_new = m W_hr^T for valid rows, h_prev carried otherwise.
+template <typename T>
+void project_step(const ForwardStep<T>& s, const T* w_hr, T* h_proj) {
+  gemm<T>(false, true, s.B, s.R, s.H, 1, s.m, s.H, w_hr, s.H, 0, h_proj, s.R);
+  const size_t row_bytes = s.R * sizeof(T);
+  for (int64_t b = 0; b < s.B; ++b) {
+    if (is_padding(s.lengths, b, s.t)) {
+      std::memcpy(s.h_new + b * s.R, s.h_prev + b * s.R, row_bytes);
+      std::fill(s.y_t + b * s.R, s.y_t + (b + 1) * s.R, T(0));
+    } else {
+      std::memcpy(s.h_new + b * s.R, h_proj + b * s.R, row_bytes);
+      std::memcpy(s.y_t + b * s.R, h_proj + b * s.R, row_bytes);
+    }
   }
 }
 
 template <typename T>
 struct BackwardStep {
-  int64_t B, H, t;
+  int64_t B, H, R, t;
   const int64_t* lengths;
-  const T* dy_t;            // (B, H)
-  const T* dh_next;         // (B, H) gradient of h after step t from later steps
+  const T* dh_cell;         // (B, H) gradient of the cell output: dy_t + dh_next, or with
+                            // projection (dy_t + dh_next) W_hr
+  const T* dh_next;         // (B, R) gradient of h after step t from later steps
   const T* dc_next;         // (B, H) LSTM
-  T* dh_total;              // (B, H) scratch: dy_t + dh_next
   const T* acts_t;          // (B, S*H)
-  const T* h_prev;          // (B, H)
-  const T* h_new;           // (B, H)
+  const T* h_prev;          // (B, R)
+  const T* h_new;           // (B, H) cell output (vanilla derivatives)
   const T* c_prev;          // (B, H) LSTM
   const T* c_new;           // (B, H) LSTM
   T* dgx_t;                 // (B, G*H) out
   T* dgh_t;                 // (B, G*H) out (== dgx_t unless GRU)
-  T* dh_prev;               // (B, H) out: the part of dh_prev that bypasses W_hh
+  T* dh_prev;               // (B, R) out: the part of dh_prev that bypasses W_hh
   T* dc_prev;               // (B, H) out, LSTM
 };
+
+// dh (B, R) = dy_t + dh_next for valid rows, 0 for padded ones (their outputs are constants).
+template <typename T>
+FASTRNN_INLINE void total_output_grad(int64_t B, int64_t R, int64_t t, const int64_t* lengths,
+                                      const T* dy_t, const T* dh_next, T* dh) {
+  for (int64_t b = 0; b < B; ++b) {
+    T* FASTRNN_RESTRICT out = dh + b * R;
+    if (is_padding(lengths, b, t)) {
+      std::fill(out, out + R, T(0));
+      continue;
+    }
+    const T* FASTRNN_RESTRICT dy = dy_t + b * R;
+    const T* FASTRNN_RESTRICT next = dh_next + b * R;
+    FASTRNN_IVDEP
+    for (int64_t j = 0; j < R; ++j) out[j] = dy[j] + next[j];
+  }
+}
 
 template <typename T, Cell kCell>
 FASTRNN_INLINE void backward_step_body(const BackwardStep<T>& s) {
   using Math = CellMath<kCell>;
-  const int64_t H = s.H, GH = Math::kGates * H, SH = Math::kSaved * H;
+  const int64_t H = s.H, R = s.R, GH = Math::kGates * H, SH = Math::kSaved * H;
   constexpr bool kC = has_cell_state(kCell);
   for (int64_t b = 0; b < s.B; ++b) {
-    const int64_t row = b * H;
     T* dgx_row = s.dgx_t + b * GH;
     T* dgh_row = s.dgh_t + b * GH;
     if (is_padding(s.lengths, b, s.t)) {  // the state passed through unchanged
       std::fill(dgx_row, dgx_row + GH, T(0));
       if (Math::kDistinctGradH) std::fill(dgh_row, dgh_row + GH, T(0));
-      std::memcpy(s.dh_prev + row, s.dh_next + row, H * sizeof(T));
-      if (kC) std::memcpy(s.dc_prev + row, s.dc_next + row, H * sizeof(T));
+      std::memcpy(s.dh_prev + b * R, s.dh_next + b * R, R * sizeof(T));
+      if (kC) std::memcpy(s.dc_prev + b * H, s.dc_next + b * H, H * sizeof(T));
       continue;
     }
-    T* FASTRNN_RESTRICT dh_total = s.dh_total + row;
-    const T* FASTRNN_RESTRICT dy = s.dy_t + row;
-    const T* FASTRNN_RESTRICT dh_next = s.dh_next + row;
-    FASTRNN_IVDEP
-    for (int64_t j = 0; j < H; ++j) dh_total[j] = dy[j] + dh_next[j];
-    StepGradRow<T> g{dh_total, kC ? s.dc_next + row : nullptr,
-                     SH ? s.acts_t + b * SH : nullptr, s.h_prev + row,
-                     kC ? s.c_prev + row : nullptr, s.h_new + row,
-                     kC ? s.c_new + row : nullptr, dgx_row, dgh_row, s.dh_prev + row,
-                     kC ? s.dc_prev + row : nullptr};
+    if (!Math::kDirectPath) std::fill(s.dh_prev + b * R, s.dh_prev + (b + 1) * R, T(0));
+    StepGradRow<T> g{s.dh_cell + b * H, kC ? s.dc_next + b * H : nullptr,
+                     SH ? s.acts_t + b * SH : nullptr, s.h_prev + b * R,
+                     kC ? s.c_prev + b * H : nullptr, s.h_new + b * H,
+                     kC ? s.c_new + b * H : nullptr, dgx_row, dgh_row, s.dh_prev + b * R,
+                     kC ? s.dc_prev + b * H : nullptr};
     Math::backward(H, g);
   }
 }
+
+template <typename T>
+struct OutputGradStep {
+  int64_t B, R, t;
+  const int64_t* lengths;
+  const T* dy_t;
+  const T* dh_next;
+  T* dh;
+};
+
+template <typename T>
+struct OutputGradKernel {
+  static FASTRNN_INLINE void run(const OutputGradStep<T>& s) {
+    total_output_grad(s.B, s.R, s.t, s.lengths, s.dy_t, s.dh_next, s.dh);
+  }
+};
 
 // Kernels for run_on_isa (isa.h): the same inlined body compiled per instruction set.
 template <typename T, Cell C>
@@ -165,21 +228,56 @@ struct BackwardStepKernel {
 
 // ---- the sequence driver ------------------------------------------------------------------
 
+// Scratch layouts, in elements; sizes.cpp reports the same totals.
+struct ForwardWorkspace {
+  int64_t xp, hp, bias, h_pingpong, c_pingpong, m, h_proj, total;
+  ForwardWorkspace(const LayerShape& s, bool training) {
+    const int64_t GH = s.gate_width(), B = s.B;
+    int64_t at = 0;
+    auto take = [&at](int64_t n) { const int64_t here = at; at += n; return here; };
+    xp = take(s.T * B * GH);                                     // X W_ih^T + biases, all steps
+    hp = take(B * GH);                                           // h_prev W_hh^T, one step
+    bias = take(GH);                                             // b_ih (+ b_hh)
+    h_pingpong = take(training ? 0 : 2 * B * s.R());             // inference keeps 2 states
+    c_pingpong = take(training || !has_cell_state(s.cell) ? 0 : 2 * B * s.H);
+    m = take(s.P > 0 && !training ? B * s.H : 0);                // training keeps m in reserve
+    h_proj = take(s.P > 0 ? B * s.R() : 0);
+    total = at;
+  }
+};
+
+struct BackwardWorkspace {
+  int64_t dgx, dgh, dh, dc, dh_cell, dh_out, total;
+  BackwardWorkspace(const LayerShape& s) {
+    const int64_t GH = s.gate_width(), B = s.B, R = s.R(), H = s.H;
+    int64_t at = 0;
+    auto take = [&at](int64_t n) { const int64_t here = at; at += n; return here; };
+    dgx = take(s.T * B * GH);                                    // pre-activation gradients
+    dgh = s.cell == Cell::Gru ? take(s.T * B * GH) : dgx;        // GRU's recurrent side differs
+    dh = take(2 * B * R);                                        // dh_next / dh_prev ping-pong
+    dc = take(has_cell_state(s.cell) ? 2 * B * H : 0);
+    dh_cell = take(B * H);                                       // gradient of the cell output
+    dh_out = take(s.P > 0 ? s.T * B * R : 0);                    // projection: dW_hr needs all
+    total = at;
+  }
+};
+
 template <typename scalar_t, Cell kCell>
 void forward_impl(const ForwardArgs<scalar_t>& a) {
   using Math = CellMath<kCell>;
+  constexpr bool kC = has_cell_state(kCell);
   const LayerShape& s = a.shape;
-  const int64_t T = s.T, B = s.B, I = s.I, H = s.H, GH = Math::kGates * H;
+  const int64_t T = s.T, B = s.B, I = s.I, H = s.H, R = s.R(), GH = Math::kGates * H;
   const bool training = a.reserve != nullptr;
   const bool has_bias = a.b_ih != nullptr;
+  const bool projected = s.P > 0;
   const Isa isa = active_isa();
   DenormalsAreZero ftz;
 
-  // Workspace: Xp (T*B*GH) | Hp (B*GH) | bias row (GH) | inference ping-pong states (4*B*H).
-  scalar_t* xp = a.workspace;
-  scalar_t* hp = xp + T * B * GH;
-  scalar_t* bias_x = hp + B * GH;
-  scalar_t* pingpong = bias_x + GH;
+  const ForwardWorkspace w(s, training);
+  scalar_t* xp = a.workspace + w.xp;
+  scalar_t* hp = a.workspace + w.hp;
+  scalar_t* bias_x = a.workspace + w.bias;
 
   // 1. Input projection for every step at once. All biases fold into Xp except GRU's b_hn,
   //    which must stay inside r * (W_hn h + b_hn): GRU adds b_hh to Hp instead.
@@ -194,32 +292,34 @@ void forward_impl(const ForwardArgs<scalar_t>& a) {
   ReserveView<scalar_t, kCell> rv(a.reserve, s);
   const int64_t acts_width = saved_acts_width<kCell>(H);
   auto h_slot = [&](int64_t slot) {
-    return training ? rv.hs + slot * B * H : pingpong + (slot & 1) * B * H;
+    return training ? rv.hs + slot * B * R : a.workspace + w.h_pingpong + (slot & 1) * B * R;
   };
   auto c_slot = [&](int64_t slot) {
-    return training ? rv.cs + slot * B * H : pingpong + (2 + (slot & 1)) * B * H;
+    return training ? rv.cs + slot * B * H : a.workspace + w.c_pingpong + (slot & 1) * B * H;
   };
-  std::memcpy(h_slot(slots.initial()), a.h0, B * H * sizeof(scalar_t));
-  if (has_cell_state(kCell)) std::memcpy(c_slot(slots.initial()), a.c0, B * H * sizeof(scalar_t));
+  std::memcpy(h_slot(slots.initial()), a.h0, B * R * sizeof(scalar_t));
+  if (kC) std::memcpy(c_slot(slots.initial()), a.c0, B * H * sizeof(scalar_t));
 
   // 2. The recurrence.
   const bool hp_has_bias = Math::kDistinctGradH && has_bias;
   for (int64_t step = 0; step < T; ++step) {
     const int64_t t = time_at(s, step);
     const scalar_t* h_prev = h_slot(slots.prev(t));
-    scalar_t* h_new = h_slot(slots.next(t));
-    const scalar_t* c_prev = has_cell_state(kCell) ? c_slot(slots.prev(t)) : nullptr;
-    scalar_t* c_new = has_cell_state(kCell) ? c_slot(slots.next(t)) : nullptr;
     if (hp_has_bias) broadcast_rows(hp, a.b_hh, B, GH);
-    gemm<scalar_t>(false, true, B, GH, H, 1, h_prev, H, a.w_hh, H, hp_has_bias ? 1 : 0, hp, GH);
+    gemm<scalar_t>(false, true, B, GH, R, 1, h_prev, R, a.w_hh, R, hp_has_bias ? 1 : 0, hp, GH);
 
-    run_on_isa<ForwardStepKernel<scalar_t, kCell>>(
-        isa, ForwardStep<scalar_t>{B, H, t, a.lengths, xp + t * B * GH, hp, h_prev, c_prev, h_new,
-                              c_new, a.y + t * B * H,
-                              training ? rv.acts + t * B * acts_width : nullptr});
+    scalar_t* m = nullptr;
+    if (projected) m = training ? rv.ms + t * B * H : a.workspace + w.m;
+    const ForwardStep<scalar_t> st{
+        B, H, R, t, a.lengths, xp + t * B * GH, hp, h_prev,
+        kC ? c_slot(slots.prev(t)) : nullptr, h_slot(slots.next(t)),
+        kC ? c_slot(slots.next(t)) : nullptr, a.y + t * B * R,
+        training ? rv.acts + t * B * acts_width : nullptr, m};
+    run_on_isa<ForwardStepKernel<scalar_t, kCell>>(isa, st);
+    if (projected) project_step(st, a.w_hr, a.workspace + w.h_proj);
   }
-  std::memcpy(a.h_n, h_slot(slots.final()), B * H * sizeof(scalar_t));
-  if (has_cell_state(kCell)) std::memcpy(a.c_n, c_slot(slots.final()), B * H * sizeof(scalar_t));
+  std::memcpy(a.h_n, h_slot(slots.final()), B * R * sizeof(scalar_t));
+  if (kC) std::memcpy(a.c_n, c_slot(slots.final()), B * H * sizeof(scalar_t));
 }
 
 // Column sums of a (rows x n) matrix into out (n), accumulated in double for float inputs.
@@ -234,27 +334,26 @@ void column_sums(const scalar_t* m, int64_t rows, int64_t n, scalar_t* out) {
 template <typename scalar_t, Cell kCell>
 void backward_impl(const BackwardArgs<scalar_t>& a) {
   using Math = CellMath<kCell>;
+  constexpr bool kC = has_cell_state(kCell);
   const LayerShape& s = a.shape;
-  const int64_t T = s.T, B = s.B, I = s.I, H = s.H, GH = Math::kGates * H;
+  const int64_t T = s.T, B = s.B, I = s.I, H = s.H, R = s.R(), GH = Math::kGates * H;
+  const bool projected = s.P > 0;
   const Isa isa = active_isa();
   DenormalsAreZero ftz;
 
-  // Workspace: dGx (T*B*GH) | dGh (T*B*GH, GRU only) | dh ping-pong (2*B*H) | dc ping-pong
-  // (2*B*H) | dh total (B*H).
-  scalar_t* dgx = a.workspace;
-  scalar_t* dgh = Math::kDistinctGradH ? dgx + T * B * GH : dgx;
-  scalar_t* dh_buf = dgx + (Math::kDistinctGradH ? 2 : 1) * T * B * GH;
-  scalar_t* dh_next = dh_buf;
-  scalar_t* dh_prev = dh_buf + B * H;
-  scalar_t* dc_next = dh_buf + 2 * B * H;
-  scalar_t* dc_prev = dh_buf + 3 * B * H;
-  scalar_t* dh_total = dh_buf + 4 * B * H;
+  const BackwardWorkspace w(s);
+  scalar_t* dgx = a.workspace + w.dgx;
+  scalar_t* dgh = a.workspace + w.dgh;
+  scalar_t* dh_next = a.workspace + w.dh;
+  scalar_t* dh_prev = dh_next + B * R;
+  scalar_t* dc_next = kC ? a.workspace + w.dc : nullptr;
+  scalar_t* dc_prev = kC ? dc_next + B * H : nullptr;
+  scalar_t* dh_cell = a.workspace + w.dh_cell;
 
-  const size_t state_bytes = B * H * sizeof(scalar_t);
-  if (a.dh_n) std::memcpy(dh_next, a.dh_n, state_bytes);
-  else std::fill(dh_next, dh_next + B * H, scalar_t(0));
-  if (has_cell_state(kCell)) {
-    if (a.dc_n) std::memcpy(dc_next, a.dc_n, state_bytes);
+  if (a.dh_n) std::memcpy(dh_next, a.dh_n, B * R * sizeof(scalar_t));
+  else std::fill(dh_next, dh_next + B * R, scalar_t(0));
+  if (kC) {
+    if (a.dc_n) std::memcpy(dc_next, a.dc_n, B * H * sizeof(scalar_t));
     else std::fill(dc_next, dc_next + B * H, scalar_t(0));
   }
 
@@ -264,38 +363,48 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
 
   for (int64_t step = T - 1; step >= 0; --step) {
     const int64_t t = time_at(s, step);
-    const scalar_t* h_prev = rv.hs + slots.prev(t) * B * H;
-    const scalar_t* h_new = rv.hs + slots.next(t) * B * H;
-    const scalar_t* c_prev = has_cell_state(kCell) ? rv.cs + slots.prev(t) * B * H : nullptr;
-    const scalar_t* c_new = has_cell_state(kCell) ? rv.cs + slots.next(t) * B * H : nullptr;
+    // Gradient of this step's output h: dy_t + dh_next (0 at padded rows), then, with a
+    // projection, through W_hr to the cell output m = o * tanh(c).
+    scalar_t* dh_out = projected ? a.workspace + w.dh_out + t * B * R : dh_cell;
+    run_on_isa<OutputGradKernel<scalar_t>>(
+        isa, OutputGradStep<scalar_t>{B, R, t, a.lengths, a.dy + t * B * R, dh_next, dh_out});
+    if (projected) gemm<scalar_t>(false, false, B, H, R, 1, dh_out, R, a.w_hr, H, 0, dh_cell, H);
+
+    const scalar_t* cell_out = projected ? rv.ms + t * B * H : rv.hs + slots.next(t) * B * R;
     run_on_isa<BackwardStepKernel<scalar_t, kCell>>(
-        isa, BackwardStep<scalar_t>{B, H, t, a.lengths, a.dy + t * B * H, dh_next, dc_next, dh_total,
-                               rv.acts + t * B * acts_width, h_prev, h_new, c_prev, c_new,
-                               dgx + t * B * GH, dgh + t * B * GH, dh_prev, dc_prev});
-    // dh_prev (holding the direct part) += dGh_t W_hh
-    gemm<scalar_t>(false, false, B, H, GH, 1, dgh + t * B * GH, GH, a.w_hh, H, 1, dh_prev, H);
+        isa, BackwardStep<scalar_t>{B, H, R, t, a.lengths, dh_cell, dh_next,
+                                    kC ? dc_next : nullptr, rv.acts + t * B * acts_width,
+                                    rv.hs + slots.prev(t) * B * R, cell_out,
+                                    kC ? rv.cs + slots.prev(t) * B * H : nullptr,
+                                    kC ? rv.cs + slots.next(t) * B * H : nullptr,
+                                    dgx + t * B * GH, dgh + t * B * GH, dh_prev,
+                                    kC ? dc_prev : nullptr});
+    // dh_prev (holding the part that bypasses W_hh) += dGh_t W_hh
+    gemm<scalar_t>(false, false, B, R, GH, 1, dgh + t * B * GH, GH, a.w_hh, R, 1, dh_prev, R);
     std::swap(dh_next, dh_prev);
-    if (has_cell_state(kCell)) std::swap(dc_next, dc_prev);
+    if (kC) std::swap(dc_next, dc_prev);
   }
-  std::memcpy(a.dh0, dh_next, state_bytes);
-  if (has_cell_state(kCell)) std::memcpy(a.dc0, dc_next, state_bytes);
+  std::memcpy(a.dh0, dh_next, B * R * sizeof(scalar_t));
+  if (kC) std::memcpy(a.dc0, dc_next, B * H * sizeof(scalar_t));
 
   // Gradients of everything applied to all steps at once.
   const int64_t rows = T * B;
   gemm<scalar_t>(false, false, rows, I, GH, 1, dgx, GH, a.w_ih, I, a.accumulate_dx ? 1 : 0, a.dx, I);
   gemm<scalar_t>(true, false, GH, I, rows, 1, dgx, GH, a.x, I, 0, a.dw_ih, I);
-  const scalar_t* h_prev_rows = rv.hs + slots.first_prev_row_block() * B * H;
-  gemm<scalar_t>(true, false, GH, H, rows, 1, dgh, GH, h_prev_rows, H, 0, a.dw_hh, H);
+  const scalar_t* h_prev_rows = rv.hs + slots.first_prev_row_block() * B * R;
+  gemm<scalar_t>(true, false, GH, R, rows, 1, dgh, GH, h_prev_rows, R, 0, a.dw_hh, R);
+  if (projected)  // dW_hr = sum_t dh_t^T m_t (padded rows: dh is 0)
+    gemm<scalar_t>(true, false, R, H, rows, 1, a.workspace + w.dh_out, R, rv.ms, H, 0, a.dw_hr, H);
   if (a.db_ih) column_sums(dgx, rows, GH, a.db_ih);
   if (a.db_hh) column_sums(dgh, rows, GH, a.db_hh);
 }
 
-inline int64_t saved_width(Cell cell, int64_t H) {
-  switch (cell) {
-    case Cell::RnnTanh: return saved_acts_width<Cell::RnnTanh>(H);
-    case Cell::RnnRelu: return saved_acts_width<Cell::RnnRelu>(H);
-    case Cell::Lstm: return saved_acts_width<Cell::Lstm>(H);
-    case Cell::Gru: return saved_acts_width<Cell::Gru>(H);
+inline int64_t reserve_elements_of(const LayerShape& s) {
+  switch (s.cell) {
+    case Cell::RnnTanh: return ReserveView<float, Cell::RnnTanh>::elements(s);
+    case Cell::RnnRelu: return ReserveView<float, Cell::RnnRelu>::elements(s);
+    case Cell::Lstm: return ReserveView<float, Cell::Lstm>::elements(s);
+    case Cell::Gru: return ReserveView<float, Cell::Gru>::elements(s);
   }
   throw std::invalid_argument("fastrnn: unknown cell kind");
 }

@@ -3,21 +3,14 @@
 
 namespace fastrnn {
 
-int64_t reserve_elements(const LayerShape& s) {
-  const int64_t state = (s.T + 1) * s.B * s.H;
-  return state * (has_cell_state(s.cell) ? 2 : 1) + s.T * s.B * cpu::saved_width(s.cell, s.H);
-}
+int64_t reserve_elements(const LayerShape& s) { return cpu::reserve_elements_of(s); }
 
 int64_t forward_workspace_elements(const LayerShape& s, bool training) {
-  const int64_t GH = s.gate_width();
-  const int64_t pingpong = training ? 0 : 4 * s.B * s.H;
-  return s.T * s.B * GH + s.B * GH + GH + pingpong;
+  return cpu::ForwardWorkspace(s, training).total;
 }
 
 int64_t backward_workspace_elements(const LayerShape& s) {
-  const int64_t GH = s.gate_width();
-  const int64_t gate_grads = s.T * s.B * GH * (s.cell == Cell::Gru ? 2 : 1);
-  return gate_grads + 5 * s.B * s.H;
+  return cpu::BackwardWorkspace(s).total;
 }
 
 }  // namespace fastrnn

@@ -3,6 +3,8 @@
 // Shape legend (every sequence tensor is time-major and C-contiguous):
 //   T  steps           B  batch            I  input size
 //   H  hidden size     G  gates: 1 (vanilla), 4 (LSTM: i,f,g,o), 3 (GRU: r,z,n)
+//   P  LSTM projection size (proj_size; 0 = none)
+//   R  size of the recurrent state h and of the output: P if P > 0, else H
 //
 // Conventions are PyTorch's (see DESIGN.md §1), so weights move across unchanged.
 // Variable lengths: steps t >= lengths[b] leave the state untouched and write zeros to y;
@@ -35,15 +37,18 @@ struct LayerShape {
   Cell cell;
   int64_t T, B, I, H;
   bool reverse;   // walk t = T-1 .. 0
+  int64_t P = 0;  // LSTM projection: h = W_hr (o * tanh(c)), W_hr (P, H); 0 = none
   int64_t gate_width() const { return num_gates(cell) * H; }
+  int64_t R() const { return P > 0 ? P : H; }
 };
 
 // Saved state ("reserve") written by a training forward and read by backward. Sizes in elements:
-//   hs     (T+1, B, H)  hidden state before/after every step, in time order, with h0 at slot 0
+//   hs     (T+1, B, R)  hidden state before/after every step, in time order, with h0 at slot 0
 //                       (forward) or slot T (reverse); padded steps carry the state.
 //   cs     (T+1, B, H)  the same for the LSTM cell state (absent for other cells)
 //   acts   (T, B, S*H)  saved activations: LSTM i,f,g,o (S=4); GRU r,z,n and W_hn h + b_hn (S=4);
 //                       vanilla nothing (S=0: derivatives come from hs)
+//   ms     (T, B, H)    LSTM with projection only: o * tanh(c) before W_hr (0 at padded steps)
 int64_t reserve_elements(const LayerShape& s);
 // Scratch used inside one call (forward or backward), in elements.
 int64_t forward_workspace_elements(const LayerShape& s, bool training);
@@ -54,15 +59,16 @@ template <typename scalar_t>
 struct ForwardArgs {
   LayerShape shape;
   const scalar_t* x;          // (T, B, I)                    in
-  const scalar_t* h0;         // (B, H)                       in
+  const scalar_t* h0;         // (B, R)                       in
   const scalar_t* c0;         // (B, H) LSTM, else nullptr    in
   const scalar_t* w_ih;       // (G*H, I)                     in
-  const scalar_t* w_hh;       // (G*H, H)                     in
+  const scalar_t* w_hh;       // (G*H, R)                     in
   const scalar_t* b_ih;       // (G*H) or nullptr (no bias)   in
   const scalar_t* b_hh;       // (G*H) or nullptr (no bias)   in
+  const scalar_t* w_hr;       // (P, H) when P > 0, else nullptr   in
   const int64_t* lengths;     // (B) in [1, T], or nullptr     in
-  scalar_t* y;                // (T, B, H)                    out
-  scalar_t* h_n;              // (B, H)                       out
+  scalar_t* y;                // (T, B, R)                    out
+  scalar_t* h_n;              // (B, R)                       out
   scalar_t* c_n;              // (B, H) LSTM, else nullptr    out
   scalar_t* reserve;          // reserve_elements(), or nullptr for inference   out
   scalar_t* workspace;        // forward_workspace_elements(shape, reserve != nullptr)
@@ -71,16 +77,17 @@ struct ForwardArgs {
 // Backward through time. Extends the forward arguments with the incoming and outgoing gradients.
 template <typename scalar_t>
 struct BackwardArgs : ForwardArgs<scalar_t> {
-  const scalar_t* dy;         // (T, B, H); entries at padded steps are ignored   in
-  const scalar_t* dh_n;       // (B, H) or nullptr (zeros)     in
+  const scalar_t* dy;         // (T, B, R); entries at padded steps are ignored   in
+  const scalar_t* dh_n;       // (B, R) or nullptr (zeros)     in
   const scalar_t* dc_n;       // (B, H) or nullptr (zeros)     in
   scalar_t* dx;               // (T, B, I)                     out (+= when accumulate_dx)
-  scalar_t* dh0;              // (B, H)                        out
+  scalar_t* dh0;              // (B, R)                        out
   scalar_t* dc0;              // (B, H) LSTM, else nullptr     out
   scalar_t* dw_ih;            // (G*H, I)                      out
-  scalar_t* dw_hh;            // (G*H, H)                      out
+  scalar_t* dw_hh;            // (G*H, R)                      out
   scalar_t* db_ih;            // (G*H) or nullptr              out
   scalar_t* db_hh;            // (G*H) or nullptr              out
+  scalar_t* dw_hr;            // (P, H) when P > 0, else nullptr   out
   bool accumulate_dx = false; // add into dx instead of overwriting (bidirectional stacks)
 };
 

@@ -57,46 +57,54 @@ class LayerState:
     weight_hh: np.ndarray
     bias_ih: Optional[np.ndarray]
     bias_hh: Optional[np.ndarray]
+    weight_hr: Optional[np.ndarray]
     lengths: Optional[np.ndarray]
     reverse: bool
     reserve: np.ndarray
 
 
-def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *, lengths=None,
-                  reverse=False, training=True):
+def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *, weight_hr=None,
+                  lengths=None, reverse=False, training=True):
     """Run one layer in one direction over the whole sequence.
 
-    Returns ``(y (T, B, H), h_n (B, H), c_n (B, H) or None, state)``; ``h_n``/``c_n`` are each
+    ``weight_hr (P, H)``, LSTM only: project the output, ``h = weight_hr @ (o * tanh(c))``, as
+    ``torch.nn.LSTM(proj_size=P)``; the state h is then of size R = P (``h0 (B, P)``,
+    ``weight_hh (4H, P)``), otherwise R = H.
+
+    Returns ``(y (T, B, R), h_n (B, R), c_n (B, H) or None, state)``; ``h_n``/``c_n`` are each
     sequence's state after its own last valid step. ``state`` is None when ``training=False``
     (nothing is saved), else the object :func:`layer_backward` takes.
     """
     code = _CELL_CODES[check_mode(mode)]
-    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh = map(
-        _contiguous, (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh))
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = map(
+        _contiguous, (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
     if isinstance(x, np.ndarray) and x.ndim == 3:
         lengths = _validate.lengths(lengths, x.shape[1], x.shape[0])
     y, h_n, c_n, reserve = _core.layer_forward(code, x, h0, c0, weight_ih, weight_hh, bias_ih,
-                                               bias_hh, lengths, bool(reverse), bool(training))
+                                               bias_hh, weight_hr, lengths, bool(reverse),
+                                               bool(training))
     state = None
     if training:
-        state = LayerState(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                           bool(reverse), reserve)
+        state = LayerState(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                           lengths, bool(reverse), reserve)
     return y, h_n, c_n, state
 
 
 def layer_backward(state: LayerState, dy, dh_n=None, dc_n=None):
     """Backward through time for a :func:`layer_forward` call made with ``training=True``.
 
-    ``dy (T, B, H)`` (entries at padded steps are ignored: those outputs are constant zeros),
-    ``dh_n, dc_n (B, H)`` or None for zeros. Returns a dict with ``input``, ``h0``, ``c0`` (None
-    unless LSTM), ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (None without bias).
+    ``dy (T, B, R)`` (entries at padded steps are ignored: those outputs are constant zeros),
+    ``dh_n (B, R)``, ``dc_n (B, H)`` or None for zeros. Returns a dict with ``input``, ``h0``,
+    ``c0`` (None unless LSTM), ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (None
+    without bias), ``weight_hr`` (None without projection).
     """
     if not isinstance(state, LayerState):
         raise TypeError(f"state: expected the LayerState returned by a training-mode "
                         f"layer_forward, got {type(state).__name__}")
     s = state
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _core.layer_backward(
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _core.layer_backward(
         _CELL_CODES[s.mode], s.x, s.h0, s.c0, s.weight_ih, s.weight_hh, s.bias_ih, s.bias_hh,
-        s.lengths, s.reverse, s.reserve, _contiguous(dy), _contiguous(dh_n), _contiguous(dc_n))
+        s.weight_hr, s.lengths, s.reverse, s.reserve, _contiguous(dy), _contiguous(dh_n),
+        _contiguous(dc_n))
     return {"input": dx, "h0": dh0, "c0": dc0, "weight_ih": dw_ih, "weight_hh": dw_hh,
-            "bias_ih": db_ih, "bias_hh": db_hh}
+            "bias_ih": db_ih, "bias_hh": db_hh, "weight_hr": dw_hr}

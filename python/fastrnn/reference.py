@@ -163,7 +163,8 @@ class _Saved:
     """
 
     __slots__ = (
-        "mode", "reverse", "x", "weight_ih", "weight_hh", "has_bias", "valid", "h_prev", "caches",
+        "mode", "reverse", "x", "weight_ih", "weight_hh", "weight_hr", "has_bias", "valid",
+        "h_prev", "caches", "cell_out",
     )
 
     def __init__(self, **fields):
@@ -189,7 +190,7 @@ def _valid_mask(lengths, T, B):
 
 
 def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *,
-                  lengths=None, reverse=False, training=True):
+                  weight_hr=None, lengths=None, reverse=False, training=True):
     """One layer, one direction, whole sequence.
 
     x (T, B, I); h0 (B, H) (required: pass zeros for a zero initial state); c0 (B, H) for
@@ -202,16 +203,21 @@ def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *,
     write zeros to y. reverse=True processes t = T-1 .. 0, so for sequence b the reverse
     direction effectively starts at t = lengths[b]-1 from h0.
 
-    Returns (y (T, B, H), h_n (B, H), c_n (B, H) or None, saved). h_n and c_n are each
+    weight_hr: None, or for 'lstm' with a projection (proj_size P > 0) an array (P, H): the
+    state and output become h = weight_hr @ (o * tanh(c)), of size P, and weight_hh is (4H, P),
+    h0 (B, P).
+
+    Returns (y (T, B, R), h_n (B, R), c_n (B, H) or None, saved), R = P or H. h_n and c_n are each
     sequence's state after its own last valid step (what torch returns for a PackedSequence).
     saved is None when training=False, otherwise an opaque object for layer_backward.
     """
     cell = _get_cell(mode)
-    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths = _check_forward_args(
-        mode, cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths = _check_forward_args(
+        mode, cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths
     )
     T, B, _ = x.shape
-    H = h0.shape[1]
+    R = h0.shape[1]  # state and output size: H, or P with a projection
+    H = weight_ih.shape[0] // cell.gates
     valid = _valid_mask(lengths, T, B)
 
     # The input half of every step's pre-activations at once: one large matmul.
@@ -219,15 +225,20 @@ def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *,
     if bias_ih is not None:
         xp = xp + bias_ih
 
-    y = np.zeros((T, B, H), dtype=x.dtype)
+    y = np.zeros((T, B, R), dtype=x.dtype)
     h, c = h0, c0
-    h_prev = np.empty((T, B, H), dtype=x.dtype) if training else None
+    h_prev = np.empty((T, B, R), dtype=x.dtype) if training else None
+    cell_out = np.zeros((T, B, H), dtype=x.dtype) if training and weight_hr is not None else None
     caches = [None] * T
     for t in _time_order(T, reverse):
         hp = h @ weight_hh.T
         if bias_hh is not None:
             hp = hp + bias_hh
         h_new, c_new, cache = cell.forward(xp[t], hp, h, c)
+        if weight_hr is not None:  # LSTM projection of the cell output o * tanh(c)
+            if training:
+                cell_out[t] = np.where(valid[t], h_new, 0)
+            h_new = h_new @ weight_hr.T
         if training:
             h_prev[t] = h
             caches[t] = cache
@@ -242,7 +253,8 @@ def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *,
     if training:
         saved = _Saved(
             mode=mode, reverse=reverse, x=x, weight_ih=weight_ih, weight_hh=weight_hh,
-            has_bias=bias_ih is not None, valid=valid, h_prev=h_prev, caches=caches,
+            weight_hr=weight_hr, has_bias=bias_ih is not None, valid=valid, h_prev=h_prev,
+            caches=caches, cell_out=cell_out,
         )
     return y, h, c, saved
 
@@ -250,12 +262,13 @@ def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *,
 def layer_backward(saved, dy, dh_n=None, dc_n=None):
     """Backward through time of one layer_forward call (made with training=True).
 
-    dy (T, B, H): gradient of y (entries at padded steps are ignored: y is constant 0 there);
-    dh_n, dc_n (B, H) or None (= zeros); dc_n must be None unless the mode is 'lstm'.
+    dy (T, B, R): gradient of y (entries at padded steps are ignored: y is constant 0 there);
+    dh_n (B, R), dc_n (B, H) or None (= zeros); dc_n must be None unless the mode is 'lstm'.
+    R is the state size (H, or P with a projection).
 
     Returns a dict with keys 'input' (T, B, I), 'h0' (B, H), 'c0' (B, H) or None for non-LSTM,
     'weight_ih', 'weight_hh', 'bias_ih', 'bias_hh' (the bias entries are None when the forward
-    had no bias).
+    had no bias), 'weight_hr' (None without a projection).
     """
     if not isinstance(saved, _Saved):
         raise TypeError(
@@ -265,10 +278,11 @@ def layer_backward(saved, dy, dh_n=None, dc_n=None):
     s = saved
     cell = _CELLS[s.mode]
     T, B, I = s.x.shape
-    H = s.weight_hh.shape[1]
+    R = s.weight_hh.shape[1]
+    H = s.weight_ih.shape[0] // cell.gates
     dtype = s.x.dtype
-    dy = _check_array("dy", dy, (T, B, H), dtype)
-    dh = np.zeros((B, H), dtype) if dh_n is None else _check_array("dh_n", dh_n, (B, H), dtype)
+    dy = _check_array("dy", dy, (T, B, R), dtype)
+    dh = np.zeros((B, R), dtype) if dh_n is None else _check_array("dh_n", dh_n, (B, R), dtype)
     if cell.has_c:
         dc = np.zeros((B, H), dtype) if dc_n is None else _check_array("dc_n", dc_n, (B, H), dtype)
     else:
@@ -278,14 +292,19 @@ def layer_backward(saved, dy, dh_n=None, dc_n=None):
 
     dxp_all = np.zeros((T, B, cell.gates * H), dtype)
     dhp_all = np.zeros((T, B, cell.gates * H), dtype)
+    dweight_hr = np.zeros_like(s.weight_hr) if s.weight_hr is not None else None
     for t in reversed(_time_order(T, s.reverse)):
         m = s.valid[t]
         dh = dh + np.where(m, dy[t], 0)
         # Rows past their sequence's end did not go through the cell: give it zero gradient
         # there (the cell backward is linear in dh, dc, so dxp, dhp come out zero) and pass
         # their dh, dc straight through to the previous step.
+        dh_cell = np.where(m, dh, 0)
+        if s.weight_hr is not None:  # back through the projection h = W_hr (o * tanh(c))
+            dweight_hr += dh_cell.T @ s.cell_out[t]
+            dh_cell = dh_cell @ s.weight_hr
         dxp, dhp, dh_direct, dc_prev = cell.backward(
-            s.caches[t], np.where(m, dh, 0), np.where(m, dc, 0) if cell.has_c else None
+            s.caches[t], dh_cell, np.where(m, dc, 0) if cell.has_c else None
         )
         dxp_all[t] = dxp
         dhp_all[t] = dhp
@@ -304,9 +323,10 @@ def layer_backward(saved, dy, dh_n=None, dc_n=None):
         "h0": dh,
         "c0": dc,
         "weight_ih": dxp_rows.T @ s.x.reshape(T * B, I),
-        "weight_hh": dhp_rows.T @ s.h_prev.reshape(T * B, H),
+        "weight_hh": dhp_rows.T @ s.h_prev.reshape(T * B, R),
         "bias_ih": dxp_rows.sum(axis=0) if s.has_bias else None,
         "bias_hh": dhp_rows.sum(axis=0) if s.has_bias else None,
+        "weight_hr": dweight_hr,
     }
 
 
@@ -326,19 +346,31 @@ def _check_array(name, a, shape, dtype):
     return a
 
 
-def _check_forward_args(mode, cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
+def _check_forward_args(mode, cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                        lengths):
     x = np.asarray(x)
     if x.dtype not in _DTYPES:
         raise DtypeError(f"x: expected dtype float32 or float64, got {x.dtype}")
     if x.ndim != 3:
         raise ValueError(f"x: expected 3 dimensions (T, B, I), got shape {x.shape}")
     T, B, I = x.shape
-    h0 = np.asarray(h0)
-    if h0.ndim != 2:
-        raise ValueError(f"h0: expected 2 dimensions (B, H), got shape {h0.shape}")
-    H = h0.shape[1]
-    GH = cell.gates * H
-    h0 = _check_array("h0", h0, (B, H), x.dtype)
+    weight_ih = np.asarray(weight_ih)
+    if weight_ih.ndim != 2 or weight_ih.shape[0] % cell.gates:
+        raise ValueError(f"weight_ih: expected shape (G*H, I) with G = {cell.gates}, "
+                         f"got {weight_ih.shape}")
+    GH = weight_ih.shape[0]
+    H = GH // cell.gates
+    R = H  # state size
+    if weight_hr is not None:
+        if mode != "lstm":
+            raise ValueError(f"weight_hr: expected None for mode {mode!r} (only an LSTM projects)")
+        weight_hr = np.asarray(weight_hr)
+        if weight_hr.ndim != 2 or not 0 < weight_hr.shape[0] < H:
+            raise ValueError(f"weight_hr: expected shape (P, H={H}) with 0 < P < H, "
+                             f"got {weight_hr.shape}")
+        R = weight_hr.shape[0]
+        weight_hr = _check_array("weight_hr", weight_hr, (R, H), x.dtype)
+    h0 = _check_array("h0", h0, (B, R), x.dtype)
     if cell.has_c:
         if c0 is None:
             raise ValueError(f"c0: expected an array of shape {(B, H)} for mode {mode!r}, got None")
@@ -346,7 +378,7 @@ def _check_forward_args(mode, cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bi
     elif c0 is not None:
         raise ValueError(f"c0: expected None for mode {mode!r} (it has no cell state)")
     weight_ih = _check_array("weight_ih", weight_ih, (GH, I), x.dtype)
-    weight_hh = _check_array("weight_hh", weight_hh, (GH, H), x.dtype)
+    weight_hh = _check_array("weight_hh", weight_hh, (GH, R), x.dtype)
     if (bias_ih is None) != (bias_hh is None):
         raise ValueError("bias_ih, bias_hh: expected both arrays or both None, got one of each")
     if bias_ih is not None:
@@ -364,7 +396,7 @@ def _check_forward_args(mode, cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bi
                 f"lengths: expected values in [1, T={T}], "
                 f"got min {lengths.min()}, max {lengths.max()}"
             )
-    return x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths
+    return x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths
 
 
 # ---------------------------------------------------------------------------------------------
