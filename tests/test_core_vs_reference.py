@@ -511,3 +511,27 @@ def test_lstm_projection_matches_reference(dtype, size, reverse, lengths_kind, b
     np.testing.assert_array_equal(yi, y)
     np.testing.assert_array_equal(hi, h_n)
     np.testing.assert_array_equal(ci, c_n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("layers,bidirectional,batch_first", [(1, False, False), (2, True, True),
+                                                             (3, True, False)])
+def test_lstm_proj_module_matches_reference(dtype, layers, bidirectional, batch_first):
+    kwargs = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
+                  proj_size=3, dtype=dtype, seed=11, dropout=0.3)
+    fast, ref = fastrnn.LSTM(4, 7, **kwargs), reference.LSTM(4, 7, **kwargs)
+    rng = np.random.default_rng(layers)
+    T, B, D = 6, 3, 2 if bidirectional else 1
+    x = rng.standard_normal((B, T, 4) if batch_first else (T, B, 4)).astype(dtype)
+    hx = (rng.standard_normal((layers * D, B, 3)).astype(dtype),
+          rng.standard_normal((layers * D, B, 7)).astype(dtype))
+    lengths = np.array([6, 1, 4])
+    y, (h, c) = fast(x, hx, lengths=lengths)
+    ry, (rh, rc) = ref(x, hx, lengths=lengths)
+    for name, got, want in (("y", y, ry), ("h_n", h, rh), ("c_n", c, rc)):
+        assert_close(got, want, dtype, name)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    g, rg = fast.backward(dy), ref.backward(dy)
+    assert set(g) == set(rg) and any(k.startswith("weight_hr") for k in g)
+    for name in rg:
+        assert_close(g[name], rg[name], dtype, name)

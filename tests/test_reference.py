@@ -133,6 +133,48 @@ def test_gradients_match_finite_differences(mode, reverse, lengths, bias):
         check_close(f"{mode} {name}", analytic, numeric, TOLERANCES["finite_difference_f64"])
 
 
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_lstm_projection_gradients_match_finite_differences(reverse, lengths):
+    """LSTM with proj_size P: h = W_hr (o * tanh(c)); every input, weight_hr included."""
+    rng = np.random.default_rng(5)
+    P = 3
+    k = 1.0 / np.sqrt(H)
+    a = {
+        "x": rng.standard_normal((T, B, I)),
+        "h0": 0.5 * rng.standard_normal((B, P)),
+        "c0": 0.5 * rng.standard_normal((B, H)),
+        "weight_ih": rng.uniform(-2 * k, 2 * k, (4 * H, I)),
+        "weight_hh": rng.uniform(-2 * k, 2 * k, (4 * H, P)),
+        "bias_ih": rng.uniform(-k, k, 4 * H),
+        "bias_hh": rng.uniform(-k, k, 4 * H),
+        "weight_hr": rng.uniform(-2 * k, 2 * k, (P, H)),
+    }
+    wy, wh, wc = rng.standard_normal((T, B, P)), rng.standard_normal((B, P)), rng.standard_normal((B, H))
+
+    def run(training):
+        return reference.layer_forward("lstm", a["x"], a["h0"], a["c0"], a["weight_ih"],
+                                       a["weight_hh"], a["bias_ih"], a["bias_hh"],
+                                       weight_hr=a["weight_hr"], lengths=lengths,
+                                       reverse=reverse, training=training)
+
+    y, h_n, c_n, saved = run(True)
+    assert y.shape == (T, B, P) and h_n.shape == (B, P) and c_n.shape == (B, H)
+    grads = reference.layer_backward(saved, wy, wh, wc)
+    for name, arr in a.items():
+        numeric = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + FD_EPS
+            up = linear_loss(*run(False)[:3], wy, wh, wc)
+            arr[idx] = old - FD_EPS
+            down = linear_loss(*run(False)[:3], wy, wh, wc)
+            arr[idx] = old
+            numeric[idx] = (up - down) / (2 * FD_EPS)
+        check_close(f"proj {name}", grads[GRAD_KEY.get(name, name)], numeric,
+                    TOLERANCES["finite_difference_f64"])
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_missing_final_state_gradients_mean_zeros(mode):
     a = make_arrays(mode)

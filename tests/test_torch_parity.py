@@ -135,3 +135,47 @@ def test_default_init_matches_torch_distribution(cell):
         assert ours.params[name].shape == tuple(p.shape), name
         assert np.abs(ours.params[name]).max() <= bound
         assert np.abs(ours.params[name]).max() > 0.8 * bound  # spread over the whole range
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("layers,bidirectional,batch_first,use_lengths,use_hx,T,B,I,H,P", [
+    (1, False, False, False, False, 1, 1, 3, 5, 2),
+    (2, True, True, True, True, 7, 5, 3, 11, 4),
+    (3, True, False, True, False, 6, 4, 5, 7, 6),
+    (2, False, True, False, True, 9, 2, 4, 8, 1),
+])
+def test_lstm_proj_size_matches_torch(dtype, layers, bidirectional, batch_first, use_lengths,
+                                      use_hx, T, B, I, H, P):
+    rng = np.random.default_rng(T * 100 + B * 10 + P)
+    kwargs = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
+                  proj_size=P)
+    ours = fastrnn.LSTM(I, H, dtype=dtype, seed=int(rng.integers(1 << 30)), **kwargs)
+    theirs = torch.nn.LSTM(I, H, dtype=torch.float64 if dtype == np.float64 else torch.float32,
+                           **kwargs)
+    theirs.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in ours.params.items()})
+    D = 2 if bidirectional else 1
+    x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(dtype)
+    lengths = None
+    if use_lengths:
+        lengths = rng.integers(1, T + 1, size=B).astype(np.int64)
+        lengths[rng.integers(B)] = T
+    hx = None
+    if use_hx:
+        hx = (rng.standard_normal((layers * D, B, P)).astype(dtype),
+              rng.standard_normal((layers * D, B, H)).astype(dtype))
+    y, (h_n, c_n) = ours(x, hx, lengths=lengths)
+    x_t, hx_t, y_t, (h_t, c_t) = run_torch(theirs, x, hx, lengths, batch_first, T)
+    assert_close(y, y_t.detach().numpy(), dtype, "output")
+    assert_close(h_n, h_t.detach().numpy(), dtype, "h_n")
+    assert_close(c_n, c_t.detach().numpy(), dtype, "c_n")
+    dy, dh, dc = (rng.standard_normal(a.shape).astype(dtype) for a in (y, h_n, c_n))
+    grads = ours.backward(dy, dh, dc)
+    ((y_t * torch.from_numpy(dy)).sum() + (h_t * torch.from_numpy(dh)).sum()
+     + (c_t * torch.from_numpy(dc)).sum()).backward()
+    assert_close(grads["input"], x_t.grad.numpy(), dtype, "d input")
+    if hx is not None:
+        assert_close(grads["h0"], hx_t[0].grad.numpy(), dtype, "d h0")
+        assert_close(grads["c0"], hx_t[1].grad.numpy(), dtype, "d c0")
+    for name, p in theirs.named_parameters():
+        assert_close(grads[name], p.grad.numpy(), dtype, f"d {name}")
+    assert set(grads) - {"input", "h0", "c0"} == {n for n, _ in theirs.named_parameters()}

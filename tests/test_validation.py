@@ -858,3 +858,63 @@ def test_floating_point_environment_restored(mode):
         assert denormals_survive()
         functional.layer_backward(state, np.ones((T, B, H), dtype))
         assert denormals_survive()
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM projection (proj_size / weight_hr)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proj_size,error", [(-1, ValueError), (H, ValueError), (H + 3, ValueError),
+                                             (1.5, TypeError), (True, TypeError)])
+def test_lstm_bad_proj_size(proj_size, error):
+    with pytest.raises(error, match=named("proj_size")):
+        fastrnn.LSTM(I, H, proj_size=proj_size)
+
+
+def test_proj_size_only_for_lstm():
+    from fastrnn.modules import _RNNBase
+    with pytest.raises(ValueError, match=named("proj_size")):
+        _RNNBase("gru", I, H, proj_size=2)
+
+
+def test_functional_weight_hr_checks():
+    a = _args("lstm")
+    P = 2
+    rng = np.random.default_rng(0)
+    w_hr = rng.standard_normal((P, H))
+    w_hh = rng.standard_normal((4 * H, P))
+    h0 = np.zeros((B, P))
+    call = lambda **kw: functional.layer_forward(  # noqa: E731
+        "lstm", a["x"], kw.get("h0", h0), a["c0"], a["weight_ih"], kw.get("w_hh", w_hh),
+        a["bias_ih"], a["bias_hh"], weight_hr=kw.get("w_hr", w_hr))
+    y, h_n, c_n, _ = call()
+    assert y.shape == (T, B, P) and h_n.shape == (B, P) and c_n.shape == (B, H)
+    with pytest.raises(ValueError, match=named("weight_hr")):
+        call(w_hr=rng.standard_normal((H, H)))          # P must be < H
+    with pytest.raises(ValueError, match=named("weight_hr")):
+        call(w_hr=rng.standard_normal((P, H + 1)))      # columns must be H
+    with pytest.raises(ValueError, match=named("weight_hh")):
+        call(w_hh=rng.standard_normal((4 * H, H)))      # with a projection, W_hh is (4H, P)
+    with pytest.raises(ValueError, match=named("h0")):
+        call(h0=np.zeros((B, H)))                       # and h0 is (B, P)
+    with pytest.raises(fastrnn.DtypeError, match=named("weight_hr")):
+        call(w_hr=w_hr.astype(np.float32))
+    g = _args("gru")
+    with pytest.raises(ValueError, match=named("weight_hr")):
+        functional.layer_forward("gru", g["x"], g["h0"], None, g["weight_ih"], g["weight_hh"],
+                                 g["bias_ih"], g["bias_hh"], weight_hr=np.zeros((1, H)))
+
+
+def test_lstm_proj_module_state_shapes():
+    m = fastrnn.LSTM(I, H, num_layers=2, proj_size=2, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((T, B, I))
+    with pytest.raises(ValueError, match=named("h0")):
+        m(x, (np.zeros((2, B, H)), np.zeros((2, B, H))))   # h0 must be (L, B, P)
+    with pytest.raises(ValueError, match=named("c0")):
+        m(x, (np.zeros((2, B, 2)), np.zeros((2, B, 2))))   # c0 stays (L, B, H)
+    y, (h, c) = m(x, (np.zeros((2, B, 2)), np.zeros((2, B, H))))
+    assert y.shape == (T, B, 2) and h.shape == (2, B, 2) and c.shape == (2, B, H)
+    m.params["weight_hr_l1"] = np.zeros((H, H))
+    with pytest.raises(ValueError, match=named("params['weight_hr_l1']")):
+        m(x)

@@ -9,6 +9,7 @@ classes share the exact same stacking code as the fast ones.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -25,10 +26,19 @@ class _RNNBase:
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, dtype=np.float32, seed: Optional[int] = None):
+                 bidirectional: bool = False, dtype=np.float32, seed: Optional[int] = None,
+                 proj_size: int = 0):
         self.mode = mode
         self.input_size = _validate.positive_int(input_size, "input_size")
         self.hidden_size = _validate.positive_int(hidden_size, "hidden_size")
+        if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, numbers.Integral):
+            raise TypeError(f"proj_size: expected an int, got {type(proj_size).__name__}")
+        if proj_size < 0 or proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size: expected 0 <= proj_size < hidden_size="
+                             f"{self.hidden_size}, got {proj_size}")
+        if proj_size and mode != "lstm":
+            raise ValueError("proj_size: only LSTM supports a projection")
+        self.proj_size = int(proj_size)
         self.num_layers = _validate.positive_int(num_layers, "num_layers")
         for name, flag in (("bias", bias), ("batch_first", batch_first),
                            ("bidirectional", bidirectional)):
@@ -55,21 +65,31 @@ class _RNNBase:
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def state_size(self) -> int:
+        """Size of h and of each direction's output: proj_size if set, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
     def _layer_input_size(self, layer: int) -> int:
-        return self.input_size if layer == 0 else self.hidden_size * self.num_directions
+        return self.input_size if layer == 0 else self.state_size * self.num_directions
 
     def _param_names(self, layer: int, direction: int) -> List[str]:
+        """PyTorch's names and order: weight_ih, weight_hh[, bias_ih, bias_hh][, weight_hr]."""
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
         names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.bias else [])
+        names += ["weight_hr"] if self.proj_size else []
         return [n + suffix for n in names]
 
     def _param_shapes(self) -> Dict[str, tuple]:
-        gh = _GATES[self.mode] * self.hidden_size
+        gh, H = _GATES[self.mode] * self.hidden_size, self.hidden_size
         shapes = {}
         for layer in range(self.num_layers):
             for direction in range(self.num_directions):
-                sizes = [(gh, self._layer_input_size(layer)), (gh, self.hidden_size), (gh,), (gh,)]
-                shapes.update(zip(self._param_names(layer, direction), sizes))
+                names = self._param_names(layer, direction)
+                sizes = {"weight_ih": (gh, self._layer_input_size(layer)),
+                         "weight_hh": (gh, self.state_size), "bias_ih": (gh,), "bias_hh": (gh,),
+                         "weight_hr": (self.proj_size, H)}
+                shapes.update((n, sizes[n.split("_l")[0]]) for n in names)
         return shapes
 
     def _checked_params(self) -> Dict[str, np.ndarray]:
@@ -97,6 +117,7 @@ class _RNNBase:
 
     def __repr__(self):
         extra = ", nonlinearity='relu'" if self.mode == "rnn_relu" else ""
+        extra += f", proj_size={self.proj_size}" if self.proj_size else ""
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
                 f"num_layers={self.num_layers}, bias={self.bias}, batch_first={self.batch_first}, "
                 f"dropout={self.dropout}, bidirectional={self.bidirectional}{extra}, "
@@ -127,7 +148,8 @@ class _RNNBase:
         return np.ascontiguousarray(x), unbatched
 
     def _initial_state(self, value, name: str, batch: int, unbatched: bool) -> np.ndarray:
-        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        size = self.hidden_size if name == "c0" else self.state_size
+        shape = (self.num_layers * self.num_directions, batch, size)
         if value is None:
             return np.zeros(shape, self.dtype)
         expected = shape[:1] + shape[2:] if unbatched else shape
@@ -154,7 +176,7 @@ class _RNNBase:
             raise ValueError("lengths: not supported for unbatched (2-D) input; add a batch axis")
         lengths = _validate.lengths(lengths, B, T)
         params = self._checked_params()
-        D, H = self.num_directions, self.hidden_size
+        D = self.num_directions
 
         layer_input = x
         h_n = np.empty_like(h0)
@@ -164,11 +186,11 @@ class _RNNBase:
             outputs, states = [], []
             for direction in range(D):
                 idx = layer * D + direction
-                w = [params[n] for n in self._param_names(layer, direction)]
-                b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
+                w = self._layer_params(params, layer, direction)
                 y, h, c, state = self._backend.layer_forward(
                     self.mode, layer_input, h0[idx], c0[idx] if c0 is not None else None,
-                    w[0], w[1], b_ih, b_hh, lengths=lengths, reverse=direction == 1,
+                    w["weight_ih"], w["weight_hh"], w["bias_ih"], w["bias_hh"],
+                    weight_hr=w["weight_hr"], lengths=lengths, reverse=direction == 1,
                     training=self.training)
                 outputs.append(y)
                 states.append(state)
@@ -196,6 +218,12 @@ class _RNNBase:
             c_n = c_n[:, 0] if c_n is not None else None
         return (y, (h_n, c_n)) if self._has_cell_state else (y, h_n)
 
+    def _layer_params(self, params: Dict[str, np.ndarray], layer: int, direction: int) -> dict:
+        """One layer and direction's parameters keyed by their layer_forward argument name."""
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        return {name: params.get(name + suffix)
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
+
     def _user_layout(self, seq: np.ndarray, unbatched: bool) -> np.ndarray:
         if unbatched:
             return seq[:, 0]
@@ -214,11 +242,11 @@ class _RNNBase:
             raise RuntimeError("backward: needs a forward call in training mode first (after "
                                "eval(), or after a previous backward, nothing is saved)")
         T, B, unbatched = saved["steps"], saved["batch"], saved["unbatched"]
-        D, H, L = self.num_directions, self.hidden_size, self.num_layers
+        D, H, L, R = self.num_directions, self.hidden_size, self.num_layers, self.state_size
         if unbatched:
-            out_shape = (T, D * H)
+            out_shape = (T, D * R)
         else:
-            out_shape = (B, T, D * H) if self.batch_first else (T, B, D * H)
+            out_shape = (B, T, D * R) if self.batch_first else (T, B, D * R)
         dy = _validate.array(dy, "dy", self.dtype, out_shape)
         if unbatched:
             dy = dy[:, None, :]
@@ -230,7 +258,7 @@ class _RNNBase:
         dc_n = self._final_state_grad(dc_n, "dc_n", B, unbatched)
 
         grads: Dict[str, np.ndarray] = {}
-        dh0 = np.zeros((L * D, B, H), self.dtype)
+        dh0 = np.zeros((L * D, B, R), self.dtype)
         dc0 = np.zeros((L * D, B, H), self.dtype) if self._has_cell_state else None
         d_out = dy
         for layer in reversed(range(L)):
@@ -240,7 +268,7 @@ class _RNNBase:
             d_in = None
             for direction in range(D):
                 idx = layer * D + direction
-                dy_dir = np.ascontiguousarray(d_out[:, :, direction * H:(direction + 1) * H])
+                dy_dir = np.ascontiguousarray(d_out[:, :, direction * R:(direction + 1) * R])
                 g = self._backend.layer_backward(
                     saved["states"][layer][direction], dy_dir,
                     None if dh_n is None else dh_n[idx], None if dc_n is None else dc_n[idx])
@@ -248,10 +276,8 @@ class _RNNBase:
                 dh0[idx] = g["h0"]
                 if dc0 is not None:
                     dc0[idx] = g["c0"]
-                names = self._param_names(layer, direction)
-                grads[names[0]], grads[names[1]] = g["weight_ih"], g["weight_hh"]
-                if self.bias:
-                    grads[names[2]], grads[names[3]] = g["bias_ih"], g["bias_hh"]
+                for name in self._param_names(layer, direction):
+                    grads[name] = g[name.split("_l")[0]]
             d_out = d_in
         self._saved = None
 
@@ -265,7 +291,8 @@ class _RNNBase:
     def _final_state_grad(self, value, name: str, batch: int, unbatched: bool):
         if value is None:
             return None
-        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        size = self.hidden_size if name == "dc_n" else self.state_size
+        shape = (self.num_layers * self.num_directions, batch, size)
         expected = shape[:1] + shape[2:] if unbatched else shape
         return _validate.array(value, name, self.dtype, expected).reshape(shape)
 
@@ -289,16 +316,18 @@ class RNN(_RNNBase):
 
 
 class LSTM(_RNNBase):
-    """LSTM, gate order i, f, g, o, as ``torch.nn.LSTM`` (without ``proj_size``).
+    """LSTM, gate order i, f, g, o, as ``torch.nn.LSTM``, including ``proj_size``.
 
-    ``y, (h_n, c_n) = lstm(x, (h0, c0)=None, lengths=None)``.
+    ``y, (h_n, c_n) = lstm(x, (h0, c0)=None, lengths=None)``. With ``proj_size = P > 0`` the
+    output and h are projected, ``h = W_hr (o * tanh(c))``: y has ``D*P`` features, h0/h_n are
+    ``(L*D, B, P)`` and c0/c_n stay ``(L*D, B, hidden_size)``.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 dtype=np.float32, seed: Optional[int] = None):
+                 proj_size: int = 0, dtype=np.float32, seed: Optional[int] = None):
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed)
+                         bidirectional, dtype, seed, proj_size=proj_size)
 
 
 class GRU(_RNNBase):
