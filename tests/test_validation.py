@@ -628,7 +628,8 @@ _CONSTRUCTOR_CASES = [
     (dict(dtype="complex128"), TypeError, "dtype"),
     (dict(dtype="not-a-dtype"), TypeError, "dtype"),
     (dict(bias="yes"), TypeError, "bias"),
-    (dict(batch_first=1), TypeError, "batch_first"),
+    (dict(batch_first=2), TypeError, "batch_first"),
+    (dict(bidirectional="yes"), TypeError, "bidirectional"),
     (dict(bidirectional=None), TypeError, "bidirectional"),
 ]
 
@@ -782,8 +783,8 @@ def test_core_non_array(name):
 
 
 @pytest.mark.parametrize("lengths,exc", [
-    (np.array([1, 2, 3], dtype=np.int32), fastrnn.DtypeError),
-    (np.array([1.0, 2.0, 3.0]), fastrnn.DtypeError),
+    (np.array([1, 2, 3], dtype=np.int32), fastrnn.LengthsError),
+    (np.array([1.0, 2.0, 3.0]), fastrnn.LengthsError),
     (np.array([1, 2], dtype=np.int64), fastrnn.LengthsError),
     (np.array([[1, 2, 3]], dtype=np.int64), fastrnn.LengthsError),
     (np.array([0, 2, 3], dtype=np.int64), fastrnn.LengthsError),
@@ -918,3 +919,48 @@ def test_lstm_proj_module_state_shapes():
     m.params["weight_hr_l1"] = np.zeros((H, H))
     with pytest.raises(ValueError, match=named("params['weight_hr_l1']")):
         m(x)
+
+
+def test_core_rejects_unaligned_buffers_and_functional_copies_them():
+    kw = _core_args("lstm")
+    raw = np.zeros(kw["x"].nbytes + 1, np.uint8)
+    unaligned = np.frombuffer(raw.data, dtype=np.float64, count=kw["x"].size, offset=1)
+    unaligned = unaligned.reshape(kw["x"].shape)
+    unaligned[...] = kw["x"]
+    assert not unaligned.flags.aligned and unaligned.flags.c_contiguous
+    bad = dict(kw, x=unaligned)
+    with pytest.raises(ValueError, match=named("x")):
+        _core.layer_forward(training=False, **bad)
+    want, *_ = _core.layer_forward(training=False, **kw)
+    a = _args("lstm")
+    got, *_ = functional.layer_forward("lstm", unaligned, a["h0"], a["c0"], a["weight_ih"],
+                                       a["weight_hh"], a["bias_ih"], a["bias_hh"], training=False)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("args", [(2, 0, 3, 1, 4), (2, 5, -1, 1, 4), (2, 5, 3, 1, 0),
+                                  (2, 2**40, 2**40, 1, 2**40), (2, 5, 3, 1, 4, 4)])
+def test_core_reserve_size_checks_its_arguments(args):
+    with pytest.raises(ValueError):
+        _core.reserve_size(*args)
+
+
+def test_lstm_hx_needs_both_states():
+    m = fastrnn.LSTM(I, H, dtype=np.float64, seed=0)
+    x = np.zeros((T, B, I))
+    with pytest.raises(TypeError, match=named("hx")):
+        m(x, (np.zeros((1, B, H)), None))
+
+
+def test_torch_style_flag_and_dropout_values_are_accepted():
+    m = fastrnn.GRU(I, H, num_layers=2, bias=1, batch_first=0, dropout=np.float32(0.25))
+    assert m.bias is True and m.batch_first is False and m.dropout == 0.25
+
+
+def test_unknown_isa_setting_warns():
+    import subprocess
+    import sys
+    env = dict(__import__("os").environ, FASTRNN_ISA="avx-2")
+    proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", "import fastrnn"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "FASTRNN_ISA" in proc.stderr

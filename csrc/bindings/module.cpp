@@ -6,6 +6,8 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <fstream>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -68,6 +70,9 @@ py::array checked(const py::object& obj, const char* name, const std::vector<int
     throw py::value_error(std::string(name) + ": expected a C-contiguous array (use "
                           "numpy.ascontiguousarray), got strides " +
                           shape_str(std::vector<int64_t>(a.strides(), a.strides() + a.ndim())));
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error(std::string(name) + ": expected an aligned array (use "
+                          "numpy.require(a, requirements='CA')), got an unaligned buffer");
   return a;
 }
 
@@ -147,7 +152,7 @@ struct LayerInputs {
     if (!lengths_obj.is_none()) {
       py::array la = as_array(lengths_obj, "lengths");
       if (!la.dtype().equal(py::dtype::of<int64_t>()))
-        throw DtypeError("lengths: expected dtype int64, got " + std::string(py::str(la.dtype())));
+        throw LengthsError("lengths: expected dtype int64, got " + std::string(py::str(la.dtype())));
       if (shape_of(la) != std::vector<int64_t>{B})
         throw LengthsError("lengths: expected shape " + shape_str({B}) + ", got " +
                            shape_str(shape_of(la)));
@@ -183,17 +188,42 @@ struct LayerInputs {
 template <typename scalar_t>
 scalar_t* out_ptr(py::array_t<scalar_t>& a) { return a.mutable_data(); }
 
+// The memory this process can still hope to get, in bytes: the least of physical memory, the
+// cgroup (container) limit and the kernel's MemAvailable estimate; infinity if none is known.
+double usable_memory_bytes() {
+  double best = std::numeric_limits<double>::infinity();
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) best = static_cast<double>(pages) * static_cast<double>(page);
+  auto read_number = [](const char* path, const char* key) -> double {
+    std::ifstream in(path);
+    std::string word;
+    while (in >> word) {
+      if (key == nullptr || word == key) {
+        double v = 0;
+        if (key != nullptr && !(in >> word)) return -1;
+        try { v = std::stod(word); } catch (...) { return -1; }  // "max": no limit
+        return key != nullptr ? v * 1024 : v;                     // MemAvailable is in kB
+      }
+    }
+    return -1;
+  };
+  for (double v : {read_number("/sys/fs/cgroup/memory.max", nullptr),
+                   read_number("/sys/fs/cgroup/memory/memory.limit_in_bytes", nullptr),
+                   read_number("/proc/meminfo", "MemAvailable:")})
+    if (v > 0 && v < best) best = v;
+  return best;
+}
+
 // Refuses, before anything is allocated, a call whose memory (outputs, saved state, scratch)
-// exceeds the machine's physical memory: Linux overcommits, so such a call would otherwise be
+// exceeds what the process can get: Linux overcommits, so such a call would otherwise be
 // killed part-way instead of raising.
 void check_fits_in_memory(double elements, size_t element_bytes) {
   const double bytes = elements * static_cast<double>(element_bytes);
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  if (pages > 0 && page > 0 && bytes > static_cast<double>(pages) * static_cast<double>(page)) {
+  const double usable = usable_memory_bytes();
+  if (bytes > usable) {
     std::ostringstream msg;
     msg << "fastrnn: this call needs " << bytes / (1 << 30) << " GiB (outputs, saved state and "
-        << "workspace), more than the machine's " << static_cast<double>(pages) * page / (1 << 30)
-        << " GiB of memory";
+        << "workspace), more than the " << usable / (1 << 30) << " GiB of memory available";
     throw OutOfMemory(msg.str());
   }
 }
@@ -366,6 +396,15 @@ py::array activation(const std::string& kind, const py::object& x_obj) {
 }
 
 int64_t reserve_size(int cell, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P) {
+  const int64_t limit = int64_t(1) << 31;  // keeps every product below 2^63
+  for (auto [name, v] : {std::pair<const char*, int64_t>{"T", T}, {"B", B}, {"I", I}, {"H", H}})
+    if (v < 1 || v >= limit)
+      throw py::value_error(std::string(name) + ": expected 1 <= " + name + " < 2^31, got " +
+                            std::to_string(v));
+  if (P < 0 || P >= H)
+    throw py::value_error("P: expected 0 <= P < H, got " + std::to_string(P));
+  if (static_cast<double>(T + 1) * B * 6 * H >= 9.2e18)
+    throw py::value_error("T, B, H: the reserve size overflows 64-bit integers");
   return fastrnn::reserve_elements(LayerShape{cell_from(cell), T, B, I, H, false, P});
 }
 

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #if defined(__GNUC__)
 #define FASTRNN_INLINE inline __attribute__((always_inline))
@@ -20,7 +21,11 @@
 // The cell loops read and write distinct arrays at the same index: tell the vectoriser so
 // (restrict on locals is lost once these functions are inlined, and the alias checks it would
 // otherwise need exceed its limit, leaving the LSTM and GRU loops scalar).
+#if defined(__clang__)
+#define FASTRNN_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#else
 #define FASTRNN_IVDEP _Pragma("GCC ivdep")
+#endif
 #else
 #define FASTRNN_IVDEP
 #define FASTRNN_INLINE inline
@@ -57,6 +62,16 @@ struct FloatTraits<double> {
   static constexpr double kExpArgMax = 708.3964185;  // -ln(DBL_MIN): below it, flushed to 0
   static constexpr double kTanhArgMax = 20.0;       // tanh(20) rounds to 1 in double
 };
+
+// Reinterprets the bits of one value as another type of the same size (std::bit_cast is C++20;
+// memcpy compiles to a register move and keeps the loops vectorisable).
+template <typename To, typename From>
+FASTRNN_INLINE To bits_as(From v) {
+  static_assert(sizeof(To) == sizeof(From), "bits_as: sizes differ");
+  To out;
+  std::memcpy(&out, &v, sizeof(To));
+  return out;
+}
 
 // Clamp into [-limit, limit]; written with comparisons so that NaN passes through.
 template <typename T>
@@ -102,8 +117,8 @@ FASTRNN_INLINE T expm1_bounded(T x) {
   const T shifted = x * F::kLog2e + F::kShifter;   // round(x / ln2) in the low mantissa bits
   const T n = shifted - F::kShifter;
   const T r = (x - n * F::kLn2Hi) - n * F::kLn2Lo;
-  const Bits n_bits = __builtin_bit_cast(Bits, shifted);
-  const T scale = __builtin_bit_cast(T, static_cast<Bits>((n_bits + F::kBias) << F::kMantissa));
+  const Bits n_bits = bits_as<Bits>(shifted);
+  const T scale = bits_as<T>(static_cast<Bits>((n_bits + F::kBias) << F::kMantissa));
   return scale * expm1_reduced(r) + (scale - T(1));
 }
 

@@ -389,7 +389,7 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
 
   // Gradients of everything applied to all steps at once.
   const int64_t rows = T * B;
-  gemm<scalar_t>(false, false, rows, I, GH, 1, dgx, GH, a.w_ih, I, a.accumulate_dx ? 1 : 0, a.dx, I);
+  gemm<scalar_t>(false, false, rows, I, GH, 1, dgx, GH, a.w_ih, I, 0, a.dx, I);
   gemm<scalar_t>(true, false, GH, I, rows, 1, dgx, GH, a.x, I, 0, a.dw_ih, I);
   const scalar_t* h_prev_rows = rv.hs + slots.first_prev_row_block() * B * R;
   gemm<scalar_t>(true, false, GH, R, rows, 1, dgh, GH, h_prev_rows, R, 0, a.dw_hh, R);

@@ -80,7 +80,7 @@ struct BackwardArgs : ForwardArgs<scalar_t> {
   const scalar_t* dy;         // (T, B, R); entries at padded steps are ignored   in
   const scalar_t* dh_n;       // (B, R) or nullptr (zeros)     in
   const scalar_t* dc_n;       // (B, H) or nullptr (zeros)     in
-  scalar_t* dx;               // (T, B, I)                     out (+= when accumulate_dx)
+  scalar_t* dx;               // (T, B, I)                     out
   scalar_t* dh0;              // (B, R)                        out
   scalar_t* dc0;              // (B, H) LSTM, else nullptr     out
   scalar_t* dw_ih;            // (G*H, I)                      out
@@ -88,7 +88,6 @@ struct BackwardArgs : ForwardArgs<scalar_t> {
   scalar_t* db_ih;            // (G*H) or nullptr              out
   scalar_t* db_hh;            // (G*H) or nullptr              out
   scalar_t* dw_hr;            // (P, H) when P > 0, else nullptr   out
-  bool accumulate_dx = false; // add into dx instead of overwriting (bidirectional stacks)
 };
 
 template <typename scalar_t>

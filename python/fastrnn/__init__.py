@@ -6,6 +6,8 @@ through time, with PyTorch's conventions and a NumPy reference to check them aga
     y, (h_n, c_n) = lstm(np.random.randn(10, 4, 32).astype(np.float32))
     grads = lstm.backward(np.ones_like(y))
 """
+import os as _os
+import warnings as _warnings
 from importlib import metadata as _metadata
 
 from . import _blas_loader  # noqa: F401  (makes the BLAS library visible before _core loads)
@@ -13,6 +15,10 @@ from . import _core
 from . import functional, reference
 from .errors import DtypeError, LengthsError
 from .modules import GRU, LSTM, RNN
+
+if _os.environ.get("FASTRNN_ISA", "") not in ("", "baseline", "avx2", "avx512"):
+    _warnings.warn(f"FASTRNN_ISA={_os.environ['FASTRNN_ISA']!r} is not one of baseline, avx2, "
+                   f"avx512; ignored (running {_core.active_isa()})", RuntimeWarning)
 
 try:
     __version__ = _metadata.version("fastrnn")

@@ -40,7 +40,15 @@ def array(value, name: str, dtype: np.dtype, shape: tuple) -> np.ndarray:
         raise DtypeError(f"{name}: expected dtype {dtype}, got {value.dtype}")
     if value.shape != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {value.shape}")
-    return np.ascontiguousarray(value)
+    return np.require(value, requirements="CA")
+
+
+def flag(value, name: str) -> bool:
+    """A bool as torch.nn accepts it: True/False, numpy bools, or the ints 0 and 1."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral)
+                                              and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name}: expected a bool, got {value!r}")
 
 
 def lengths(value, batch: int, steps: int) -> Optional[np.ndarray]:

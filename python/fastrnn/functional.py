@@ -40,10 +40,12 @@ def check_mode(mode: str) -> str:
 
 
 def _contiguous(a):
-    """C-contiguous view or copy of an ndarray; anything else passes through for the core to reject."""
-    if isinstance(a, np.ndarray) and not a.flags.c_contiguous:
-        return np.ascontiguousarray(a)
+    """C-contiguous, aligned view or copy of an ndarray; anything else passes through for the
+    core to reject."""
+    if isinstance(a, np.ndarray) and not (a.flags.c_contiguous and a.flags.aligned):
+        return np.require(a, requirements="CA")
     return a
+
 
 
 @dataclass
@@ -80,13 +82,13 @@ def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *, we
         _contiguous, (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
     if isinstance(x, np.ndarray) and x.ndim == 3:
         lengths = _validate.lengths(lengths, x.shape[1], x.shape[0])
+    reverse, training = _validate.flag(reverse, "reverse"), _validate.flag(training, "training")
     y, h_n, c_n, reserve = _core.layer_forward(code, x, h0, c0, weight_ih, weight_hh, bias_ih,
-                                               bias_hh, weight_hr, lengths, bool(reverse),
-                                               bool(training))
+                                               bias_hh, weight_hr, lengths, reverse, training)
     state = None
     if training:
         state = LayerState(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                           lengths, bool(reverse), reserve)
+                           lengths, reverse, reserve)
     return y, h_n, c_n, state
 
 

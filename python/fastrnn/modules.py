@@ -40,14 +40,10 @@ class _RNNBase:
             raise ValueError("proj_size: only LSTM supports a projection")
         self.proj_size = int(proj_size)
         self.num_layers = _validate.positive_int(num_layers, "num_layers")
-        for name, flag in (("bias", bias), ("batch_first", batch_first),
-                           ("bidirectional", bidirectional)):
-            if not isinstance(flag, (bool, np.bool_)):
-                raise TypeError(f"{name}: expected a bool, got {type(flag).__name__}")
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.bidirectional = bool(bidirectional)
-        if (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+        self.bias = _validate.flag(bias, "bias")
+        self.batch_first = _validate.flag(batch_first, "batch_first")
+        self.bidirectional = _validate.flag(bidirectional, "bidirectional")
+        if (isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, numbers.Real)
                 or not 0.0 <= dropout <= 1.0):
             raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
         self.dropout = float(dropout)
@@ -163,6 +159,8 @@ class _RNNBase:
             return None, None
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(f"hx: expected a tuple (h0, c0) for an LSTM, got {type(hx).__name__}")
+        if hx[0] is None or hx[1] is None:
+            raise TypeError("hx: expected both h0 and c0 (or hx=None for zeros), got a None")
         return hx[0], hx[1]
 
     def __call__(self, input, hx=None, lengths=None):
