@@ -964,3 +964,13 @@ def test_unknown_isa_setting_warns():
     proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", "import fastrnn"],
                           env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and "FASTRNN_ISA" in proc.stderr
+
+
+def test_core_rejects_unaligned_lengths():
+    kw = _core_args("gru")
+    raw = np.zeros(B * 8 + 1, np.uint8)
+    lengths = np.frombuffer(raw.data, dtype=np.int64, count=B, offset=1)
+    lengths[...] = T
+    assert not lengths.flags.aligned
+    with pytest.raises(fastrnn.LengthsError, match=named("lengths")):
+        _core.layer_forward(training=False, **dict(kw, lengths=lengths))

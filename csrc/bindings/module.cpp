@@ -156,6 +156,8 @@ struct LayerInputs {
       if (shape_of(la) != std::vector<int64_t>{B})
         throw LengthsError("lengths: expected shape " + shape_str({B}) + ", got " +
                            shape_str(shape_of(la)));
+      if (!(la.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+        throw LengthsError("lengths: expected an aligned array, got an unaligned buffer");
       auto view = la.unchecked<int64_t, 1>();
       lengths.resize(B);
       for (int64_t b = 0; b < B; ++b) {

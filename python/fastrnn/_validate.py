@@ -65,4 +65,4 @@ def lengths(value, batch: int, steps: int) -> Optional[np.ndarray]:
         b = int(bad[0])
         raise LengthsError(
             f"lengths: expected every value in [1, T={steps}], got lengths[{b}] = {int(arr[b])}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return np.require(arr, dtype=np.int64, requirements="CA")
