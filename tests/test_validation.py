@@ -974,3 +974,11 @@ def test_core_rejects_unaligned_lengths():
     assert not lengths.flags.aligned
     with pytest.raises(fastrnn.LengthsError, match=named("lengths")):
         _core.layer_forward(training=False, **dict(kw, lengths=lengths))
+
+
+def test_core_reserve_size_projection_only_for_lstm():
+    assert _core.reserve_size(2, 5, 3, 1, 4, 3) > _core.reserve_size(2, 5, 3, 1, 4, 0)
+    with pytest.raises(ValueError, match=named("P")):
+        _core.reserve_size(0, 5, 3, 1, 4, 3)
+    with pytest.raises(ValueError):
+        _core.reserve_size(2, 1_300_000_000, 1, 1, 2**30, 2**30 - 1)

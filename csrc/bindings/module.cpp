@@ -190,30 +190,37 @@ struct LayerInputs {
 template <typename scalar_t>
 scalar_t* out_ptr(py::array_t<scalar_t>& a) { return a.mutable_data(); }
 
-// The memory this process can still hope to get, in bytes: the least of physical memory, the
-// cgroup (container) limit and the kernel's MemAvailable estimate; infinity if none is known.
-double usable_memory_bytes() {
-  double best = std::numeric_limits<double>::infinity();
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  if (pages > 0 && page > 0) best = static_cast<double>(pages) * static_cast<double>(page);
-  auto read_number = [](const char* path, const char* key) -> double {
-    std::ifstream in(path);
-    std::string word;
-    while (in >> word) {
-      if (key == nullptr || word == key) {
-        double v = 0;
-        if (key != nullptr && !(in >> word)) return -1;
-        try { v = std::stod(word); } catch (...) { return -1; }  // "max": no limit
-        return key != nullptr ? v * 1024 : v;                     // MemAvailable is in kB
-      }
+// A number from a file: the first word, or the word after `key`; -1 if absent or not a number.
+double read_number(const char* path, const char* key) {
+  std::ifstream in(path);
+  std::string word;
+  while (in >> word) {
+    if (key == nullptr || word == key) {
+      double v = 0;
+      if (key != nullptr && !(in >> word)) return -1;
+      try { v = std::stod(word); } catch (...) { return -1; }  // "max": no limit
+      return key != nullptr ? v * 1024 : v;                     // MemAvailable is in kB
     }
-    return -1;
-  };
-  for (double v : {read_number("/sys/fs/cgroup/memory.max", nullptr),
-                   read_number("/sys/fs/cgroup/memory/memory.limit_in_bytes", nullptr),
-                   read_number("/proc/meminfo", "MemAvailable:")})
-    if (v > 0 && v < best) best = v;
-  return best;
+  }
+  return -1;
+}
+
+// The memory this process can hope to get, in bytes: the least of physical memory and the
+// cgroup (container) limit, read once; for large requests also the kernel's current
+// MemAvailable estimate (read per call, but only then: it costs ~20 us).
+double usable_memory_bytes(double request) {
+  static const double limit = [] {
+    double best = std::numeric_limits<double>::infinity();
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0) best = static_cast<double>(pages) * static_cast<double>(page);
+    for (double v : {read_number("/sys/fs/cgroup/memory.max", nullptr),
+                     read_number("/sys/fs/cgroup/memory/memory.limit_in_bytes", nullptr)})
+      if (v > 0 && v < best) best = v;
+    return best;
+  }();
+  if (request < limit / 8) return limit;
+  const double available = read_number("/proc/meminfo", "MemAvailable:");
+  return available > 0 && available < limit ? available : limit;
 }
 
 // Refuses, before anything is allocated, a call whose memory (outputs, saved state, scratch)
@@ -221,7 +228,7 @@ double usable_memory_bytes() {
 // killed part-way instead of raising.
 void check_fits_in_memory(double elements, size_t element_bytes) {
   const double bytes = elements * static_cast<double>(element_bytes);
-  const double usable = usable_memory_bytes();
+  const double usable = usable_memory_bytes(bytes);
   if (bytes > usable) {
     std::ostringstream msg;
     msg << "fastrnn: this call needs " << bytes / (1 << 30) << " GiB (outputs, saved state and "
@@ -403,9 +410,9 @@ int64_t reserve_size(int cell, int64_t T, int64_t B, int64_t I, int64_t H, int64
     if (v < 1 || v >= limit)
       throw py::value_error(std::string(name) + ": expected 1 <= " + name + " < 2^31, got " +
                             std::to_string(v));
-  if (P < 0 || P >= H)
-    throw py::value_error("P: expected 0 <= P < H, got " + std::to_string(P));
-  if (static_cast<double>(T + 1) * B * 6 * H >= 9.2e18)
+  if (P < 0 || P >= H || (P > 0 && cell != static_cast<int>(Cell::Lstm)))
+    throw py::value_error("P: expected 0 (or 0 < P < H for an LSTM), got " + std::to_string(P));
+  if (static_cast<double>(T + 1) * B * 7 * H >= 9.2e18)  // at most R + 6H per step and row
     throw py::value_error("T, B, H: the reserve size overflows 64-bit integers");
   return fastrnn::reserve_elements(LayerShape{cell_from(cell), T, B, I, H, false, P});
 }

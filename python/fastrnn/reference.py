@@ -266,7 +266,7 @@ def layer_backward(saved, dy, dh_n=None, dc_n=None):
     dh_n (B, R), dc_n (B, H) or None (= zeros); dc_n must be None unless the mode is 'lstm'.
     R is the state size (H, or P with a projection).
 
-    Returns a dict with keys 'input' (T, B, I), 'h0' (B, H), 'c0' (B, H) or None for non-LSTM,
+    Returns a dict with keys 'input' (T, B, I), 'h0' (B, R), 'c0' (B, H) or None for non-LSTM,
     'weight_ih', 'weight_hh', 'bias_ih', 'bias_hh' (the bias entries are None when the forward
     had no bias), 'weight_hr' (None without a projection).
     """
