@@ -455,6 +455,8 @@ PYBIND11_MODULE(_core, m) {
         "dbias_ih, dbias_hh, dweight_hr); absent items are None.");
   m.def("reserve_size", &reserve_size, py::arg("cell"), py::arg("T"), py::arg("B"), py::arg("I"),
         py::arg("H"), py::arg("P") = 0, "Elements a training forward saves for backward.");
+  m.def("set_num_threads", &fastrnn::set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &fastrnn::get_num_threads);
   m.def("blas_name", &fastrnn::blas_name);
   m.def("blas_config", &fastrnn::blas_config);
   m.def("compiler", &fastrnn::compiler_name);

@@ -63,6 +63,10 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, scalar_t 
            B, blas_int(ldb, "ldb"), beta, C, blas_int(ldc, "ldc"));
 }
 
+// Threads of the BLAS library, the only threads fastrnn uses today (process-wide setting).
+inline void blas_set_num_threads(int n) { scipy_openblas_set_num_threads(n); }
+inline int blas_get_num_threads() { return scipy_openblas_get_num_threads(); }
+
 inline std::string blas_library_config() {
   std::string config = scipy_openblas_get_config();
   return config + " (kernel: " + scipy_openblas_get_corename() + ")";

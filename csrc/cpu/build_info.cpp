@@ -42,6 +42,12 @@ void apply_activation(Activation kind, const T* x, T* y, int64_t n) {
 template void apply_activation<float>(Activation, const float*, float*, int64_t);
 template void apply_activation<double>(Activation, const double*, double*, int64_t);
 
+void set_num_threads(int n) {
+  if (n < 1) throw std::invalid_argument("n: expected a thread count >= 1, got " + std::to_string(n));
+  cpu::blas_set_num_threads(n);
+}
+int get_num_threads() { return cpu::blas_get_num_threads(); }
+
 std::string active_isa() { return cpu::isa_name(cpu::active_isa()); }
 
 std::vector<std::string> compiled_isas() {

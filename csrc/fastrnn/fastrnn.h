@@ -101,6 +101,10 @@ enum class Activation : int { Sigmoid = 0, Tanh = 1 };
 template <typename scalar_t>
 void apply_activation(Activation kind, const scalar_t* x, scalar_t* y, int64_t n);
 
+// Threads used by the CPU kernels (today: the BLAS library's), process-wide.
+void set_num_threads(int n);
+int get_num_threads();
+
 // What this build contains.
 std::string active_isa();                  // instruction set the pointwise kernels run with
 std::vector<std::string> compiled_isas();  // every instruction set compiled in

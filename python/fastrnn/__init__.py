@@ -25,8 +25,27 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
-__all__ = ["RNN", "LSTM", "GRU", "functional", "reference", "build_info", "DtypeError",
-           "LengthsError", "__version__"]
+__all__ = ["RNN", "LSTM", "GRU", "functional", "reference", "build_info", "set_num_threads",
+           "get_num_threads", "DtypeError", "LengthsError", "__version__"]
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads for fastrnn's CPU work from now on, in this process.
+
+    Today those are the BLAS library's threads (OpenBLAS from ``scipy-openblas32``, separate from
+    NumPy's). The default is what OpenBLAS reads at start-up: ``OPENBLAS_NUM_THREADS``, else
+    ``OMP_NUM_THREADS``, else the number of cores.
+    """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n: expected an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n: expected a thread count >= 1, got {n}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads fastrnn's CPU work uses (see :func:`set_num_threads`)."""
+    return int(_core.get_num_threads())
 
 
 def build_info() -> dict:
@@ -42,5 +61,6 @@ def build_info() -> dict:
         "blas_config": _core.blas_config(),
         "simd": list(_core.compiled_isas()),
         "simd_active": _core.active_isa(),
+        "num_threads": get_num_threads(),
         "cuda": False,
     }
