@@ -179,3 +179,32 @@ def test_lstm_proj_size_matches_torch(dtype, layers, bidirectional, batch_first,
     for name, p in theirs.named_parameters():
         assert_close(grads[name], p.grad.numpy(), dtype, f"d {name}")
     assert set(grads) - {"input", "h0", "c0"} == {n for n, _ in theirs.named_parameters()}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_load_state_dict_from_torch_and_back(cell):
+    """Weights move both ways under the same names: torch -> fastrnn -> torch."""
+    kwargs = dict(num_layers=2, bidirectional=True)
+    if cell == "lstm":
+        kwargs["proj_size"] = 3
+    theirs = getattr(torch.nn, cell.upper() if cell != "rnn" else "RNN")(4, 6, dtype=torch.float64,
+                                                                        **kwargs)
+    ours = getattr(fastrnn, cell.upper() if cell != "rnn" else "RNN")(4, 6, dtype=np.float64,
+                                                                      seed=1, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    x = np.random.default_rng(0).standard_normal((5, 2, 4))
+    y, _ = ours(x)
+    y_t, _ = theirs(torch.from_numpy(x))
+    assert_close(y, y_t.detach().numpy(), np.float64, "output after load_state_dict")
+    back = getattr(torch.nn, cell.upper() if cell != "rnn" else "RNN")(4, 6, dtype=torch.float64,
+                                                                      **kwargs)
+    back.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    for name, p in theirs.named_parameters():
+        np.testing.assert_array_equal(dict(back.named_parameters())[name].detach().numpy(),
+                                      p.detach().numpy())
+    with pytest.raises(KeyError, match="state_dict"):
+        ours.load_state_dict({})
+    bad = ours.state_dict()
+    bad["weight_ih_l0"] = bad["weight_ih_l0"][:, :2]
+    with pytest.raises(ValueError, match="weight_ih_l0"):
+        ours.load_state_dict(bad)

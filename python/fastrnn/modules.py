@@ -103,6 +103,37 @@ class _RNNBase:
     def _has_cell_state(self) -> bool:
         return self.mode == "lstm"
 
+    # ---- weights in and out, as torch's modules do --------------------------------------------
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """A copy of every parameter under PyTorch's names."""
+        return {name: np.array(value, copy=True) for name, value in self.params.items()}
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> None:
+        """Copy weights in from a mapping of PyTorch's names to arrays (or CPU torch tensors,
+        e.g. ``torch_module.state_dict()``), cast to this module's dtype. With ``strict``, the
+        names must match exactly; shapes must always match."""
+        expected = self._param_shapes()
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        if strict and (missing or unexpected):
+            raise KeyError(f"state_dict: missing {missing}, unexpected {unexpected}")
+        loaded = {}
+        for name in expected:
+            if name not in state_dict:
+                continue
+            value = state_dict[name]
+            if hasattr(value, "detach"):  # a torch tensor
+                value = value.detach().cpu().numpy()
+            value = np.asarray(value)
+            if value.shape != expected[name]:
+                raise ValueError(f"state_dict[{name!r}]: expected shape {expected[name]}, "
+                                 f"got {value.shape}")
+            if not np.issubdtype(value.dtype, np.floating):
+                raise _validate.DtypeError(f"state_dict[{name!r}]: expected a floating dtype, "
+                                           f"got {value.dtype}")
+            loaded[name] = np.array(value, dtype=self.dtype, copy=True)
+        self.params.update(loaded)
+
     # ---- modes -----------------------------------------------------------------------------
     def train(self, mode: bool = True):
         self.training = bool(mode)
