@@ -445,11 +445,13 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("layer_forward", &layer_forward, py::arg("cell"), py::arg("x"), py::arg("h0"),
         py::arg("c0"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"),
-        py::arg("bias_hh"), py::arg("weight_hr"), py::arg("lengths"), py::arg("reverse"), py::arg("training"),
+        py::arg("bias_hh"), py::arg("weight_hr"), py::arg("lengths"),
+        py::arg("reverse").noconvert(), py::arg("training").noconvert(),
         "One layer, one direction: returns (y, h_n, c_n or None, reserve or None).");
   m.def("layer_backward", &layer_backward, py::arg("cell"), py::arg("x"), py::arg("h0"),
         py::arg("c0"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"),
-        py::arg("bias_hh"), py::arg("weight_hr"), py::arg("lengths"), py::arg("reverse"), py::arg("reserve"),
+        py::arg("bias_hh"), py::arg("weight_hr"), py::arg("lengths"),
+        py::arg("reverse").noconvert(), py::arg("reserve"),
         py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
         "BPTT for one layer and direction: returns (dx, dh0, dc0, dweight_ih, dweight_hh, "
         "dbias_ih, dbias_hh, dweight_hr); absent items are None.");

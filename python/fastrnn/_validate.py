@@ -56,7 +56,7 @@ def lengths(value, batch: int, steps: int) -> Optional[np.ndarray]:
     if value is None:
         return None
     arr = np.asarray(value)
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+    if arr.dtype.kind not in "iu":  # not bool, and not timedelta (numpy files it under integer)
         raise LengthsError(f"lengths: expected integers, got dtype {arr.dtype}")
     if arr.shape != (batch,):
         raise LengthsError(f"lengths: expected shape ({batch},), got {arr.shape}")
