@@ -12,6 +12,9 @@ import pytest
 
 from fastrnn import bench
 
+# The torch peer joins whenever torch is importable (it is in the test extra).
+AVAILABLE = {name for name, peer in bench.PEERS.items() if peer.unavailable() is None}
+
 FAST = ["--repeats", "3", "--min-repeats", "2", "--warmup", "1", "--warmup-s", "0", "--budget", "0"]
 
 
@@ -57,15 +60,16 @@ def test_main_writes_json(tmp_path, capsys):
         assert result["config"]["label"] == cfg.label
         assert result["flops"] == {"forward": cfg.forward_flops(),
                                    "forward_backward": 3 * cfg.forward_flops()}
-        assert set(result["peers"]) == {"fastrnn", "numpy"}
+        assert set(result["peers"]) == AVAILABLE >= {"fastrnn", "numpy"}
         for entry in result["peers"].values():
             assert "error" not in entry
             _check_measurement(entry["forward"], result["flops"]["forward"])
             _check_measurement(entry["forward_backward"], result["flops"]["forward_backward"])
             acc = entry["accuracy"]
             assert acc["finite"] and 0 <= acc["max_abs_diff"] < 1e-4
-        assert set(result["speedup"]) == {"numpy"}
-        assert all(_positive_finite(v) for v in result["speedup"]["numpy"].values())
+        assert set(result["speedup"]) == AVAILABLE - {"fastrnn"}
+        for peer in AVAILABLE - {"fastrnn"}:
+            assert all(_positive_finite(v) for v in result["speedup"][peer].values())
 
 
 def test_flop_convention():
@@ -107,3 +111,28 @@ def test_module_entry_point(tmp_path):
     doc = json.loads(path.read_text())
     assert len(doc["results"]) == len(bench.SUITES["smoke"])
     assert all(set(r["peers"]) == {"fastrnn"} and r["speedup"] == {} for r in doc["results"])
+
+
+def test_torch_peer_runs_the_same_problem(tmp_path):
+    pytest.importorskip("torch")
+    path = tmp_path / "t.json"
+    assert bench.main(FAST + ["--peers", "torch,fastrnn", "--json", str(path),
+                              "--config", "lstm:T=4,B=3,I=5,H=6,layers=2,bidirectional=1",
+                              "--config", "rnn_tanh:T=2,B=1,I=2,H=3,dtype=float64"]) == 0
+    doc = json.loads(path.read_text())
+    for result in doc["results"]:
+        entry = result["peers"]["torch"]
+        assert "error" not in entry, entry
+        # same weights and input as fastrnn: the outputs agree with the float64 reference
+        assert entry["accuracy"]["finite"] and entry["accuracy"]["max_abs_diff"] < 1e-5
+        _check_measurement(entry["forward_backward"], result["flops"]["forward_backward"])
+
+
+def test_bench_runs_without_torch():
+    """The quick benchmark needs nothing but NumPy: hide torch and run a tiny suite."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from fastrnn import bench\n"
+            "raise SystemExit(bench.main(" + repr(FAST + ["--config", "gru:T=2,B=1,I=2,H=3"]) + "))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "peer torch skipped" in proc.stderr

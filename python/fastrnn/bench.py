@@ -278,10 +278,61 @@ def _numpy_description() -> str:
         f", {blas}" if blas else "")
 
 
+class TorchRunner(Runner):
+    """``torch.nn.RNN/LSTM/GRU`` on the CPU with the same weights, input and ``dy``.
+
+    torch runs with as many threads as fastrnn (``fastrnn.get_num_threads()``), so that neither
+    side gets more of the machine; this is the peer fastrnn exists to beat.
+    """
+
+    def __init__(self, inputs: Inputs):
+        import torch
+
+        cfg = inputs.config
+        torch.set_num_threads(fastrnn.get_num_threads())
+        dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.dtype]
+        kwargs = dict(num_layers=cfg.layers, bidirectional=cfg.bidirectional, dtype=dtype)
+        if cfg.cell in ("rnn_tanh", "rnn_relu"):
+            module = torch.nn.RNN(cfg.I, cfg.H, nonlinearity=cfg.cell[4:], **kwargs)
+        else:
+            module = getattr(torch.nn, cfg.cell.upper())(cfg.I, cfg.H, **kwargs)
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in inputs.params.items()})
+        self.torch, self.module = torch, module
+        self.x = torch.from_numpy(inputs.x)
+        self.x_train = self.x.clone().requires_grad_(True)
+        self.dy = torch.from_numpy(inputs.dy)
+
+    def forward(self):
+        with self.torch.no_grad():
+            return self.module(self.x)[0]
+
+    def forward_backward(self) -> None:
+        y, _ = self.module(self.x_train)
+        y.backward(self.dy)
+
+    def output(self) -> np.ndarray:
+        return self.forward().numpy()
+
+
+def _torch_unavailable() -> Optional[str]:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "torch is not installed (pip install torch)"
+    return None
+
+
+def _torch_description() -> str:
+    import torch
+
+    return f"torch.nn on the CPU, torch {torch.__version__}"
+
+
 PEERS: Dict[str, Peer] = {
     "fastrnn": Peer("fastrnn", lambda: f"fastrnn {fastrnn.__version__} C++ core",
                     lambda inputs: ModuleRunner(fastrnn, inputs)),
     "numpy": Peer("numpy", _numpy_description, lambda inputs: ModuleRunner(reference, inputs)),
+    "torch": Peer("torch", _torch_description, TorchRunner, _torch_unavailable),
 }
 
 
@@ -510,7 +561,8 @@ def collect_meta() -> Dict[str, object]:
         "cpu_busy_start": cpu_busy_by_others(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv[1:],
-        "peers": {name: PEERS[name].description() for name in PEERS},
+        "peers": {name: PEERS[name].unavailable() and f"unavailable: {PEERS[name].unavailable()}"
+                  or PEERS[name].description() for name in PEERS},
     }
     return meta
 
