@@ -27,6 +27,7 @@ builds a :class:`Runner` for a configuration); results are plain dicts, rendered
 """
 from __future__ import annotations
 
+import abc
 import argparse
 import ctypes
 import dataclasses
@@ -208,7 +209,7 @@ class Inputs:
     dy: np.ndarray  # (T, B, D*H)
 
 
-class Runner:
+class Runner(abc.ABC):
     """One peer's implementation of one configuration, with its inputs bound.
 
     ``forward`` runs inference and returns the output; ``forward_backward`` runs a training
@@ -216,11 +217,13 @@ class Runner:
     synchronises), since the harness times the calls.
     """
 
+    @abc.abstractmethod
     def forward(self):
-        raise NotImplementedError
+        """Inference forward; returns the output."""
 
+    @abc.abstractmethod
     def forward_backward(self) -> None:
-        raise NotImplementedError
+        """Training forward, then backward with the configuration's ``dy``."""
 
     def output(self) -> np.ndarray:
         """The forward output ``(T, B, D*H)`` as a NumPy array (for the accuracy check)."""
