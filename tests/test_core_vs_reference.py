@@ -64,6 +64,16 @@ def _cast(v, dtype):
     return None if v is None else v.astype(dtype)
 
 
+def _check_forward(label, dtype, lengths, got, want):
+    """y, h_n, c_n of fastrnn against the reference; padded outputs exactly zero."""
+    for name, g, w in zip(("y", "h_n", "c_n"), got, want):
+        assert_close(g, w, dtype, f"{label} {name}")
+    if lengths is not None:
+        y = got[0]
+        padded = np.arange(y.shape[0])[:, None] >= lengths[None, :]
+        assert np.all(y[padded] == 0), f"{label}: padded outputs are not exactly 0"
+
+
 def _run_pair(mode, size, dtype, *, reverse, lengths_kind, bias, seed, final_grads=True):
     """Run fastrnn (in dtype) and the reference (in float64) on the same inputs; compare all."""
     T, B, I, H = size
@@ -84,12 +94,7 @@ def _run_pair(mode, size, dtype, *, reverse, lengths_kind, bias, seed, final_gra
 
     for name, arr, shape in (("y", y, (T, B, H)), ("h_n", h_n, (B, H))):
         assert arr.shape == shape and arr.dtype == dtype, (name, arr.shape, arr.dtype)
-    assert_close(y, ry, dtype, f"{label} y")
-    assert_close(h_n, rh_n, dtype, f"{label} h_n")
-    assert_close(c_n, rc_n, dtype, f"{label} c_n")
-    if lengths is not None:
-        padded = np.arange(T)[:, None] >= lengths[None, :]
-        assert np.all(y[padded] == 0), f"{label}: padded outputs are not exactly 0"
+    _check_forward(label, dtype, lengths, (y, h_n, c_n), (ry, rh_n, rc_n))
 
     g = functional.layer_backward(state, _cast(dy, dtype), _cast(dh_n, dtype), _cast(dc_n, dtype))
     rg = reference.layer_backward(rstate, dy, dh_n, dc_n)
@@ -492,12 +497,7 @@ def test_lstm_projection_matches_reference(dtype, size, reverse, lengths_kind, b
     ry, rh_n, rc_n, rg = run(reference, a64, lambda v: v)
     label = f"proj {np.dtype(dtype)} T={T} B={B} I={I} H={H} P={P} rev={reverse} {lengths_kind}"
     assert y.shape == (T, B, P) and h_n.shape == (B, P) and c_n.shape == (B, H)
-    assert_close(y, ry, dtype, f"{label} y")
-    assert_close(h_n, rh_n, dtype, f"{label} h_n")
-    assert_close(c_n, rc_n, dtype, f"{label} c_n")
-    if lengths is not None:
-        padded = np.arange(T)[:, None] >= lengths[None, :]
-        assert np.all(y[padded] == 0), f"{label}: padded outputs are not exactly 0"
+    _check_forward(label, dtype, lengths, (y, h_n, c_n), (ry, rh_n, rc_n))
     assert set(g) == set(GRAD_NAMES)
     for name in GRAD_NAMES:
         assert_close(g[name], rg[name], dtype, f"{label} d{name}")

@@ -49,6 +49,17 @@ def run_torch(module, x, hx, lengths, batch_first, T):
     return x_t, hx_t, y, state
 
 
+def check_torch_grads(grads, x_t, hx_t, theirs, dtype):
+    """Every gradient fastrnn returned against torch's: input, h0 (and c0), every parameter."""
+    assert_close(grads["input"], x_t.grad.numpy(), dtype, "d input")
+    if hx_t is not None:
+        for name, h in zip(("h0", "c0"), hx_t):
+            assert_close(grads[name], h.grad.numpy(), dtype, f"d {name}")
+    for name, p in theirs.named_parameters():
+        assert_close(grads[name], p.grad.numpy(), dtype, f"d {name}")
+    assert set(grads) - {"input", "h0", "c0"} == {n for n, _ in theirs.named_parameters()}
+
+
 CONFIGS = [
     # cell, nonlinearity, layers, bidirectional, batch_first, bias, lengths, with hx, T, B, I, H
     ("lstm", None, 1, False, False, True, False, False, 1, 1, 3, 5),
@@ -101,14 +112,7 @@ def test_matches_torch(config, dtype):
         loss = loss + (c_t * torch.from_numpy(dc)).sum()
     loss.backward()
 
-    assert_close(grads["input"], x_t.grad.numpy(), dtype, "d input")
-    if hx is not None:
-        assert_close(grads["h0"], hx_t[0].grad.numpy(), dtype, "d h0")
-        if cell == "lstm":
-            assert_close(grads["c0"], hx_t[1].grad.numpy(), dtype, "d c0")
-    for name, p in theirs.named_parameters():
-        assert_close(grads[name], p.grad.numpy(), dtype, f"d {name}")
-    assert set(grads) - {"input", "h0", "c0"} == {n for n, _ in theirs.named_parameters()}
+    check_torch_grads(grads, x_t, hx_t, theirs, dtype)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -172,13 +176,7 @@ def test_lstm_proj_size_matches_torch(dtype, layers, bidirectional, batch_first,
     grads = ours.backward(dy, dh, dc)
     ((y_t * torch.from_numpy(dy)).sum() + (h_t * torch.from_numpy(dh)).sum()
      + (c_t * torch.from_numpy(dc)).sum()).backward()
-    assert_close(grads["input"], x_t.grad.numpy(), dtype, "d input")
-    if hx is not None:
-        assert_close(grads["h0"], hx_t[0].grad.numpy(), dtype, "d h0")
-        assert_close(grads["c0"], hx_t[1].grad.numpy(), dtype, "d c0")
-    for name, p in theirs.named_parameters():
-        assert_close(grads[name], p.grad.numpy(), dtype, f"d {name}")
-    assert set(grads) - {"input", "h0", "c0"} == {n for n, _ in theirs.named_parameters()}
+    check_torch_grads(grads, x_t, hx_t, theirs, dtype)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -49,6 +49,17 @@ struct StepGradRow {
 template <Cell kCell>
 struct CellMath;
 
+// Training saves the activations, inference does not: the cell's loop (Derived::forward_rows)
+// is instantiated twice so that neither copy carries a branch, which would stop vectorisation.
+template <typename Derived>
+struct SavingForward {
+  template <typename T>
+  static FASTRNN_INLINE void forward(int64_t H, const StepRow<T>& r) {
+    if (r.acts) Derived::template forward_rows<true>(H, r);
+    else Derived::template forward_rows<false>(H, r);
+  }
+};
+
 template <Cell kCell>
 struct VanillaMath {
   static constexpr int kGates = 1;
@@ -90,18 +101,12 @@ template <> struct CellMath<Cell::RnnRelu> : VanillaMath<Cell::RnnRelu> {};
 
 // LSTM, gate order i, f, g, o. Saved: i, f, g, o activations.
 template <>
-struct CellMath<Cell::Lstm> {
+struct CellMath<Cell::Lstm> : SavingForward<CellMath<Cell::Lstm>> {
   static constexpr int kGates = 4;
   static constexpr int kSaved = 4;
   static constexpr bool kDistinctGradH = false;
   static constexpr bool kDirectPath = false;
 
-  template <typename T>
-  static FASTRNN_INLINE void forward(int64_t H, const StepRow<T>& r) {
-    // Two copies of the loop, so that neither carries a branch (training saves activations).
-    if (r.acts) forward_rows<true>(H, r);
-    else forward_rows<false>(H, r);
-  }
   template <bool kSave, typename T>
   static FASTRNN_INLINE void forward_rows(int64_t H, const StepRow<T>& r) {
     const T* FASTRNN_RESTRICT xp = r.xp;
@@ -152,17 +157,12 @@ struct CellMath<Cell::Lstm> {
 
 // GRU, gate order r, z, n; reset applied after the hidden matmul. Saved: r, z, n, hp_n.
 template <>
-struct CellMath<Cell::Gru> {
+struct CellMath<Cell::Gru> : SavingForward<CellMath<Cell::Gru>> {
   static constexpr int kGates = 3;
   static constexpr int kSaved = 4;
   static constexpr bool kDistinctGradH = true;
   static constexpr bool kDirectPath = true;   // h' = ... + z * h: gradient bypassing W_hh
 
-  template <typename T>
-  static FASTRNN_INLINE void forward(int64_t H, const StepRow<T>& r) {
-    if (r.acts) forward_rows<true>(H, r);
-    else forward_rows<false>(H, r);
-  }
   template <bool kSave, typename T>
   static FASTRNN_INLINE void forward_rows(int64_t H, const StepRow<T>& r) {
     const T* FASTRNN_RESTRICT xp = r.xp;
