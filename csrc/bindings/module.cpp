@@ -417,6 +417,15 @@ int64_t reserve_size(int cell, int64_t T, int64_t B, int64_t I, int64_t H, int64
   return fastrnn::reserve_elements(LayerShape{cell_from(cell), T, B, I, H, false, P});
 }
 
+// Reserve row widths (see fastrnn.h): reserve_size == (T+1)*B*per_slot + T*B*per_step.
+std::pair<int64_t, int64_t> reserve_widths(int cell, int64_t H, int64_t P) {
+  if (H < 1) throw py::value_error("H: expected H >= 1, got " + std::to_string(H));
+  if (P < 0 || P >= H || (P > 0 && cell != static_cast<int>(Cell::Lstm)))
+    throw py::value_error("P: expected 0 (or 0 < P < H for an LSTM), got " + std::to_string(P));
+  const auto w = fastrnn::reserve_widths(LayerShape{cell_from(cell), 1, 1, 1, H, false, P});
+  return {w.per_slot, w.per_step};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -457,6 +466,8 @@ PYBIND11_MODULE(_core, m) {
         "dbias_ih, dbias_hh, dweight_hr); absent items are None.");
   m.def("reserve_size", &reserve_size, py::arg("cell"), py::arg("T"), py::arg("B"), py::arg("I"),
         py::arg("H"), py::arg("P") = 0, "Elements a training forward saves for backward.");
+  m.def("reserve_widths", &reserve_widths, py::arg("cell"), py::arg("H"), py::arg("P") = 0,
+        "(per_slot, per_step): reserve_size == (T+1)*B*per_slot + T*B*per_step.");
   m.def("set_num_threads", &fastrnn::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &fastrnn::get_num_threads);
   m.def("blas_name", &fastrnn::blas_name);

@@ -66,9 +66,9 @@ struct ReserveView {
     next += s.T * s.B * saved_acts_width<kCell>(s.H);
     if (s.P > 0) ms = next;
   }
-  static int64_t elements(const LayerShape& s) {
-    return (s.T + 1) * s.B * s.R() + (has_cell_state(kCell) ? (s.T + 1) * s.B * s.H : 0) +
-           s.T * s.B * saved_acts_width<kCell>(s.H) + (s.P > 0 ? s.T * s.B * s.H : 0);
+  static ReserveWidths widths(const LayerShape& s) {
+    return {s.R() + (has_cell_state(kCell) ? s.H : 0),
+            saved_acts_width<kCell>(s.H) + (s.P > 0 ? s.H : 0)};
   }
 };
 
@@ -399,14 +399,19 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
   if (a.db_hh) column_sums(dgh, rows, GH, a.db_hh);
 }
 
-inline int64_t reserve_elements_of(const LayerShape& s) {
+inline ReserveWidths reserve_widths_of(const LayerShape& s) {
   switch (s.cell) {
-    case Cell::RnnTanh: return ReserveView<float, Cell::RnnTanh>::elements(s);
-    case Cell::RnnRelu: return ReserveView<float, Cell::RnnRelu>::elements(s);
-    case Cell::Lstm: return ReserveView<float, Cell::Lstm>::elements(s);
-    case Cell::Gru: return ReserveView<float, Cell::Gru>::elements(s);
+    case Cell::RnnTanh: return ReserveView<float, Cell::RnnTanh>::widths(s);
+    case Cell::RnnRelu: return ReserveView<float, Cell::RnnRelu>::widths(s);
+    case Cell::Lstm: return ReserveView<float, Cell::Lstm>::widths(s);
+    case Cell::Gru: return ReserveView<float, Cell::Gru>::widths(s);
   }
   throw std::invalid_argument("fastrnn: unknown cell kind");
+}
+
+inline int64_t reserve_elements_of(const LayerShape& s) {
+  const ReserveWidths w = reserve_widths_of(s);
+  return (s.T + 1) * s.B * w.per_slot + s.T * s.B * w.per_step;
 }
 
 // Dispatch on the cell; every switch ends in a thrown error.

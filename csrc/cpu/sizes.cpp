@@ -5,6 +5,8 @@ namespace fastrnn {
 
 int64_t reserve_elements(const LayerShape& s) { return cpu::reserve_elements_of(s); }
 
+ReserveWidths reserve_widths(const LayerShape& s) { return cpu::reserve_widths_of(s); }
+
 int64_t forward_workspace_elements(const LayerShape& s, bool training) {
   return cpu::ForwardWorkspace(s, training).total;
 }

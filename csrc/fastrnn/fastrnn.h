@@ -50,6 +50,14 @@ struct LayerShape {
 //                       vanilla nothing (S=0: derivatives come from hs)
 //   ms     (T, B, H)    LSTM with projection only: o * tanh(c) before W_hr (0 at padded steps)
 int64_t reserve_elements(const LayerShape& s);
+// The same size as rows: (T+1)*B rows of `per_slot` elements (hs, cs) and T*B rows of `per_step`
+// elements (acts, ms), so that callers (e.g. shape inference under torch.compile) can compute it
+// for symbolic T and B.
+struct ReserveWidths {
+  int64_t per_slot;
+  int64_t per_step;
+};
+ReserveWidths reserve_widths(const LayerShape& s);
 // Scratch used inside one call (forward or backward), in elements.
 int64_t forward_workspace_elements(const LayerShape& s, bool training);
 int64_t backward_workspace_elements(const LayerShape& s);

@@ -1,0 +1,531 @@
+"""Drop-in replacements for ``torch.nn.RNN``, ``torch.nn.LSTM`` and ``torch.nn.GRU`` on the fastrnn core.
+
+    import fastrnn.torch
+    lstm = fastrnn.torch.LSTM(32, 64, num_layers=2, bidirectional=True)   # torch.nn.LSTM's arguments
+    y, (h_n, c_n) = lstm(x)                                               # torch.nn.LSTM's results
+    model = fastrnn.torch.convert(model)     # swap every torch.nn RNN/LSTM/GRU inside a model
+
+The classes subclass torch.nn's (``isinstance(m, torch.nn.LSTM)`` holds), keep its parameters under
+the same names, and return what it returns for every input form (padded, batch_first, unbatched,
+``PackedSequence``, with or without ``hx``). Each layer and direction runs forward and BPTT backward
+in the C++ core; stacking, bidirection and inter-layer dropout (torch's RNG, so the masks are
+torch's) are torch operations around it.
+
+Data movement: tensors reach the core as NumPy views of their storage and results come back the same
+way (no copies). The copies that remain are layout changes the core needs: a ``batch_first`` input is
+transposed to time-major (the output goes back as a transposed view, as torch returns it), a
+``PackedSequence`` is padded on the way in and packed on the way out, and a bidirectional layer's two
+outputs are concatenated.
+
+Where the core cannot run a call -- tensors on a device or with a dtype this build has no kernels for,
+autocast, functorch transforms, a double backward -- the module runs ``torch.nn``'s own implementation
+instead and warns once, saying why.
+
+``torch.compile``: the layer kernels are registered as the custom operators
+``fastrnn::layer_forward`` and ``fastrnn::layer_backward`` with shape functions, so compiled models
+keep them as single nodes (``fullgraph=True`` works). TorchDynamo refuses to trace any
+``torch.nn.RNN/LSTM/GRU`` instance unless ``torch._dynamo.config.allow_rnn`` is set; importing this
+module sets it (when TorchDynamo is first imported), which also lets TorchDynamo trace torch.nn's own
+recurrent modules.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import sys
+import threading
+import warnings
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
+
+from . import _core
+from .functional import MODES
+
+__all__ = ["RNN", "LSTM", "GRU", "convert", "FallbackWarning"]
+
+_CELL_CODES = {mode: code for code, mode in enumerate(MODES)}
+_TORCH_MODES = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
+_CORE_DTYPES = (torch.float32, torch.float64)
+
+
+class FallbackWarning(RuntimeWarning):
+    """A fastrnn.torch module ran torch.nn's own implementation for a call (the message says why)."""
+
+
+_warned: set = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(reason: str) -> None:
+    with _warned_lock:
+        if reason in _warned:
+            return
+        _warned.add(reason)
+    warnings.warn(f"fastrnn.torch: {reason}; running torch.nn's implementation instead "
+                  f"(warned once)", FallbackWarning, stacklevel=4)
+
+
+# ---- one layer, one direction, on the core ---------------------------------------------------
+# Tensors cross as NumPy views of their storage (detach() only drops autograd; nothing is copied),
+# results come back through torch.from_numpy. Absent outputs travel as empty tensors because a custom
+# operator's outputs must all be tensors.
+
+def _np(t: Optional[Tensor]):
+    return None if t is None else t.detach().numpy()
+
+
+def _tensor(a) -> Tensor:
+    return torch.from_numpy(a) if a is not None else torch.empty(0)
+
+
+def _core_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell: int, reverse: bool,
+                  save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    y, h_n, c_n, reserve = _core.layer_forward(
+        cell, _np(x), _np(h0), _np(c0), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(w_hr),
+        _np(lengths), reverse, save)
+    empty = x.new_empty(0)
+    return (torch.from_numpy(y), torch.from_numpy(h_n),
+            empty if c_n is None else torch.from_numpy(c_n),
+            empty if reserve is None else torch.from_numpy(reserve))
+
+
+def _core_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy, dh_n, dc_n,
+                   cell: int, reverse: bool) -> List[Tensor]:
+    grads = _core.layer_backward(
+        cell, _np(x), _np(h0), _np(c0), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(w_hr),
+        _np(lengths), reverse, _np(reserve), _np(dy), _np(dh_n), _np(dc_n))
+    empty = x.new_empty(0)
+    return [empty if g is None else torch.from_numpy(g) for g in grads]
+
+
+# Custom operators: what torch.compile sees. Eager calls skip the dispatcher (it costs ~20 us per
+# call with autograd) and go through _LayerFunction; both run the functions above.
+
+@torch.library.custom_op("fastrnn::layer_forward", mutates_args=())
+def _layer_forward_op(x: Tensor, h0: Tensor, c0: Optional[Tensor], weight_ih: Tensor,
+                      weight_hh: Tensor, bias_ih: Optional[Tensor], bias_hh: Optional[Tensor],
+                      weight_hr: Optional[Tensor], lengths: Optional[Tensor], cell: int,
+                      reverse: bool, save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y, h_n, c_n or empty, reserve or empty) of one layer and direction."""
+    return _core_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths,
+                         cell, reverse, save)
+
+
+@_layer_forward_op.register_fake
+def _(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, cell, reverse,
+      save):
+    T, B = x.shape[0], x.shape[1]
+    H = weight_hh.shape[0] // _gates(cell)
+    R = weight_hh.shape[1]
+    P = weight_hr.shape[0] if weight_hr is not None else 0
+    c_n = x.new_empty((B, H)) if c0 is not None else x.new_empty(0)
+    if save:
+        per_slot, per_step = _core.reserve_widths(cell, H, P)
+        reserve = x.new_empty(((T + 1) * B * per_slot + T * B * per_step,))
+    else:
+        reserve = x.new_empty(0)
+    return x.new_empty((T, B, R)), x.new_empty((B, R)), c_n, reserve
+
+
+@torch.library.custom_op("fastrnn::layer_backward", mutates_args=())
+def _layer_backward_op(x: Tensor, h0: Tensor, c0: Optional[Tensor], weight_ih: Tensor,
+                       weight_hh: Tensor, bias_ih: Optional[Tensor], bias_hh: Optional[Tensor],
+                       weight_hr: Optional[Tensor], lengths: Optional[Tensor], reserve: Tensor,
+                       dy: Tensor, dh_n: Tensor, dc_n: Optional[Tensor], cell: int,
+                       reverse: bool) -> List[Tensor]:
+    """Gradients (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr); absent: empty."""
+    return _core_backward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths,
+                          reserve, dy, dh_n, dc_n, cell, reverse)
+
+
+@_layer_backward_op.register_fake
+def _(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reserve, dy, dh_n,
+      dc_n, cell, reverse):
+    return [torch.empty_like(t) if t is not None else x.new_empty(0)
+            for t in (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)]
+
+
+def _gates(cell: int) -> int:
+    return {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[MODES[cell]]
+
+
+# ---- autograd --------------------------------------------------------------------------------
+_NUM_TENSOR_INPUTS = 9  # x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths
+
+
+def _layer_grads(saved: Tuple, reserve: Tensor, cell: int, reverse: bool, dy, dh_n, dc_n,
+                 needs_grad) -> List[Optional[Tensor]]:
+    """Gradients of the nine tensor inputs of a layer call (None where not needed or absent)."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths = saved
+    if torch.is_grad_enabled():  # create_graph=True: the core's backward is not differentiable
+        _warn_once("double backward (create_graph=True) is not in the core")
+        return _torch_layer_grads(saved, MODES[cell], reverse, dy, dh_n, dc_n, needs_grad)
+    dy = x.new_zeros(x.shape[0], x.shape[1], h0.shape[1]) if dy is None else dy.contiguous()
+    dh_n = torch.zeros_like(h0) if dh_n is None else dh_n.contiguous()
+    if c0 is not None:
+        dc_n = torch.zeros_like(c0) if dc_n is None else dc_n.contiguous()
+    else:
+        dc_n = None
+    if torch.compiler.is_compiling():
+        grads = _layer_backward_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve,
+                                   dy, dh_n, dc_n, cell, reverse)
+    else:
+        grads = _core_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy,
+                               dh_n, dc_n, cell, reverse)
+    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    return [g if (t is not None and need) else None
+            for g, t, need in zip(grads, inputs, needs_grad)] + [None]
+
+
+def _torch_layer_grads(saved, mode: str, reverse: bool, dy, dh_n, dc_n, needs_grad):
+    """Differentiable gradients for a double backward: torch's own layer, recomputed, then
+    torch.autograd.grad with create_graph=True."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths = saved
+    outputs = _torch_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    grad_outputs = (dy, dh_n, dc_n)[:len(outputs)]
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None]
+    wanted = [i for i, (t, need) in enumerate(zip(saved[:8], needs_grad)) if t is not None and need]
+    result: List[Optional[Tensor]] = [None] * _NUM_TENSOR_INPUTS
+    if pairs and wanted:
+        grads = torch.autograd.grad([o for o, _ in pairs], [saved[i] for i in wanted],
+                                    [g for _, g in pairs], create_graph=True, allow_unused=True)
+        for i, g in zip(wanted, grads):
+            result[i] = g
+    return result
+
+
+class _LayerFunction(torch.autograd.Function):
+    """Eager autograd node of one layer and direction (the custom operator's twin)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, save):
+        y, h_n, c_n, reserve = _core_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
+                                             cell, reverse, save)
+        if save:
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+            ctx.reserve, ctx.cell, ctx.reverse = reserve, cell, reverse
+        if c0 is None:
+            ctx.mark_non_differentiable(c_n)
+        return y, h_n, c_n
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n):
+        if not hasattr(ctx, "reserve"):
+            raise RuntimeError("fastrnn.torch: this layer ran without saving for backward")
+        grads = _layer_grads(ctx.saved_tensors, ctx.reserve, ctx.cell, ctx.reverse, dy, dh_n,
+                             dc_n, ctx.needs_input_grad[:8])
+        return (*grads, None, None, None)
+
+
+def _op_setup_context(ctx, inputs, output):
+    *tensors, cell, reverse, save = inputs
+    ctx.cell, ctx.reverse = cell, reverse
+    ctx.save_for_backward(*tensors, output[3])
+    ctx.has_cell = tensors[2] is not None
+
+
+def _op_backward(ctx, dy, dh_n, dc_n, d_reserve):
+    *saved, reserve = ctx.saved_tensors
+    grads = _layer_grads(tuple(saved), reserve, ctx.cell, ctx.reverse, dy, dh_n,
+                         dc_n if ctx.has_cell else None, ctx.needs_input_grad[:8])
+    return (*grads, None, None, None)
+
+
+_layer_forward_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
+def _layer(mode: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool):
+    """One layer and direction through the core: (y (T,B,R), h_n (B,R), c_n (B,H) or None)."""
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    args = tuple(t.contiguous() if t is not None else None for t in tensors)
+    cell = _CELL_CODES[mode]
+    if torch.compiler.is_compiling():
+        y, h_n, c_n, _ = _layer_forward_op(*args, lengths, cell, reverse, save)
+    else:
+        y, h_n, c_n = _LayerFunction.apply(*args, lengths, cell, reverse, save)
+    return y, h_n, (c_n if c0 is not None else None)
+
+
+# ---- torch's own single layer (the double-backward path) ---------------------------------------
+_VF_LAYERS = {"rnn_tanh": torch._VF.rnn_tanh, "rnn_relu": torch._VF.rnn_relu,
+              "lstm": torch._VF.lstm, "gru": torch._VF.gru}
+
+
+def _reverse_valid_steps(seq: Tensor, lengths: Optional[Tensor]) -> Tensor:
+    """Reverse each sequence's first lengths[b] steps in time (padding stays where it is)."""
+    if lengths is None:
+        return seq.flip(0)
+    T = seq.shape[0]
+    t = torch.arange(T).unsqueeze(1)
+    index = torch.where(t < lengths, lengths - 1 - t, t)  # (T, B)
+    return seq.gather(0, index.unsqueeze(2).expand_as(seq))
+
+
+def _torch_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
+    """One layer and direction with torch's kernels, the core's conventions (lengths, reverse)."""
+    has_bias = b_ih is not None
+    params = [w_ih, w_hh] + ([b_ih, b_hh] if has_bias else []) + ([w_hr] if w_hr is not None else [])
+    if reverse:
+        x = _reverse_valid_steps(x, lengths)
+    order = torch.arange(x.shape[1])
+    if lengths is not None:  # packed input wants lengths sorted in decreasing order
+        sorted_lengths, order = torch.sort(lengths, descending=True)
+        x, h0 = x[:, order], h0[order]
+        c0 = c0[order] if c0 is not None else None
+    hx = (h0.unsqueeze(0), c0.unsqueeze(0)) if mode == "lstm" else h0.unsqueeze(0)
+    vf = _VF_LAYERS[mode]
+    if lengths is None:
+        out = vf(x, hx, params, has_bias, 1, 0.0, False, False, False)
+        y = out[0]
+    else:
+        data, batch_sizes = torch._VF._pack_padded_sequence(x, sorted_lengths, False)
+        out = vf(data, batch_sizes, hx, params, has_bias, 1, 0.0, False, False)
+        y = torch._VF._pad_packed_sequence(out[0], batch_sizes, False, 0.0, x.shape[0])[0]
+        inverse = torch.argsort(order)
+        y = y[:, inverse]
+        out = (y,) + tuple(state[:, inverse] for state in out[1:])
+    if reverse:
+        y = _reverse_valid_steps(y, lengths)
+    states = tuple(state[0] for state in out[1:])
+    return (y,) + states
+
+
+# ---- the modules -------------------------------------------------------------------------------
+
+class _FastRNNMixin:
+    """The forward of RNN, LSTM and GRU: torch.nn's checks and input handling, fastrnn's kernels.
+
+    Mixed in before the torch.nn class, so ``super().forward`` is torch's implementation (the
+    fallback) and everything else (parameters, state_dict, ``_apply``, repr) is torch's.
+    """
+
+    def _fallback_reason(self, data) -> Optional[str]:
+        """Why the core cannot run this call (None: it can). Calls that torch itself would refuse
+        (mismatched dtypes or devices, wrong types) also go to torch, silently, for its error."""
+        tensors = [data] + [w for w in self._flat_weights]
+        if not all(isinstance(t, Tensor) for t in tensors):
+            return ""
+        dtypes = {t.dtype for t in tensors}
+        devices = {t.device.type for t in tensors}
+        if len(dtypes) > 1 or len(devices) > 1:
+            return ""
+        if data.device.type != "cpu":
+            return f"no kernels for device '{data.device.type}' in this build"
+        if data.dtype not in _CORE_DTYPES:
+            return f"no kernels for dtype {data.dtype} (float32 and float64 only)"
+        if torch.is_autocast_enabled("cpu"):
+            return "autocast is enabled (the core computes in the tensors' own dtype)"
+        if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(
+                data):
+            return "functorch transforms (vmap, grad) are not supported by the core"
+        return None
+
+    def forward(self, input, hx=None):
+        self._update_flat_weights()
+        packed = isinstance(input, PackedSequence)
+        reason = self._fallback_reason(input.data if packed else input)
+        if reason is not None:
+            if reason:
+                _warn_once(reason)
+            return super().forward(input, hx)
+        orig_input, orig_hx = input, hx
+
+        # torch.nn's input handling and checks, in its order and with its messages.
+        mode = _TORCH_MODES[self.mode]
+        is_lstm = mode == "lstm"
+        D = 2 if self.bidirectional else 1
+        sorted_indices = unsorted_indices = batch_sizes = None
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch_size = batch_sizes[0]
+        else:
+            if input.dim() not in (2, 3):
+                name = "RNN" if mode.startswith("rnn") else mode.upper()
+                got = f"{input.dim()}D tensor" if name == "RNN" else f"{input.dim()}D"
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {got} instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            data = input if is_batched else input.unsqueeze(batch_dim)
+            max_batch_size = data.size(0) if self.batch_first else data.size(1)
+            if hx is not None:
+                _check_hx_dims(hx, is_lstm, is_batched)
+                if not is_batched:
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1)) if is_lstm else hx.unsqueeze(1)
+        if is_lstm and hx is not None:
+            _check_hx_pair(hx)
+        if hx is None:
+            shape = (self.num_layers * D, max_batch_size)
+            state_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+            h0 = torch.zeros(*shape, state_size, dtype=data.dtype, device=data.device)
+            hx = (h0, torch.zeros(*shape, self.hidden_size, dtype=data.dtype,
+                                  device=data.device)) if is_lstm else h0
+        else:
+            hx = self.permute_hidden(hx, sorted_indices)
+        self.check_forward_args(data, hx, batch_sizes)
+        states = hx if is_lstm else (hx,)
+        if not all(h.dtype == data.dtype and h.device == data.device for h in states):
+            return super().forward(orig_input, orig_hx)  # torch raises its own error for this
+
+        # Time-major padded input for the core.
+        lengths = None
+        if packed:
+            x, lengths = torch._VF._pad_packed_sequence(data, batch_sizes, False, 0.0,
+                                                        batch_sizes.size(0))
+        else:
+            x = data.transpose(0, 1) if self.batch_first else data
+        y, h_n, c_n = self._run_layers(mode, x, states[0], states[1] if is_lstm else None,
+                                       lengths, batch_sizes)
+
+        hidden = (h_n, c_n) if is_lstm else h_n
+        if packed:
+            y_data = torch._VF._pack_padded_sequence(y, lengths, False)[0]
+            return (PackedSequence(y_data, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden(hidden, unsorted_indices))
+        if self.batch_first:
+            y = y.transpose(0, 1)
+        if not is_batched:
+            y = y.squeeze(batch_dim)
+            hidden = (h_n.squeeze(1), c_n.squeeze(1)) if is_lstm else h_n.squeeze(1)
+        return y, hidden
+
+    def _run_layers(self, mode, x, h0, c0, lengths, batch_sizes):
+        """Every layer and direction, time-major; dropout between layers as torch applies it
+        (on the packed data when the input was packed, so the masks are torch's)."""
+        D = 2 if self.bidirectional else 1
+        weights = self._flat_weights
+        per_direction = len(weights) // (self.num_layers * D)
+        layer_input = x
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(D):
+                idx = layer * D + direction
+                w = weights[idx * per_direction:(idx + 1) * per_direction]
+                w_ih, w_hh = w[0], w[1]
+                b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
+                w_hr = w[-1] if self.proj_size > 0 else None
+                y, h, c = _layer(mode, layer_input, h0[idx], c0[idx] if c0 is not None else None,
+                                 w_ih, w_hh, b_ih, b_hh, w_hr, lengths, direction == 1)
+                outputs.append(y)
+                h_n.append(h)
+                if c is not None:
+                    c_n.append(c)
+            layer_output = outputs[0] if D == 1 else torch.cat(outputs, 2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                if batch_sizes is None:
+                    layer_output = torch.nn.functional.dropout(layer_output, self.dropout, True)
+                else:
+                    data = torch._VF._pack_padded_sequence(layer_output, lengths, False)[0]
+                    data = torch.nn.functional.dropout(data, self.dropout, True)
+                    layer_output = torch._VF._pad_packed_sequence(
+                        data, batch_sizes, False, 0.0, layer_output.shape[0])[0]
+            layer_input = layer_output
+        return layer_input, torch.stack(h_n), (torch.stack(c_n) if c_n else None)
+
+
+def _check_hx_dims(hx, is_lstm: bool, is_batched: bool) -> None:
+    """torch.nn's checks (and messages) of the initial state's rank."""
+    want = 3 if is_batched else 2
+    kind = "batched 3-D" if is_batched else "unbatched 2-D"
+    if is_lstm:
+        _check_hx_pair(hx)
+        if hx[0].dim() != want or hx[1].dim() != want:
+            raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
+                               f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+    elif hx.dim() != want:
+        raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D "
+                           f"tensor")
+
+
+def _check_hx_pair(hx) -> None:
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+
+
+class RNN(_FastRNNMixin, torch.nn.RNN):
+    """``torch.nn.RNN`` (tanh or relu) with fastrnn's kernels; same arguments and results."""
+
+
+class LSTM(_FastRNNMixin, torch.nn.LSTM):
+    """``torch.nn.LSTM`` (``proj_size`` included) with fastrnn's kernels; same arguments and results."""
+
+
+class GRU(_FastRNNMixin, torch.nn.GRU):
+    """``torch.nn.GRU`` with fastrnn's kernels; same arguments and results."""
+
+
+_REPLACEMENTS = {torch.nn.RNN: RNN, torch.nn.LSTM: LSTM, torch.nn.GRU: GRU}
+
+
+def _replacement(module: torch.nn.Module) -> Optional[torch.nn.Module]:
+    """The fastrnn twin of an exact torch.nn.RNN/LSTM/GRU, sharing its parameters, else None."""
+    cls = _REPLACEMENTS.get(type(module))
+    if cls is None:
+        return None
+    kwargs = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+                  dropout=module.dropout, bidirectional=module.bidirectional, device="meta")
+    if cls is LSTM:
+        kwargs["proj_size"] = module.proj_size
+    if cls is RNN:
+        kwargs["nonlinearity"] = module.nonlinearity
+    new = cls(module.input_size, module.hidden_size, **kwargs)
+    for name in module._flat_weights_names:  # the very same Parameter objects: optimizers and
+        setattr(new, name, getattr(module, name))  # hooks that hold them keep working
+    new._init_flat_weights()
+    new.train(module.training)
+    return new
+
+
+def convert(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace, in place, every ``torch.nn.RNN/LSTM/GRU`` inside ``model`` by its fastrnn.torch
+    twin holding the same parameter objects and training mode; return the model (or the twin when
+    ``model`` itself is one of those modules)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    top = _replacement(model)
+    if top is not None:
+        return top
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            new = _replacement(child)
+            if new is not None:
+                setattr(parent, name, new)
+    return model
+
+
+# ---- TorchDynamo: let it trace modules that are instances of torch.nn.RNN/LSTM/GRU --------------
+
+class _AllowRnnOnDynamoImport(importlib.abc.MetaPathFinder):
+    """Sets ``torch._dynamo.config.allow_rnn`` when TorchDynamo's config is first imported, so that
+    importing fastrnn.torch does not pay TorchDynamo's import time (about 1.5 s) up front."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "torch._dynamo.config":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_allow(module):
+            exec_module(module)
+            module.allow_rnn = True
+
+        spec.loader.exec_module = exec_then_allow
+        return spec
+
+
+def _allow_dynamo_to_trace_rnn_modules() -> None:
+    config = sys.modules.get("torch._dynamo.config")
+    if config is not None:
+        config.allow_rnn = True
+    elif not any(isinstance(f, _AllowRnnOnDynamoImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AllowRnnOnDynamoImport())
+
+
+_allow_dynamo_to_trace_rnn_modules()
