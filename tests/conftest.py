@@ -76,6 +76,8 @@ def assert_close(actual, expected, dtype, what: str) -> None:
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(expected, dtype=np.float64)
     assert a.shape == e.shape, f"{what}: shape {a.shape} != expected {e.shape}"
+    a, e = np.atleast_1d(a), np.atleast_1d(e)  # 0-d (a loss, say) as one element
+    assert a.shape == e.shape, f"{what}: shape {a.shape} != expected {e.shape}"
     tol = tolerance(dtype)
     if e.size == 0:
         print(f"{what}: empty")

@@ -71,14 +71,10 @@ def _warn_once(reason: str) -> None:
 # ---- one layer, one direction, on the core ---------------------------------------------------
 # Tensors cross as NumPy views of their storage (detach() only drops autograd; nothing is copied),
 # results come back through torch.from_numpy. Absent outputs travel as empty tensors because a custom
-# operator's outputs must all be tensors.
+# operator's outputs must all be tensors (each its own: outputs may not alias one another).
 
 def _np(t: Optional[Tensor]):
     return None if t is None else t.detach().numpy()
-
-
-def _tensor(a) -> Tensor:
-    return torch.from_numpy(a) if a is not None else torch.empty(0)
 
 
 def _core_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell: int, reverse: bool,
@@ -86,10 +82,9 @@ def _core_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell: int, r
     y, h_n, c_n, reserve = _core.layer_forward(
         cell, _np(x), _np(h0), _np(c0), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(w_hr),
         _np(lengths), reverse, save)
-    empty = x.new_empty(0)
     return (torch.from_numpy(y), torch.from_numpy(h_n),
-            empty if c_n is None else torch.from_numpy(c_n),
-            empty if reserve is None else torch.from_numpy(reserve))
+            x.new_empty(0) if c_n is None else torch.from_numpy(c_n),
+            x.new_empty(0) if reserve is None else torch.from_numpy(reserve))
 
 
 def _core_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy, dh_n, dc_n,
@@ -97,8 +92,7 @@ def _core_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy
     grads = _core.layer_backward(
         cell, _np(x), _np(h0), _np(c0), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(w_hr),
         _np(lengths), reverse, _np(reserve), _np(dy), _np(dh_n), _np(dc_n))
-    empty = x.new_empty(0)
-    return [empty if g is None else torch.from_numpy(g) for g in grads]
+    return [x.new_empty(0) if g is None else torch.from_numpy(g) for g in grads]
 
 
 # Custom operators: what torch.compile sees. Eager calls skip the dispatcher (it costs ~20 us per
