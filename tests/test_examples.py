@@ -28,3 +28,18 @@ def test_numpy_sine_backends_agree():
     fast, _ = example.train(steps=5, backend="fastrnn", log_every=0)
     ref, _ = example.train(steps=5, backend="reference", log_every=0)
     np.testing.assert_allclose(fast, ref, rtol=1e-4)
+
+
+def test_char_rnn_learns_and_backends_agree():
+    pytest = __import__("pytest")
+    pytest.importorskip("torch")
+    example = load("char_rnn")
+    small = dict(epochs=2, max_chars=12_000, batch=8, seq_len=24, hidden=32, layers=2,
+                 sample_chars=40, verbose=False)
+    fast, times, text = example.train("fastrnn", **small)
+    ref, _, _ = example.train("torch", **small)
+    first, last = np.mean(fast[:5]), np.mean(fast[-5:])
+    print(f"loss {first:.3f} -> {last:.3f}; epoch times {times}")
+    assert last < 0.85 * first
+    assert text.startswith("The ") and len(text) == 44
+    np.testing.assert_allclose(fast, ref, rtol=2e-3)  # same weights, float32 rounding only

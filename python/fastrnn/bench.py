@@ -282,23 +282,28 @@ def _numpy_description() -> str:
 
 
 class TorchRunner(Runner):
-    """``torch.nn.RNN/LSTM/GRU`` on the CPU with the same weights, input and ``dy``.
+    """``torch.nn.RNN/LSTM/GRU`` on the CPU with the same weights, input and ``dy`` -- or, with
+    ``adapter=True``, their drop-in replacements ``fastrnn.torch.RNN/LSTM/GRU``.
 
     torch runs with as many threads as fastrnn (``fastrnn.get_num_threads()``), so that neither
-    side gets more of the machine; this is the peer fastrnn exists to beat.
+    side gets more of the machine; torch.nn is the peer fastrnn exists to beat.
     """
 
-    def __init__(self, inputs: Inputs):
+    def __init__(self, inputs: Inputs, adapter: bool = False):
         import torch
 
+        if adapter:
+            import fastrnn.torch as namespace
+        else:
+            namespace = torch.nn
         cfg = inputs.config
         torch.set_num_threads(fastrnn.get_num_threads())
         dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.dtype]
         kwargs = dict(num_layers=cfg.layers, bidirectional=cfg.bidirectional, dtype=dtype)
         if cfg.cell in ("rnn_tanh", "rnn_relu"):
-            module = torch.nn.RNN(cfg.I, cfg.H, nonlinearity=cfg.cell[4:], **kwargs)
+            module = namespace.RNN(cfg.I, cfg.H, nonlinearity=cfg.cell[4:], **kwargs)
         else:
-            module = getattr(torch.nn, cfg.cell.upper())(cfg.I, cfg.H, **kwargs)
+            module = getattr(namespace, cfg.cell.upper())(cfg.I, cfg.H, **kwargs)
         module.load_state_dict({k: torch.from_numpy(v) for k, v in inputs.params.items()})
         self.torch, self.module = torch, module
         self.x = torch.from_numpy(inputs.x)
@@ -336,7 +341,12 @@ PEERS: Dict[str, Peer] = {
                     lambda inputs: ModuleRunner(fastrnn, inputs)),
     "numpy": Peer("numpy", _numpy_description, lambda inputs: ModuleRunner(reference, inputs)),
     "torch": Peer("torch", _torch_description, TorchRunner, _torch_unavailable),
+    "fastrnn.torch": Peer("fastrnn.torch",
+                          lambda: "fastrnn.torch modules (torch.nn's drop-in replacements)",
+                          lambda inputs: TorchRunner(inputs, adapter=True), _torch_unavailable),
 }
+# The pair whose ratio answers "how much faster does my torch model get": printed per configuration.
+ADAPTER_PAIR = ("torch", "fastrnn.torch")
 
 
 def make_inputs(config: Config, seed: int = 0) -> Inputs:
@@ -455,6 +465,11 @@ def run_config(config: Config, peers: Sequence[str], settings: Settings, seed: i
             entry = {"error": f"{type(exc).__name__}: {exc}"}
         result["peers"][name] = entry
     result["speedup"] = _speedups(result["peers"])
+    pair = [result["peers"].get(name) for name in ADAPTER_PAIR]
+    if all(entry and "error" not in entry for entry in pair):
+        result["speedup_torch_adapter"] = {
+            kind: pair[0][kind]["median_s"] / pair[1][kind]["median_s"]
+            for kind in ("forward", "forward_backward")}
     return result
 
 
@@ -655,7 +670,8 @@ def format_header(meta: Dict[str, object], suite: str, configs: Sequence[Config]
         f"(at least {settings.min_repeats}; {settings.budget:g} s budget per measurement) after "
         f"warm-up (>= {settings.warmup} runs and {settings.warmup_s:g} s); runs = fwd/fwd+bwd",
         f"FLOPs     : {FLOP_CONVENTION}",
-        "speedup   : peer median time / fastrnn median time (> 1: fastrnn is faster)",
+        "speedup   : peer median time / fastrnn median time (> 1: fastrnn is faster); with both "
+        "torch peers, a line per config gives torch.nn time / fastrnn.torch time",
         "accuracy  : max |y - y_ref| of each peer's forward output against the float64 NumPy "
         "reference on the same weights and input",
         f"runs      : timed runs fwd/fwd+bwd; '~' marks a noisy measurement (interquartile "
@@ -701,7 +717,15 @@ def format_rows(result: Dict[str, object]) -> str:
                            f"{fb['gflops']:.2f}", _fmt_x(speed.get("forward")),
                            _fmt_x(speed.get("forward_backward")), acc_s,
                            f"{fwd['n']}{_noise(fwd)}/{fb['n']}{_noise(fb)}"]))
+    adapter = result.get("speedup_torch_adapter")
+    if adapter:
+        lines.append(_row(["", f"  torch.nn.{_TORCH_CLASS[result['config']['cell']]} time / "
+                               f"fastrnn.torch's: fwd {_fmt_x(adapter['forward'])}, "
+                               f"fwd+bwd {_fmt_x(adapter['forward_backward'])}"]))
     return "\n".join(lines)
+
+
+_TORCH_CLASS = {"rnn_tanh": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 
 def write_json(path: str, meta: Dict[str, object], settings: Settings, suite: str,
