@@ -116,16 +116,22 @@ def test_module_entry_point(tmp_path):
 def test_torch_peer_runs_the_same_problem(tmp_path):
     pytest.importorskip("torch")
     path = tmp_path / "t.json"
-    assert bench.main(FAST + ["--peers", "torch,fastrnn", "--json", str(path),
+    assert bench.main(FAST + ["--peers", "torch,fastrnn,fastrnn.torch", "--json", str(path),
                               "--config", "lstm:T=4,B=3,I=5,H=6,layers=2,bidirectional=1",
                               "--config", "rnn_tanh:T=2,B=1,I=2,H=3,dtype=float64"]) == 0
     doc = json.loads(path.read_text())
     for result in doc["results"]:
-        entry = result["peers"]["torch"]
-        assert "error" not in entry, entry
-        # same weights and input as fastrnn: the outputs agree with the float64 reference
-        assert entry["accuracy"]["finite"] and entry["accuracy"]["max_abs_diff"] < 1e-5
-        _check_measurement(entry["forward_backward"], result["flops"]["forward_backward"])
+        for name in ("torch", "fastrnn.torch"):
+            entry = result["peers"][name]
+            assert "error" not in entry, entry
+            # same weights and input as fastrnn: the outputs agree with the float64 reference
+            assert entry["accuracy"]["finite"] and entry["accuracy"]["max_abs_diff"] < 1e-5
+            _check_measurement(entry["forward_backward"], result["flops"]["forward_backward"])
+        ratio = result["speedup_torch_adapter"]
+        peers = result["peers"]
+        for kind in ("forward", "forward_backward"):
+            assert ratio[kind] == pytest.approx(peers["torch"][kind]["median_s"]
+                                                / peers["fastrnn.torch"][kind]["median_s"])
 
 
 def test_bench_runs_without_torch():
