@@ -435,3 +435,57 @@ def test_distributed_data_parallel_gloo(tmp_path):
     for p, out in zip(procs, outputs):
         print(out)
         assert p.returncode == 0, out
+
+
+SHARED_POOL_SCRIPT = r"""
+import sys, torch, numpy as np, fastrnn, fastrnn.torch as ft
+torch.manual_seed(0)
+m = ft.LSTM(64, 96, num_layers=2, bidirectional=True)
+x = torch.randn(20, 33, 64, requires_grad=True)
+y, _ = m(x)
+y.pow(2).sum().backward()
+np.save(sys.argv[1], np.concatenate([y.detach().numpy().ravel(), x.grad.numpy().ravel()]
+                                    + [p.grad.numpy().ravel() for p in m.parameters()]))
+print(fastrnn.build_info()["blas_threads"])
+"""
+
+
+def test_shared_torch_thread_pool_gives_identical_results(tmp_path):
+    """fastrnn.torch runs the BLAS jobs on torch's OpenMP pool; the results are bitwise those of
+    OpenBLAS's own threads (same partition of the work, other threads)."""
+    script = tmp_path / "pool.py"
+    script.write_text(SHARED_POOL_SCRIPT)
+    outputs = {}
+    for share in ("1", "0"):
+        env = dict(os.environ, FASTRNN_SHARE_TORCH_THREADS=share, OMP_NUM_THREADS="2")
+        path = tmp_path / f"out{share}.npy"
+        proc = subprocess.run([sys.executable, str(script), str(path)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        outputs[share] = (np.load(path), proc.stdout.strip())
+    assert outputs["1"][1].startswith("OpenMP runtime") and outputs["0"][1] == "OpenBLAS"
+    assert np.array_equal(outputs["1"][0], outputs["0"][0])
+
+
+def test_concurrent_calls_on_the_shared_pool():
+    """Python threads calling fastrnn.torch at once (each its own OpenMP team) get the serial
+    results."""
+    import concurrent.futures
+
+    torch.manual_seed(0)
+    modules = [ft.GRU(40, 50, num_layers=2) for _ in range(4)]
+    inputs = [torch.randn(15, 9, 40) for _ in range(4)]
+
+    def run(i):
+        x = inputs[i].clone().requires_grad_(True)
+        y, h = modules[i](x)
+        (y.sum() + h.sum()).backward()
+        return y.detach(), x.grad
+
+    serial = [run(i) for i in range(4)]
+    for m in modules:
+        m.zero_grad()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(run, range(4)))
+    for (y0, g0), (y1, g1) in zip(serial, parallel):
+        assert torch.equal(y0, y1) and torch.equal(g0, g1)

@@ -469,6 +469,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("reserve_widths", &reserve_widths, py::arg("cell"), py::arg("H"), py::arg("P") = 0,
         "(per_slot, per_step): reserve_size == (T+1)*B*per_slot + T*B*per_step.");
   m.def("set_num_threads", &fastrnn::set_num_threads, py::arg("n"));
+  m.def("run_blas_on_openmp", &fastrnn::run_blas_on_openmp, py::arg("library_path"),
+        "Run BLAS jobs on an already-loaded OpenMP runtime (path), or on OpenBLAS's own "
+        "threads (\"\").");
+  m.def("blas_thread_pool", &fastrnn::blas_thread_pool);
   m.def("get_num_threads", &fastrnn::get_num_threads);
   m.def("blas_name", &fastrnn::blas_name);
   m.def("blas_config", &fastrnn::blas_config);

@@ -113,6 +113,13 @@ void apply_activation(Activation kind, const scalar_t* x, scalar_t* y, int64_t n
 void set_num_threads(int n);
 int get_num_threads();
 
+// Run the BLAS library's parallel jobs on the OpenMP runtime at `library_path` -- one the process
+// has already loaded, a host framework's pool (PyTorch's libgomp) -- instead of its own threads,
+// so that host and fastrnn share one pool. "" goes back to the library's own threads. Call it when
+// no fastrnn call is running. blas_thread_pool() names the current choice.
+void run_blas_on_openmp(const std::string& library_path);
+std::string blas_thread_pool();
+
 // What this build contains.
 std::string active_isa();                  // instruction set the pointwise kernels run with
 std::vector<std::string> compiled_isas();  // every instruction set compiled in

@@ -53,6 +53,8 @@ def build_info() -> dict:
 
     ``simd`` lists the instruction sets the pointwise kernels are compiled for; ``simd_active``
     is the one this CPU runs (the environment variable ``FASTRNN_ISA`` can lower it).
+    ``blas_threads`` says whose threads run the BLAS jobs: OpenBLAS's own, or (after
+    ``import fastrnn.torch``) torch's OpenMP pool.
     """
     return {
         "version": __version__,
@@ -62,5 +64,6 @@ def build_info() -> dict:
         "simd": list(_core.compiled_isas()),
         "simd_active": _core.active_isa(),
         "num_threads": get_num_threads(),
+        "blas_threads": _core.blas_thread_pool(),
         "cuda": False,
     }

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import os
 import sys
 import threading
 import warnings
@@ -77,8 +78,16 @@ def _np(t: Optional[Tensor]):
     return None if t is None else t.detach().numpy()
 
 
+def _follow_torch_threads() -> None:
+    """Use as many threads as torch does (the pool is shared, see _share_torch_thread_pool)."""
+    n = torch.get_num_threads()
+    if n != _core.get_num_threads():
+        _core.set_num_threads(n)
+
+
 def _core_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell: int, reverse: bool,
                   save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    _follow_torch_threads()
     y, h_n, c_n, reserve = _core.layer_forward(
         cell, _np(x), _np(h0), _np(c0), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(w_hr),
         _np(lengths), reverse, save)
@@ -89,6 +98,7 @@ def _core_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell: int, r
 
 def _core_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy, dh_n, dc_n,
                    cell: int, reverse: bool) -> List[Tensor]:
+    _follow_torch_threads()
     grads = _core.layer_backward(
         cell, _np(x), _np(h0), _np(c0), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(w_hr),
         _np(lengths), reverse, _np(reserve), _np(dy), _np(dh_n), _np(dc_n))
@@ -489,6 +499,42 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
             if new is not None:
                 setattr(parent, name, new)
     return model
+
+
+# ---- one thread pool for torch and fastrnn -------------------------------------------------------
+
+def _torch_openmp_runtime() -> Optional[str]:
+    """Path of the OpenMP runtime that runs torch's CPU parallelism, if one is loaded (Linux)."""
+    if not torch.backends.openmp.is_available():
+        return None
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(None, 5)[5].strip() for line in maps if line.count(" ") >= 5
+                     and len(line.split(None, 5)) == 6}
+    except OSError:
+        return None
+    runtimes = sorted(p for p in paths
+                      if os.path.basename(p).startswith(("libgomp", "libiomp", "libomp"))
+                      and ".so" in os.path.basename(p) and os.path.exists(p))
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    own = [p for p in runtimes if os.path.abspath(p).startswith(torch_dir + os.sep)]
+    if own:
+        return own[0]
+    return runtimes[0] if len(runtimes) == 1 else None
+
+
+def _share_torch_thread_pool() -> None:
+    """Run fastrnn's BLAS jobs on torch's OpenMP pool: two pools on the same cores slow each other
+    down (each one's idle workers spin while the other works), one shared pool does not. Set
+    FASTRNN_SHARE_TORCH_THREADS=0 to keep OpenBLAS's own threads."""
+    if os.environ.get("FASTRNN_SHARE_TORCH_THREADS", "1") == "0":
+        return
+    path = _torch_openmp_runtime()
+    if path is not None:
+        _core.run_blas_on_openmp(path)
+
+
+_share_torch_thread_pool()
 
 
 # ---- TorchDynamo: let it trace modules that are instances of torch.nn.RNN/LSTM/GRU --------------
