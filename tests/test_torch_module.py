@@ -18,6 +18,7 @@ from conftest import assert_close
 
 torch = pytest.importorskip("torch")
 import fastrnn.torch as ft  # noqa: E402
+from torch.nn.utils import parametrize, prune  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
@@ -346,9 +347,133 @@ def test_convert_replaces_every_rnn_in_place():
     after = model(tokens)
     assert_close(after.detach().numpy(), before.detach().numpy(), np.float32, "converted model")
     lone = torch.nn.GRU(3, 4)
-    assert type(ft.convert(lone)) is ft.GRU
+    assert ft.convert(lone) is lone and type(lone) is ft.GRU
     with pytest.raises(TypeError, match="model"):
         ft.convert("not a module")
+
+
+def test_convert_keeps_hooks_sharing_pruning_and_parametrizations():
+    torch.manual_seed(0)
+    shared = torch.nn.LSTM(3, 4)
+    pruned = torch.nn.GRU(4, 5)
+    prune.l1_unstructured(pruned, "weight_hh_l0", amount=0.5)
+    normed = torch.nn.utils.parametrizations.weight_norm(torch.nn.RNN(5, 6), "weight_ih_l0")
+    model = torch.nn.ModuleDict({"a": shared, "b": shared, "pruned": pruned, "normed": normed})
+    calls = []
+    shared.register_forward_hook(lambda m, args, out: calls.append(type(m).__name__))
+    x = torch.randn(7, 2, 3)
+
+    def run():
+        y, _ = model["a"](x)
+        y, _ = model["pruned"](y)
+        return model["normed"](y)[0]
+
+    before = run()
+    ft.convert(model)
+    assert model["a"] is model["b"] is shared and type(shared) is ft.LSTM
+    assert isinstance(pruned, ft.GRU) and isinstance(normed, ft.RNN)
+    assert isinstance(normed, torch.nn.RNN) and type(normed).__name__ == "ParametrizedRNN"
+    after = run()
+    assert calls == ["LSTM", "LSTM"]
+    assert_close(after.detach().numpy(), before.detach().numpy(), np.float32, "converted")
+    parametrize.remove_parametrizations(normed, "weight_ih_l0")
+    assert type(normed) is ft.RNN
+
+
+def test_torch_func_transforms_fall_back_to_torch():
+    torch.manual_seed(0)
+    theirs, ours = module_pair("lstm", torch.float64, input_size=3, hidden_size=4)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    h0 = torch.randn(1, 2, 4, dtype=torch.float64)
+    c0 = torch.randn(1, 2, 4, dtype=torch.float64)
+    ft._warned.clear()
+    results = []
+    for m in (theirs, ours):
+        params = {n: p.detach() for n, p in m.named_parameters()}
+        g = torch.func.grad(lambda p: torch.func.functional_call(m, p, (x,))[0].pow(2).sum())(
+            params)
+        j = torch.func.jacrev(lambda h: m(x, (h, c0))[0].sum(0))(h0)
+        results.append([g[n] for n in sorted(g)] + [j])
+    for a, e in zip(*results):
+        assert_close(a.detach().numpy(), e.detach().numpy(), np.float64, "torch.func")
+    assert "torch.func transforms (grad, vmap, jacrev, ...) are not in the core" in ft._warned
+
+
+def test_forward_mode_ad_falls_back_to_torch():
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(0)
+    theirs, ours = module_pair("gru", torch.float64, input_size=3, hidden_size=4)
+    x, tangent = torch.randn(2, 5, 2, 3, dtype=torch.float64)
+    outs = []
+    for m in (theirs, ours):
+        with fwAD.dual_level():
+            y, _ = m(fwAD.make_dual(x, tangent))
+            outs.append(fwAD.unpack_dual(y).tangent)
+    assert_close(outs[1].detach().numpy(), outs[0].detach().numpy(), np.float64, "tangent")
+
+
+@pytest.mark.parametrize("shape", [(5, 0, 3), (0, 2, 3)], ids=["B=0", "T=0"])
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+def test_empty_input_as_torch(name, shape):
+    theirs = getattr(torch.nn, name)(3, 4)
+    ours = getattr(ft, name)(3, 4)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.zeros(shape)
+    expected, got = _error_of(lambda: theirs(x)), _error_of(lambda: ours(x))
+    assert got == expected
+    if expected is None:
+        y_t, y_f = theirs(x)[0], ours(x)[0]
+        assert y_t.shape == y_f.shape
+
+
+@pytest.mark.parametrize("hx_kind", ["tensor", "triple", "single"])
+def test_malformed_lstm_hx_raises_what_torch_raises(hx_kind):
+    theirs, ours = torch.nn.LSTM(3, 4), ft.LSTM(3, 4)
+    x, h = torch.randn(5, 2, 3), torch.zeros(1, 2, 4)
+    hx = {"tensor": h, "triple": (h, h, h), "single": (h,)}[hx_kind]
+    expected = _error_of(lambda: theirs(x, hx))
+    assert expected is not None and _error_of(lambda: ours(x, hx)) == expected
+
+
+def test_saved_tensor_hooks_see_the_reserve():
+    m = ft.LSTM(8, 16)
+    x = torch.randn(10, 4, 8, requires_grad=True)
+    packed = []
+
+    def pack(t):
+        packed.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y, _ = m(x)
+    reserve = ft._core.reserve_size(2, 10, 4, 8, 16)
+    assert reserve in packed
+    y.sum().backward()
+    assert x.grad is not None
+
+
+FORK_SCRIPT = r"""
+import os, numpy as np, torch, fastrnn, fastrnn.torch as ft
+m = ft.GRU(64, 64)
+m(torch.randn(20, 16, 64))                  # the parent has used torch's pool
+assert fastrnn.build_info()["blas_threads"].startswith("OpenMP")
+pid = os.fork()
+if pid == 0:                                 # the child: fastrnn on OpenBLAS's own threads
+    ok = fastrnn.build_info()["blas_threads"] == "OpenBLAS"
+    y, _ = fastrnn.GRU(64, 64, seed=0).eval()(np.ones((20, 16, 64), np.float32))
+    os._exit(0 if ok and np.isfinite(y).all() else 1)
+_, status = os.waitpid(pid, 0)
+raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_forked_child_runs_on_openblas_threads(tmp_path):
+    script = tmp_path / "fork.py"
+    script.write_text(FORK_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_import_defers_torch_dynamo_and_then_allows_rnn_modules():
@@ -359,8 +484,13 @@ def test_import_defers_torch_dynamo_and_then_allows_rnn_modules():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def test_torch_compile_fullgraph():
+def test_torch_compile_fullgraph(monkeypatch):
     torch.manual_seed(0)
+    calls = []
+    for name in ("_core_forward", "_core_backward"):
+        real = getattr(ft, name)
+        monkeypatch.setattr(ft, name, lambda *a, _real=real, _name=name: (calls.append(_name),
+                                                                          _real(*a))[1])
 
     class Model(torch.nn.Module):
         def __init__(self):
@@ -379,6 +509,7 @@ def test_torch_compile_fullgraph():
     x = torch.randn(3, 7, 4)
     out_c = compiled(x)
     out_c.backward()
+    assert calls.count("_core_forward") == 5 and calls.count("_core_backward") == 5  # 2x2 + 1
     grads_c = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     out_e = model(x)

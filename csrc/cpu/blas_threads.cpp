@@ -12,6 +12,7 @@
 // The runtime is found by path among the libraries already loaded (dlopen RTLD_NOLOAD), so
 // fastrnn neither links against an OpenMP runtime nor loads a second one.
 #include <dlfcn.h>
+#include <pthread.h>
 
 #include <cblas.h>
 
@@ -73,6 +74,15 @@ void run_jobs_on_openmp(int /*sync: always 1*/, openblas_dojob_callback dojob, i
   g_openmp.parallel(run_as_team_member, &jobs, static_cast<unsigned>(numjobs), 0);
 }
 
+// A forked child has none of the parent's OpenMP threads, and libgomp does not recreate them (a
+// child's first parallel region can hang): the child goes back to OpenBLAS's own threads, which
+// OpenBLAS itself re-creates after fork. No lock here: the child has one thread, and the mutex may
+// have been held by another thread of the parent at the fork.
+void back_to_openblas_threads_in_child() {
+  scipy_openblas_set_threads_callback_function(nullptr);
+  g_openmp_path.clear();
+}
+
 template <typename F>
 F symbol(void* handle, const char* name, const std::string& path) {
   void* p = dlsym(handle, name);
@@ -106,6 +116,9 @@ void run_blas_on_openmp(const std::string& library_path) {
   rt.thread_num = symbol<decltype(rt.thread_num)>(handle, "omp_get_thread_num", library_path);
   rt.num_threads = symbol<decltype(rt.num_threads)>(handle, "omp_get_num_threads", library_path);
   // The handle stays open: the runtime must outlive every BLAS call.
+  static const int atfork_registered =
+      pthread_atfork(nullptr, nullptr, back_to_openblas_threads_in_child);
+  (void)atfork_registered;
   g_openmp = rt;
   g_openmp_path = library_path;
   scipy_openblas_set_threads_callback_function(run_jobs_on_openmp);

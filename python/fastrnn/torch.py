@@ -12,14 +12,16 @@ in the C++ core; stacking, bidirection and inter-layer dropout (torch's RNG, so 
 torch's) are torch operations around it.
 
 Data movement: tensors reach the core as NumPy views of their storage and results come back the same
-way (no copies). The copies that remain are layout changes the core needs: a ``batch_first`` input is
-transposed to time-major (the output goes back as a transposed view, as torch returns it), a
-``PackedSequence`` is padded on the way in and packed on the way out, and a bidirectional layer's two
-outputs are concatenated.
+way (no copies of inputs, weights or results). The copies that remain are layout changes the core
+needs: a ``batch_first`` input is made time-major once per layer (the output goes back as a
+transposed view, as torch returns it); a ``PackedSequence`` is padded on the way in and packed on
+the way out; a bidirectional layer's two outputs are concatenated; and in backward the gradient
+of such a transposed, concatenated or packed output is made contiguous per direction.
 
 Where the core cannot run a call -- tensors on a device or with a dtype this build has no kernels for,
-autocast, functorch transforms, a double backward -- the module runs ``torch.nn``'s own implementation
-instead and warns once, saying why.
+autocast, ``torch.func`` transforms, forward-mode AD, a double backward -- the module runs
+``torch.nn``'s own implementation instead and warns once, saying why. Calls torch.nn refuses go to
+torch.nn too, so they raise exactly its errors; empty inputs (B = 0) give its empty results.
 
 ``torch.compile``: the layer kernels are registered as the custom operators
 ``fastrnn::layer_forward`` and ``fastrnn::layer_backward`` with shape functions, so compiled models
@@ -78,11 +80,18 @@ def _np(t: Optional[Tensor]):
     return None if t is None else t.detach().numpy()
 
 
+_threads_lock = threading.Lock()
+
+
 def _follow_torch_threads() -> None:
-    """Use as many threads as torch does (the pool is shared, see _share_torch_thread_pool)."""
+    """Use as many threads as torch does (the pool is shared, see _share_torch_thread_pool).
+
+    The count is process-wide in OpenBLAS but per thread in torch: change torch's thread count
+    only while no fastrnn call runs in another thread."""
     n = torch.get_num_threads()
     if n != _core.get_num_threads():
-        _core.set_num_threads(n)
+        with _threads_lock:
+            _core.set_num_threads(n)
 
 
 def _core_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell: int, reverse: bool,
@@ -208,19 +217,21 @@ class _LayerFunction(torch.autograd.Function):
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, save):
         y, h_n, c_n, reserve = _core_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
                                              cell, reverse, save)
-        if save:
-            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
-            ctx.reserve, ctx.cell, ctx.reverse = reserve, cell, reverse
+        ctx.saved = save
+        if save:  # the reserve too, so that saved-tensor hooks (checkpoint, offload) see it
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve)
+            ctx.cell, ctx.reverse = cell, reverse
         if c0 is None:
             ctx.mark_non_differentiable(c_n)
         return y, h_n, c_n
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n):
-        if not hasattr(ctx, "reserve"):
+        if not ctx.saved:
             raise RuntimeError("fastrnn.torch: this layer ran without saving for backward")
-        grads = _layer_grads(ctx.saved_tensors, ctx.reserve, ctx.cell, ctx.reverse, dy, dh_n,
-                             dc_n, ctx.needs_input_grad[:8])
+        *saved, reserve = ctx.saved_tensors
+        grads = _layer_grads(tuple(saved), reserve, ctx.cell, ctx.reverse, dy, dh_n, dc_n,
+                             ctx.needs_input_grad[:8])
         return (*grads, None, None, None)
 
 
@@ -307,7 +318,7 @@ class _FastRNNMixin:
     fallback) and everything else (parameters, state_dict, ``_apply``, repr) is torch's.
     """
 
-    def _fallback_reason(self, data) -> Optional[str]:
+    def _fallback_reason(self, data, hx) -> Optional[str]:
         """Why the core cannot run this call (None: it can). Calls that torch itself would refuse
         (mismatched dtypes or devices, wrong types) also go to torch, silently, for its error."""
         tensors = [data] + [w for w in self._flat_weights]
@@ -323,22 +334,27 @@ class _FastRNNMixin:
             return f"no kernels for dtype {data.dtype} (float32 and float64 only)"
         if torch.is_autocast_enabled("cpu"):
             return "autocast is enabled (the core computes in the tensors' own dtype)"
-        if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(
-                data):
-            return "functorch transforms (vmap, grad) are not supported by the core"
+        if not torch.compiler.is_compiling():
+            if torch._C._functorch.maybe_current_level() is not None:
+                return "torch.func transforms (grad, vmap, jacrev, ...) are not in the core"
+            if torch.autograd.forward_ad._current_level >= 0 and any(
+                    torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+                    for t in tensors + _state_tensors(hx)):
+                return "forward-mode AD (dual tensors) is not in the core"
         return None
 
     def forward(self, input, hx=None):
         self._update_flat_weights()
         packed = isinstance(input, PackedSequence)
-        reason = self._fallback_reason(input.data if packed else input)
+        reason = self._fallback_reason(input.data if packed else input, hx)
         if reason is not None:
             if reason:
                 _warn_once(reason)
             return super().forward(input, hx)
         orig_input, orig_hx = input, hx
 
-        # torch.nn's input handling and checks, in its order and with its messages.
+        # torch.nn's input handling and checks. Malformed calls go to torch.nn itself, so that
+        # they raise exactly what it raises.
         mode = _TORCH_MODES[self.mode]
         is_lstm = mode == "lstm"
         D = 2 if self.bidirectional else 1
@@ -346,21 +362,20 @@ class _FastRNNMixin:
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
             max_batch_size = batch_sizes[0]
+            if hx is not None and not _well_formed_hx(hx, is_lstm, rank=3):
+                return super().forward(orig_input, orig_hx)
         else:
-            if input.dim() not in (2, 3):
-                name = "RNN" if mode.startswith("rnn") else mode.upper()
-                got = f"{input.dim()}D tensor" if name == "RNN" else f"{input.dim()}D"
-                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {got} instead")
+            if input.dim() not in (2, 3) or input.numel() == 0:  # torch errors, or empty results
+                return super().forward(orig_input, orig_hx)
             is_batched = input.dim() == 3
             batch_dim = 0 if self.batch_first else 1
             data = input if is_batched else input.unsqueeze(batch_dim)
             max_batch_size = data.size(0) if self.batch_first else data.size(1)
             if hx is not None:
-                _check_hx_dims(hx, is_lstm, is_batched)
+                if not _well_formed_hx(hx, is_lstm, rank=3 if is_batched else 2):
+                    return super().forward(orig_input, orig_hx)
                 if not is_batched:
                     hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1)) if is_lstm else hx.unsqueeze(1)
-        if is_lstm and hx is not None:
-            _check_hx_pair(hx)
         if hx is None:
             shape = (self.num_layers * D, max_batch_size)
             state_size = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -405,6 +420,7 @@ class _FastRNNMixin:
         layer_input = x
         h_n, c_n = [], []
         for layer in range(self.num_layers):
+            layer_input = layer_input.contiguous()  # once for both directions (batch_first input)
             outputs = []
             for direction in range(D):
                 idx = layer * D + direction
@@ -431,23 +447,21 @@ class _FastRNNMixin:
         return layer_input, torch.stack(h_n), (torch.stack(c_n) if c_n else None)
 
 
-def _check_hx_dims(hx, is_lstm: bool, is_batched: bool) -> None:
-    """torch.nn's checks (and messages) of the initial state's rank."""
-    want = 3 if is_batched else 2
-    kind = "batched 3-D" if is_batched else "unbatched 2-D"
+def _state_tensors(hx) -> list:
+    """The tensors of an hx argument (a tensor, a pair, or None)."""
+    if hx is None:
+        return []
+    if isinstance(hx, Tensor):
+        return [hx]
+    return [h for h in hx if isinstance(h, Tensor)] if isinstance(hx, (tuple, list)) else []
+
+
+def _well_formed_hx(hx, is_lstm: bool, rank: int) -> bool:
+    """hx is what torch.nn accepts: a tensor of the given rank, or for an LSTM a pair of them."""
     if is_lstm:
-        _check_hx_pair(hx)
-        if hx[0].dim() != want or hx[1].dim() != want:
-            raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
-                               f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
-    elif hx.dim() != want:
-        raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D "
-                           f"tensor")
-
-
-def _check_hx_pair(hx) -> None:
-    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-        raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+        return (isinstance(hx, (tuple, list)) and len(hx) == 2
+                and all(isinstance(h, Tensor) and h.dim() == rank for h in hx))
+    return isinstance(hx, Tensor) and hx.dim() == rank
 
 
 class RNN(_FastRNNMixin, torch.nn.RNN):
@@ -462,42 +476,41 @@ class GRU(_FastRNNMixin, torch.nn.GRU):
     """``torch.nn.GRU`` with fastrnn's kernels; same arguments and results."""
 
 
-_REPLACEMENTS = {torch.nn.RNN: RNN, torch.nn.LSTM: LSTM, torch.nn.GRU: GRU}
+_TWINS = {torch.nn.RNN: RNN, torch.nn.LSTM: LSTM, torch.nn.GRU: GRU}
 
 
-def _replacement(module: torch.nn.Module) -> Optional[torch.nn.Module]:
-    """The fastrnn twin of an exact torch.nn.RNN/LSTM/GRU, sharing its parameters, else None."""
-    cls = _REPLACEMENTS.get(type(module))
-    if cls is None:
-        return None
-    kwargs = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
-                  dropout=module.dropout, bidirectional=module.bidirectional, device="meta")
-    if cls is LSTM:
-        kwargs["proj_size"] = module.proj_size
-    if cls is RNN:
-        kwargs["nonlinearity"] = module.nonlinearity
-    new = cls(module.input_size, module.hidden_size, **kwargs)
-    for name in module._flat_weights_names:  # the very same Parameter objects: optimizers and
-        setattr(new, name, getattr(module, name))  # hooks that hold them keep working
-    new._init_flat_weights()
-    new.train(module.training)
-    return new
+def _twin_class(cls: type) -> Optional[type]:
+    """The fastrnn.torch class for a module of class ``cls``, or None to leave it alone.
+
+    The exact torch.nn classes map to their twins. torch.nn.utils.parametrize gives each
+    parametrized module a class of its own (``ParametrizedLSTM``: a direct subclass of the torch
+    class holding the parametrized attributes as properties); its twin is the same class on the
+    fastrnn.torch base, so that adding and removing parametrizations keeps working (removing the
+    last one leaves a fastrnn.torch.LSTM). Other subclasses may override forward: left alone.
+    """
+    if cls in _TWINS:
+        return _TWINS[cls]
+    if (len(cls.__bases__) == 1 and cls.__bases__[0] in _TWINS
+            and cls.__name__ == "Parametrized" + cls.__bases__[0].__name__):
+        namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+        return type(cls.__name__, (_TWINS[cls.__bases__[0]],), namespace)
+    return None
 
 
 def convert(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace, in place, every ``torch.nn.RNN/LSTM/GRU`` inside ``model`` by its fastrnn.torch
-    twin holding the same parameter objects and training mode; return the model (or the twin when
-    ``model`` itself is one of those modules)."""
+    """Turn, in place, every ``torch.nn.RNN/LSTM/GRU`` inside ``model`` (``model`` itself
+    included) into its fastrnn.torch twin, and return ``model``.
+
+    The modules change class only (the twins add no state), so they keep everything else: the
+    very same parameter objects (optimizers built before keep working), training mode, hooks,
+    pruning and parametrizations, and a module registered under two names stays one module.
+    """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    top = _replacement(model)
-    if top is not None:
-        return top
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            new = _replacement(child)
-            if new is not None:
-                setattr(parent, name, new)
+    for module in model.modules():
+        twin = _twin_class(type(module))
+        if twin is not None:
+            module.__class__ = twin
     return model
 
 
