@@ -650,7 +650,7 @@ def format_header(meta: Dict[str, object], suite: str, configs: Sequence[Config]
         f"peers {', '.join(peers)}",
         f"build     : {info['compiler']}; BLAS {info['blas']}; SIMD {', '.join(info['simd'])}; "
         f"cuda {info['cuda']}",
-        f"BLAS      : {info['blas_config']}",
+        f"BLAS      : {info['blas_config']}; parallel jobs on {info['blas_threads']}",
         f"numpy     : {meta['numpy_version']} ({meta['numpy_blas'] or 'BLAS unknown'}); "
         f"python {meta['python']}",
         f"machine   : {meta['cpu_model']} ({meta['machine']}), {th['cpu_count']} CPUs"
@@ -856,6 +856,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"peer {name} skipped: {why}", file=sys.stderr)
     if not peers:
         parser.error("no peer available")
+    if "fastrnn.torch" in peers:
+        # Before any measurement: importing it moves the BLAS jobs onto torch's thread pool
+        # (fastrnn.torch docs), so every peer runs on the same pool throughout the run.
+        import fastrnn.torch  # noqa: F401
 
     meta = collect_meta()
     print(format_header(meta, suite, configs, settings, peers), flush=True)
