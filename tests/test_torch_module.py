@@ -416,6 +416,19 @@ def test_forward_mode_ad_falls_back_to_torch():
     assert_close(outs[1].detach().numpy(), outs[0].detach().numpy(), np.float64, "tangent")
 
 
+def test_jit_trace_records_torch_operators():
+    torch.manual_seed(0)
+    theirs, ours = module_pair("lstm", torch.float32, input_size=3, hidden_size=4)
+    x = torch.randn(5, 2, 3)
+    ft._warned.clear()
+    with pytest.warns(ft.FallbackWarning, match="torch.jit.trace"):
+        traced = torch.jit.trace(ours, (x,))
+    assert "lstm" in str(traced.graph)
+    x2 = torch.randn(5, 2, 3)
+    assert_close(traced(x2)[0].detach().numpy(), theirs(x2)[0].detach().numpy(), np.float32,
+                 "traced")
+
+
 @pytest.mark.parametrize("shape", [(5, 0, 3), (0, 2, 3)], ids=["B=0", "T=0"])
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
 def test_empty_input_as_torch(name, shape):

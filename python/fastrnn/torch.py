@@ -19,7 +19,8 @@ the way out; a bidirectional layer's two outputs are concatenated; and in backwa
 of such a transposed, concatenated or packed output is made contiguous per direction.
 
 Where the core cannot run a call -- tensors on a device or with a dtype this build has no kernels for,
-autocast, ``torch.func`` transforms, forward-mode AD, a double backward -- the module runs
+autocast, ``torch.func`` transforms, forward-mode AD, a double backward, ``torch.jit.trace`` and
+ONNX export (so that the recorded graph holds torch's portable operators) -- the module runs
 ``torch.nn``'s own implementation instead and warns once, saying why. Calls torch.nn refuses go to
 torch.nn too, so they raise exactly its errors; empty inputs (B = 0) give its empty results.
 
@@ -334,6 +335,8 @@ class _FastRNNMixin:
             return f"no kernels for dtype {data.dtype} (float32 and float64 only)"
         if torch.is_autocast_enabled("cpu"):
             return "autocast is enabled (the core computes in the tensors' own dtype)"
+        if torch.jit.is_tracing() or _in_onnx_export():
+            return "torch.jit.trace and ONNX export record torch.nn's own operators"
         if not torch.compiler.is_compiling():
             if torch._C._functorch.maybe_current_level() is not None:
                 return "torch.func transforms (grad, vmap, jacrev, ...) are not in the core"
@@ -445,6 +448,11 @@ class _FastRNNMixin:
                         data, batch_sizes, False, 0.0, layer_output.shape[0])[0]
             layer_input = layer_output
         return layer_input, torch.stack(h_n), (torch.stack(c_n) if c_n else None)
+
+
+def _in_onnx_export() -> bool:
+    onnx = sys.modules.get("torch.onnx")  # never imported by us: it costs time
+    return onnx is not None and onnx.is_in_onnx_export()
 
 
 def _state_tensors(hx) -> list:
@@ -559,9 +567,12 @@ class _AllowRnnOnDynamoImport(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):
         if fullname != "torch._dynamo.config":
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
+        sys.meta_path.remove(self)  # one shot; the lookup below then uses the other finders
+        try:
+            spec = importlib.util.find_spec(fullname)
+        except Exception:  # noqa: BLE001 - let the normal import report it
+            return None
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         exec_module = spec.loader.exec_module
 
