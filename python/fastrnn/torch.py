@@ -46,7 +46,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _core
-from .functional import MODES
+from .functional import MODES, num_gates
 
 __all__ = ["RNN", "LSTM", "GRU", "convert", "FallbackWarning"]
 
@@ -132,7 +132,7 @@ def _layer_forward_op(x: Tensor, h0: Tensor, c0: Optional[Tensor], weight_ih: Te
 def _(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, cell, reverse,
       save):
     T, B = x.shape[0], x.shape[1]
-    H = weight_hh.shape[0] // _gates(cell)
+    H = weight_hh.shape[0] // num_gates(MODES[cell])
     R = weight_hh.shape[1]
     P = weight_hr.shape[0] if weight_hr is not None else 0
     c_n = x.new_empty((B, H)) if c0 is not None else x.new_empty(0)
@@ -160,10 +160,6 @@ def _(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, res
       dc_n, cell, reverse):
     return [torch.empty_like(t) if t is not None else x.new_empty(0)
             for t in (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)]
-
-
-def _gates(cell: int) -> int:
-    return {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[MODES[cell]]
 
 
 # ---- autograd --------------------------------------------------------------------------------
