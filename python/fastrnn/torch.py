@@ -41,7 +41,11 @@ import threading
 import warnings
 from typing import List, Optional, Tuple
 
-import torch
+try:
+    import torch
+except ImportError as exc:  # torch is an optional dependency of fastrnn
+    raise ImportError("fastrnn.torch needs PyTorch: pip install 'fastrnn[torch]' (or any torch "
+                      ">= 2.4)") from exc
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
@@ -78,7 +82,9 @@ def _warn_once(reason: str) -> None:
 # operator's outputs must all be tensors (each its own: outputs may not alias one another).
 
 def _np(t: Optional[Tensor]):
-    return None if t is None else t.detach().numpy()
+    if t is None:
+        return None
+    return t.detach().numpy() if t.requires_grad else t.numpy()
 
 
 _threads_lock = threading.Lock()
@@ -257,8 +263,10 @@ def _layer(mode: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse:
     cell = _CELL_CODES[mode]
     if torch.compiler.is_compiling():
         y, h_n, c_n, _ = _layer_forward_op(*args, lengths, cell, reverse, save)
-    else:
+    elif save:
         y, h_n, c_n = _LayerFunction.apply(*args, lengths, cell, reverse, save)
+    else:  # no gradient wanted: no autograd node either
+        y, h_n, c_n, _ = _core_forward(*args, lengths, cell, reverse, save)
     return y, h_n, (c_n if c0 is not None else None)
 
 
@@ -318,13 +326,13 @@ class _FastRNNMixin:
     def _fallback_reason(self, data, hx) -> Optional[str]:
         """Why the core cannot run this call (None: it can). Calls that torch itself would refuse
         (mismatched dtypes or devices, wrong types) also go to torch, silently, for its error."""
-        tensors = [data] + [w for w in self._flat_weights]
-        if not all(isinstance(t, Tensor) for t in tensors):
+        tensors = [data, *self._flat_weights]
+        if not isinstance(data, Tensor):
             return ""
-        dtypes = {t.dtype for t in tensors}
-        devices = {t.device.type for t in tensors}
-        if len(dtypes) > 1 or len(devices) > 1:
-            return ""
+        dtype, device = data.dtype, data.device
+        for w in self._flat_weights:
+            if not isinstance(w, Tensor) or w.dtype != dtype or w.device != device:
+                return ""
         if data.device.type != "cpu":
             return f"no kernels for device '{data.device.type}' in this build"
         if data.dtype not in _CORE_DTYPES:
