@@ -535,6 +535,21 @@ def test_torch_compile_fullgraph(monkeypatch):
         assert_close(gc.numpy(), p.grad.numpy(), np.float32, "compiled grad")
 
 
+def test_torch_compile_packed_input_with_graph_breaks():
+    """A PackedSequence's batch sizes are data, so fullgraph is impossible (for torch.nn too);
+    without fullgraph the packed call compiles with graph breaks and gives the eager results."""
+    torch.manual_seed(0)
+    theirs, ours = module_pair("gru", torch.float32, input_size=4, hidden_size=6, num_layers=2,
+                               bidirectional=True)
+    compiled = torch.compile(ours, backend="aot_eager")
+    x = torch.randn(5, 3, 4)
+    packed = pack_padded_sequence(x, torch.tensor([5, 2, 3]), enforce_sorted=False)
+    y, h = compiled(packed)
+    y_t, h_t = theirs(packed)
+    assert_close(y.data.detach().numpy(), y_t.data.detach().numpy(), np.float32, "packed y")
+    assert_close(h.detach().numpy(), h_t.detach().numpy(), np.float32, "packed h_n")
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

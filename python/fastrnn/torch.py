@@ -399,8 +399,7 @@ class _FastRNNMixin:
         # Time-major padded input for the core.
         lengths = None
         if packed:
-            x, lengths = torch._VF._pad_packed_sequence(data, batch_sizes, False, 0.0,
-                                                        batch_sizes.size(0))
+            x, lengths = _packed_to_padded(data, batch_sizes)
         else:
             x = data.transpose(0, 1) if self.batch_first else data
         y, h_n, c_n = self._run_layers(mode, x, states[0], states[1] if is_lstm else None,
@@ -408,7 +407,7 @@ class _FastRNNMixin:
 
         hidden = (h_n, c_n) if is_lstm else h_n
         if packed:
-            y_data = torch._VF._pack_padded_sequence(y, lengths, False)[0]
+            y_data = _padded_to_packed(y, lengths)
             return (PackedSequence(y_data, batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden(hidden, unsorted_indices))
         if self.batch_first:
@@ -446,12 +445,24 @@ class _FastRNNMixin:
                 if batch_sizes is None:
                     layer_output = torch.nn.functional.dropout(layer_output, self.dropout, True)
                 else:
-                    data = torch._VF._pack_padded_sequence(layer_output, lengths, False)[0]
+                    data = _padded_to_packed(layer_output, lengths)
                     data = torch.nn.functional.dropout(data, self.dropout, True)
-                    layer_output = torch._VF._pad_packed_sequence(
-                        data, batch_sizes, False, 0.0, layer_output.shape[0])[0]
+                    layer_output = _packed_to_padded(data, batch_sizes)[0]
             layer_input = layer_output
         return layer_input, torch.stack(h_n), (torch.stack(c_n) if c_n else None)
+
+
+# Packing and unpacking read the batch sizes' values, which torch.compile cannot trace (their
+# shapes are data): run them eagerly, between compiled regions.
+@torch.compiler.disable
+def _packed_to_padded(data: Tensor, batch_sizes: Tensor) -> Tuple[Tensor, Tensor]:
+    """(padded (T, B, *) in the packed (sorted) batch order, lengths (B,) int64)."""
+    return torch._VF._pad_packed_sequence(data, batch_sizes, False, 0.0, batch_sizes.size(0))
+
+
+@torch.compiler.disable
+def _padded_to_packed(padded: Tensor, lengths: Tensor) -> Tensor:
+    return torch._VF._pack_padded_sequence(padded, lengths, False)[0]
 
 
 def _in_onnx_export() -> bool:
