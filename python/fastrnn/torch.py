@@ -47,7 +47,7 @@ except ImportError as exc:  # torch is an optional dependency of fastrnn
     raise ImportError("fastrnn.torch needs PyTorch: pip install 'fastrnn[torch]' (or any torch "
                       ">= 2.4)") from exc
 from torch import Tensor
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _core
 from .functional import MODES, num_gates
@@ -453,16 +453,16 @@ class _FastRNNMixin:
 
 
 # Packing and unpacking read the batch sizes' values, which torch.compile cannot trace (their
-# shapes are data): run them eagerly, between compiled regions.
-@torch.compiler.disable
+# shapes are data). torch's own pad_packed_sequence / pack_padded_sequence are functions TorchDynamo
+# never traces, so under torch.compile each such call runs eagerly between compiled regions.
 def _packed_to_padded(data: Tensor, batch_sizes: Tensor) -> Tuple[Tensor, Tensor]:
     """(padded (T, B, *) in the packed (sorted) batch order, lengths (B,) int64)."""
-    return torch._VF._pad_packed_sequence(data, batch_sizes, False, 0.0, batch_sizes.size(0))
+    return pad_packed_sequence(PackedSequence(data, batch_sizes), total_length=batch_sizes.size(0))
 
 
-@torch.compiler.disable
 def _padded_to_packed(padded: Tensor, lengths: Tensor) -> Tensor:
-    return torch._VF._pack_padded_sequence(padded, lengths, False)[0]
+    """The packed data of a padded (T, B, *) batch whose lengths are sorted, longest first."""
+    return pack_padded_sequence(padded, lengths, enforce_sorted=True).data
 
 
 def _in_onnx_export() -> bool:
