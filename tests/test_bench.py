@@ -5,6 +5,7 @@ counts FLOPs by the stated convention and writes well-formed, finite, positive n
 """
 import json
 import math
+import shlex
 import subprocess
 import sys
 
@@ -15,16 +16,17 @@ from fastrnn import bench
 # The torch peer joins whenever torch is importable (it is in the test extra).
 AVAILABLE = {name for name, peer in bench.PEERS.items() if peer.unavailable() is None}
 
-FAST = ["--repeats", "3", "--min-repeats", "2", "--warmup", "1", "--warmup-s", "0", "--budget", "0"]
+FAST = ["--repeats", "3", "--min-repeats", "2", "--warmup", "1", "--warmup-s", "0", "--budget", "0",
+        "--gemm-n", "128"]
 
 
 def _positive_finite(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
-def _check_measurement(m, flops):
+def _check_measurement(m, flops, floor_s):
     assert set(m) >= {"times_s", "n", "warmup", "median_s", "min_s", "q1_s", "q3_s", "spread",
-                      "gflops", "gflops_best"}
+                      "gflops", "gflops_best", "floor_fraction"}
     assert m["q1_s"] <= m["median_s"] <= m["q3_s"] and m["spread"] >= 0
     assert m["n"] == len(m["times_s"]) >= 2
     assert m["warmup"] >= 1
@@ -33,18 +35,22 @@ def _check_measurement(m, flops):
     assert min(m["times_s"]) <= m["median_s"] <= max(m["times_s"])
     assert _positive_finite(m["gflops"])
     assert m["gflops"] == pytest.approx(flops / m["median_s"] / 1e9)
+    assert _positive_finite(m["floor_fraction"])
+    assert m["floor_fraction"] == pytest.approx(floor_s / m["median_s"])
 
 
-def test_main_writes_json(tmp_path, capsys):
+def test_main_writes_json_and_markdown(tmp_path, capsys):
     path = tmp_path / "out" / "bench.json"
+    md_path = tmp_path / "md" / "results.md"
     specs = ["lstm:T=3,B=2,I=4,H=5", "gru:T=2,B=1,H=3,layers=2,bidirectional=1",
              "rnn_relu:T=3,B=2,I=4,H=5,dtype=float64"]
-    argv = FAST + ["--json", str(path)]
+    argv = FAST + ["--json", str(path), "--markdown", str(md_path)]
     for spec in specs:
         argv += ["--config", spec]
     assert bench.main(argv) == 0
     printed = capsys.readouterr().out
     assert "fwd+bwd ms" in printed and "lstm T=3 B=2 I=4 H=5" in printed
+    assert "flr%" in printed and "GFLOP/s" in printed and "read bandwidth" in printed
 
     doc = json.loads(path.read_text())
     assert doc["schema"] == bench.JSON_SCHEMA
@@ -53,6 +59,13 @@ def test_main_writes_json(tmp_path, capsys):
     assert meta["fastrnn_version"] and meta["build_info"]["blas"]
     assert meta["threads"]["cpu_count"] >= 1
     assert _positive_finite(meta["wall_s"])
+    assert meta["argv"] == argv
+    ceilings = meta["ceilings"]
+    assert ceilings["threads"] >= 1
+    assert set(ceilings["gemm"]) == {"float32", "float64"}  # a float64 config ran
+    assert all(_positive_finite(m["gflops"]) and m["method"] for m in ceilings["gemm"].values())
+    assert ceilings["read"] and all(_positive_finite(m["gbs"]) and m["method"]
+                                    for m in ceilings["read"].values())
     assert len(doc["results"]) == len(specs)
 
     for result, spec in zip(doc["results"], specs):
@@ -60,16 +73,95 @@ def test_main_writes_json(tmp_path, capsys):
         assert result["config"]["label"] == cfg.label
         assert result["flops"] == {"forward": cfg.forward_flops(),
                                    "forward_backward": 3 * cfg.forward_flops()}
+        floor = result["floor"]
+        assert floor["forward"]["bytes"] == cfg.forward_bytes()
+        assert floor["forward_backward"]["bytes"] == cfg.forward_backward_bytes()
+        assert str(bench.read_probe_bytes(cfg.whh_bytes())) in ceilings["read"]
         assert set(result["peers"]) == AVAILABLE >= {"fastrnn", "numpy"}
         for entry in result["peers"].values():
             assert "error" not in entry
-            _check_measurement(entry["forward"], result["flops"]["forward"])
-            _check_measurement(entry["forward_backward"], result["flops"]["forward_backward"])
+            for kind in ("forward", "forward_backward"):
+                _check_measurement(entry[kind], result["flops"][kind], floor[kind]["floor_s"])
             acc = entry["accuracy"]
             assert acc["finite"] and 0 <= acc["max_abs_diff"] < 1e-4
+            assert acc["grad_input"]["finite"] and 0 <= acc["grad_input"]["max_abs_diff"] < 1e-4
         assert set(result["speedup"]) == AVAILABLE - {"fastrnn"}
         for peer in AVAILABLE - {"fastrnn"}:
             assert all(_positive_finite(v) for v in result["speedup"][peer].values())
+
+    md = md_path.read_text()
+    assert f"`{shlex.join(['python', '-m', 'fastrnn.bench', *argv])}`" in md  # the exact command
+    assert "GEMM ceiling" in md and meta["cpu_model"] in md and "threads" in md
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header[:3] == ["config", "fwd ms", "fwd+bwd ms"]
+    assert {"floor fwd", "floor fwd+bwd", "max abs err y", "max abs err dx"} <= set(header)
+    assert {f"vs {p} fwd+bwd" for p in AVAILABLE - {"fastrnn"}} <= set(header)
+    assert len(table) == 2 + len(specs)  # header, alignment, one row per configuration
+    for line, result in zip(table[2:], doc["results"]):
+        row = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+        assert row["config"] == result["config"]["label"]
+        fastrnn = result["peers"]["fastrnn"]
+        assert float(row["fwd ms"]) == pytest.approx(fastrnn["forward"]["median_s"] * 1e3,
+                                                     rel=0.01)
+        assert row["floor fwd"].endswith("%") and float(row["max abs err dx"]) < 1e-4
+        for peer in AVAILABLE - {"fastrnn"}:
+            assert row[f"vs {peer} fwd"] == f"{result['speedup'][peer]['forward']:.2f}x"
+
+
+def test_floor_by_hand():
+    """The floor of lstm T=3 B=2 I=4 H=5 worked out from the stated conventions."""
+    cfg = bench.parse_config("lstm:T=3,B=2,I=4,H=5")
+    # forward: T*|W_hh| + |W_ih| + |x| + |y| = 3*4*5*5 + 4*5*4 + 3*2*4 + 3*2*5 elements of 4 bytes
+    fwd_bytes = (300 + 80 + 24 + 30) * 4
+    fb_bytes = 2 * fwd_bytes + 3 * 2 * 4 * 5 * 4  # + the saved gates T*B*G*H
+    assert cfg.whh_bytes() == 4 * 5 * 5 * 4
+    assert (cfg.forward_bytes(), cfg.forward_backward_bytes()) == (fwd_bytes, fb_bytes)
+    probe = bench.read_probe_bytes(cfg.whh_bytes())
+    ceilings = bench.Ceilings(threads=1, gemm={"float32": {"gflops": 100.0}},
+                              read={probe: {"gbs": 75.0}})
+    floor = bench.floor_times(cfg, ceilings)
+    fwd_flops = 2 * 4 * 5 * (4 + 5) * 2 * 3  # 2160
+    # forward: bytes 1736 / 75 GB/s = 23.1 ns > 2160 FLOP / 100 GFLOP/s = 21.6 ns: memory-bound
+    assert floor["forward"]["floor_s"] == pytest.approx(1736 / 75e9)
+    assert floor["forward"]["compute_s"] == pytest.approx(fwd_flops / 100e9)
+    assert floor["forward"]["bound"] == "memory"
+    # forward+backward: 3952 B / 75 GB/s = 52.7 ns < 6480 FLOP / 100 GFLOP/s = 64.8 ns
+    assert floor["forward_backward"]["floor_s"] == pytest.approx(3 * fwd_flops / 100e9)
+    assert floor["forward_backward"]["memory_s"] == pytest.approx(3952 / 75e9)
+    assert floor["forward_backward"]["bound"] == "compute"
+
+
+def test_read_probe_sizes():
+    # nearest power of two, at least READ_MIN_BYTES: 3 MiB (GRU H=512) shares 4 MiB's measurement
+    assert bench.read_probe_bytes(400) == bench.READ_MIN_BYTES
+    assert bench.read_probe_bytes(1 << 20) == 1 << 20
+    assert bench.read_probe_bytes(3 << 20) == 4 << 20
+    assert bench.read_probe_bytes(5 << 20) == 4 << 20
+    assert bench.Config("gru", 1, 1, 512, 512).whh_bytes() == 3 << 20
+
+
+def test_ceilings_measured_by_the_core():
+    configs = [bench.parse_config("lstm:T=3,B=2,I=4,H=5"),
+               bench.parse_config("gru:T=1,B=1,H=256,dtype=float64")]
+    measured = bench._measure_ceilings(configs, gemm_n=64)
+    assert set(measured.gemm) == {"float32", "float64"}
+    assert set(measured.read) == {bench.read_probe_bytes(c.whh_bytes()) for c in configs}
+    assert all("_core" in m["method"] and _positive_finite(m["gflops"])
+               for m in measured.gemm.values())
+    assert all("_core" in m["method"] and _positive_finite(m["gbs"])
+               for m in measured.read.values())
+
+
+def test_core_probes_reject_bad_arguments():
+    with pytest.raises(ValueError, match="dtype"):
+        bench._core.measure_gemm_gflops("float16", 64, 1)
+    with pytest.raises(ValueError, match="n: expected"):
+        bench._core.measure_gemm_gflops("float32", 0, 1)
+    with pytest.raises(ValueError, match="nbytes"):
+        bench._core.measure_read_gbs(10, 1)
+    with pytest.raises(ValueError, match="reps"):
+        bench._core.measure_read_gbs(1 << 16, 0)
 
 
 def test_flop_convention():
@@ -113,6 +205,28 @@ def test_module_entry_point(tmp_path):
     assert all(set(r["peers"]) == {"fastrnn"} and r["speedup"] == {} for r in doc["results"])
 
 
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "plots" / "speedup.png"
+    assert bench.main(FAST + ["--peers", "fastrnn,numpy", "--plot", str(path),
+                              "--config", "lstm:T=3,B=1,I=4,H=5",
+                              "--config", "lstm:T=3,B=4,I=4,H=5"]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_fails_first(tmp_path):
+    """No matplotlib: exit 2 naming the fix, before any measurement."""
+    path = tmp_path / "p.png"
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from fastrnn import bench\n"
+            "raise SystemExit(bench.main(" + repr(FAST + ["--suite", "smoke", "--plot", str(path)])
+            + "))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "pip install matplotlib" in proc.stderr
+    assert proc.stdout == "" and not path.exists()
+
+
 def test_torch_peer_runs_the_same_problem(tmp_path):
     pytest.importorskip("torch")
     path = tmp_path / "t.json"
@@ -126,7 +240,9 @@ def test_torch_peer_runs_the_same_problem(tmp_path):
             assert "error" not in entry, entry
             # same weights and input as fastrnn: the outputs agree with the float64 reference
             assert entry["accuracy"]["finite"] and entry["accuracy"]["max_abs_diff"] < 1e-5
-            _check_measurement(entry["forward_backward"], result["flops"]["forward_backward"])
+            _check_measurement(entry["forward_backward"], result["flops"]["forward_backward"],
+                               result["floor"]["forward_backward"]["floor_s"])
+            assert entry["accuracy"]["grad_input"]["max_abs_diff"] < 1e-5
         ratio = result["speedup_torch_adapter"]
         peers = result["peers"]
         for kind in ("forward", "forward_backward"):

@@ -473,10 +473,10 @@ FORK_SCRIPT = r"""
 import os, numpy as np, torch, fastrnn, fastrnn.torch as ft
 m = ft.GRU(64, 64)
 m(torch.randn(20, 16, 64))                  # the parent has used torch's pool
-assert fastrnn.build_info()["blas_threads"].startswith("OpenMP")
+assert fastrnn.build_info()["thread_pool"].startswith("OpenMP")
 pid = os.fork()
-if pid == 0:                                 # the child: fastrnn on OpenBLAS's own threads
-    ok = fastrnn.build_info()["blas_threads"] == "OpenBLAS"
+if pid == 0:                                 # the child: fastrnn on its own threads
+    ok = fastrnn.build_info()["thread_pool"] == "fastrnn"
     y, _ = fastrnn.GRU(64, 64, seed=0).eval()(np.ones((20, 16, 64), np.float32))
     os._exit(0 if ok and np.isfinite(y).all() else 1)
 _, status = os.waitpid(pid, 0)
@@ -484,7 +484,7 @@ raise SystemExit(os.waitstatus_to_exitcode(status))
 """
 
 
-def test_forked_child_runs_on_openblas_threads(tmp_path):
+def test_forked_child_runs_on_fastrnn_threads(tmp_path):
     script = tmp_path / "fork.py"
     script.write_text(FORK_SCRIPT)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
@@ -611,13 +611,13 @@ y, _ = m(x)
 y.pow(2).sum().backward()
 np.save(sys.argv[1], np.concatenate([y.detach().numpy().ravel(), x.grad.numpy().ravel()]
                                     + [p.grad.numpy().ravel() for p in m.parameters()]))
-print(fastrnn.build_info()["blas_threads"])
+print(fastrnn.build_info()["thread_pool"])
 """
 
 
 def test_shared_torch_thread_pool_gives_identical_results(tmp_path):
-    """fastrnn.torch runs the BLAS jobs on torch's OpenMP pool; the results are bitwise those of
-    OpenBLAS's own threads (same partition of the work, other threads)."""
+    """fastrnn.torch runs its parallel work on torch's OpenMP pool; the results are bitwise those
+    of fastrnn's own threads (same partition of the work, other threads)."""
     script = tmp_path / "pool.py"
     script.write_text(SHARED_POOL_SCRIPT)
     outputs = {}
@@ -628,7 +628,7 @@ def test_shared_torch_thread_pool_gives_identical_results(tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         outputs[share] = (np.load(path), proc.stdout.strip())
-    assert outputs["1"][1].startswith("OpenMP runtime") and outputs["0"][1] == "OpenBLAS"
+    assert outputs["1"][1].startswith("OpenMP runtime") and outputs["0"][1] == "fastrnn"
     assert np.array_equal(outputs["1"][0], outputs["0"][0])
 
 

@@ -429,6 +429,9 @@ std::pair<int64_t, int64_t> reserve_widths(int cell, int64_t H, int64_t P) {
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
+  // One thread count for the kernels and the BLAS library from the start (OMP_NUM_THREADS, else
+  // the CPUs this process may use), whatever OpenBLAS read from its own variables.
+  fastrnn::set_num_threads(fastrnn::get_num_threads());
   m.doc() = "fastrnn native core: fused recurrent layers (see fastrnn.functional for the API)";
 
   // The exception types live in Python (fastrnn/errors.py) so both layers raise the same ones.
@@ -469,10 +472,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("reserve_widths", &reserve_widths, py::arg("cell"), py::arg("H"), py::arg("P") = 0,
         "(per_slot, per_step): reserve_size == (T+1)*B*per_slot + T*B*per_step.");
   m.def("set_num_threads", &fastrnn::set_num_threads, py::arg("n"));
-  m.def("run_blas_on_openmp", &fastrnn::run_blas_on_openmp, py::arg("library_path"),
-        "Run BLAS jobs on an already-loaded OpenMP runtime (path), or on OpenBLAS's own "
-        "threads (\"\").");
-  m.def("blas_thread_pool", &fastrnn::blas_thread_pool);
+  m.def("run_threads_on_openmp", &fastrnn::run_threads_on_openmp, py::arg("library_path"),
+        "Run fastrnn's parallel work (kernel teams and BLAS jobs) on an already-loaded OpenMP "
+        "runtime (path), or on fastrnn's own threads (\"\").");
+  m.def("thread_pool", &fastrnn::thread_pool);
   m.def("get_num_threads", &fastrnn::get_num_threads);
   m.def("blas_name", &fastrnn::blas_name);
   m.def("blas_config", &fastrnn::blas_config);
@@ -480,6 +483,24 @@ PYBIND11_MODULE(_core, m) {
   m.def("active_isa", &fastrnn::active_isa,
         "Instruction set the pointwise kernels use on this CPU (FASTRNN_ISA can lower it).");
   m.def("compiled_isas", &fastrnn::compiled_isas, "Instruction sets compiled into this build.");
+  m.def(
+      "measure_gemm_gflops",
+      [](const std::string& dtype, int64_t n, int reps) {
+        if (dtype != "float32" && dtype != "float64")
+          throw py::value_error("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
+        py::gil_scoped_release release;
+        return fastrnn::measure_gemm_gflops(dtype == "float64", n, reps);
+      },
+      py::arg("dtype"), py::arg("n"), py::arg("reps"),
+      "Best GFLOP/s of an n x n x n GEMM through fastrnn's BLAS, current threads.");
+  m.def(
+      "measure_read_gbs",
+      [](int64_t nbytes, int reps) {
+        py::gil_scoped_release release;
+        return fastrnn::measure_read_gbs(nbytes, reps);
+      },
+      py::arg("nbytes"), py::arg("reps"),
+      "Best GB/s of fastrnn's threads re-reading a buffer of nbytes (each its own slice).");
   m.def("activation", &activation, py::arg("kind"), py::arg("x"),
         "Applies the kernels' vectorised 'sigmoid' or 'tanh' to a float32/float64 array "
         "(for accuracy tests).");

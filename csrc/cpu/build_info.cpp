@@ -3,6 +3,7 @@
 #include "cpu/blas.h"
 #include "cpu/denormals.h"
 #include "cpu/isa.h"
+#include "cpu/thread_team.h"
 #include "fastrnn/fastrnn.h"
 
 namespace fastrnn {
@@ -43,10 +44,10 @@ template void apply_activation<float>(Activation, const float*, float*, int64_t)
 template void apply_activation<double>(Activation, const double*, double*, int64_t);
 
 void set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("n: expected a thread count >= 1, got " + std::to_string(n));
+  cpu::set_team_threads(n);  // validates n
   cpu::blas_set_num_threads(n);
 }
-int get_num_threads() { return cpu::blas_get_num_threads(); }
+int get_num_threads() { return cpu::team_threads(); }
 
 std::string active_isa() { return cpu::isa_name(cpu::active_isa()); }
 

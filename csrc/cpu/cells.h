@@ -17,11 +17,13 @@
 
 namespace fastrnn::cpu {
 
-// Per-step row views passed to the cell functions. Every pointer has H (or gates*H) elements.
+// Per-step row views passed to the cell functions, for n consecutive hidden units j of one batch
+// row. Gate g of unit j is at [g * H + j] in xp, acts, dgx and dgh (the layer's own layouts),
+// and at [g * hp_stride + j] in hp, which may be a micro-kernel's tile rather than a full row.
 template <typename T>
 struct StepRow {
   const T* xp;       // (G*H) input pre-activation incl. bias
-  const T* hp;       // (G*H) recurrent pre-activation (incl. b_hh for GRU)
+  const T* hp;       // (G*hp_stride) recurrent pre-activation (incl. b_hh for GRU)
   const T* h_prev;   // (H)
   const T* c_prev;   // (H) LSTM only
   T* h_new;          // (H) the cell output (LSTM with projection: o*tanh(c), before W_hr)
@@ -54,9 +56,9 @@ struct CellMath;
 template <typename Derived>
 struct SavingForward {
   template <typename T>
-  static FASTRNN_INLINE void forward(int64_t H, const StepRow<T>& r) {
-    if (r.acts) Derived::template forward_rows<true>(H, r);
-    else Derived::template forward_rows<false>(H, r);
+  static FASTRNN_INLINE void forward(int64_t n, int64_t H, int64_t hs, const StepRow<T>& r) {
+    if (r.acts) Derived::template forward_rows<true>(n, H, hs, r);
+    else Derived::template forward_rows<false>(n, H, hs, r);
   }
 };
 
@@ -79,20 +81,21 @@ struct VanillaMath {
   }
 
   template <typename T>
-  static FASTRNN_INLINE void forward(int64_t H, const StepRow<T>& r) {
+  static FASTRNN_INLINE void forward(int64_t n, int64_t /*H*/, int64_t /*hs*/,
+                                     const StepRow<T>& r) {
     const T* FASTRNN_RESTRICT xp = r.xp;
     const T* FASTRNN_RESTRICT hp = r.hp;
     T* FASTRNN_RESTRICT h_new = r.h_new;
     FASTRNN_IVDEP
-    for (int64_t j = 0; j < H; ++j) h_new[j] = activate(xp[j] + hp[j]);
+    for (int64_t j = 0; j < n; ++j) h_new[j] = activate(xp[j] + hp[j]);
   }
   template <typename T>
-  static FASTRNN_INLINE void backward(int64_t H, const StepGradRow<T>& g) {
+  static FASTRNN_INLINE void backward(int64_t n, int64_t /*H*/, const StepGradRow<T>& g) {
     const T* FASTRNN_RESTRICT dh = g.dh;
     const T* FASTRNN_RESTRICT h_new = g.h_new;
     T* FASTRNN_RESTRICT dgx = g.dgx;
     FASTRNN_IVDEP
-    for (int64_t j = 0; j < H; ++j) dgx[j] = dh[j] * derivative_from_output(h_new[j]);
+    for (int64_t j = 0; j < n; ++j) dgx[j] = dh[j] * derivative_from_output(h_new[j]);
   }
 };
 
@@ -108,7 +111,8 @@ struct CellMath<Cell::Lstm> : SavingForward<CellMath<Cell::Lstm>> {
   static constexpr bool kDirectPath = false;
 
   template <bool kSave, typename T>
-  static FASTRNN_INLINE void forward_rows(int64_t H, const StepRow<T>& r) {
+  static FASTRNN_INLINE void forward_rows(int64_t n, int64_t H, int64_t hs,
+                                          const StepRow<T>& r) {
     const T* FASTRNN_RESTRICT xp = r.xp;
     const T* FASTRNN_RESTRICT hp = r.hp;
     const T* FASTRNN_RESTRICT c_prev = r.c_prev;
@@ -116,11 +120,11 @@ struct CellMath<Cell::Lstm> : SavingForward<CellMath<Cell::Lstm>> {
     T* FASTRNN_RESTRICT h_new = r.h_new;
     T* FASTRNN_RESTRICT acts = r.acts;
     FASTRNN_IVDEP
-    for (int64_t j = 0; j < H; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
       const T i = fast_sigmoid(xp[j] + hp[j]);
-      const T f = fast_sigmoid(xp[H + j] + hp[H + j]);
-      const T g = fast_tanh(xp[2 * H + j] + hp[2 * H + j]);
-      const T o = fast_sigmoid(xp[3 * H + j] + hp[3 * H + j]);
+      const T f = fast_sigmoid(xp[H + j] + hp[hs + j]);
+      const T g = fast_tanh(xp[2 * H + j] + hp[2 * hs + j]);
+      const T o = fast_sigmoid(xp[3 * H + j] + hp[3 * hs + j]);
       const T c = f * c_prev[j] + i * g;
       c_new[j] = c;
       h_new[j] = o * fast_tanh(c);
@@ -133,7 +137,7 @@ struct CellMath<Cell::Lstm> : SavingForward<CellMath<Cell::Lstm>> {
     }
   }
   template <typename T>
-  static FASTRNN_INLINE void backward(int64_t H, const StepGradRow<T>& g) {
+  static FASTRNN_INLINE void backward(int64_t n, int64_t H, const StepGradRow<T>& g) {
     const T* FASTRNN_RESTRICT acts = g.acts;
     const T* FASTRNN_RESTRICT dh = g.dh;
     const T* FASTRNN_RESTRICT dc_next = g.dc;
@@ -142,7 +146,7 @@ struct CellMath<Cell::Lstm> : SavingForward<CellMath<Cell::Lstm>> {
     T* FASTRNN_RESTRICT dgx = g.dgx;
     T* FASTRNN_RESTRICT dc_prev = g.dc_prev;
     FASTRNN_IVDEP
-    for (int64_t j = 0; j < H; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
       const T i = acts[j], f = acts[H + j], gg = acts[2 * H + j], o = acts[3 * H + j];
       const T tc = fast_tanh(c_new[j]);
       const T dc = dc_next[j] + dh[j] * o * (T(1) - tc * tc);
@@ -164,17 +168,18 @@ struct CellMath<Cell::Gru> : SavingForward<CellMath<Cell::Gru>> {
   static constexpr bool kDirectPath = true;   // h' = ... + z * h: gradient bypassing W_hh
 
   template <bool kSave, typename T>
-  static FASTRNN_INLINE void forward_rows(int64_t H, const StepRow<T>& r) {
+  static FASTRNN_INLINE void forward_rows(int64_t n, int64_t H, int64_t hs,
+                                          const StepRow<T>& r) {
     const T* FASTRNN_RESTRICT xp = r.xp;
     const T* FASTRNN_RESTRICT hp = r.hp;
     const T* FASTRNN_RESTRICT h_prev = r.h_prev;
     T* FASTRNN_RESTRICT h_new = r.h_new;
     T* FASTRNN_RESTRICT acts = r.acts;
     FASTRNN_IVDEP
-    for (int64_t j = 0; j < H; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
       const T rr = fast_sigmoid(xp[j] + hp[j]);
-      const T z = fast_sigmoid(xp[H + j] + hp[H + j]);
-      const T hn = hp[2 * H + j];
+      const T z = fast_sigmoid(xp[H + j] + hp[hs + j]);
+      const T hn = hp[2 * hs + j];
       const T n = fast_tanh(xp[2 * H + j] + rr * hn);
       h_new[j] = (T(1) - z) * n + z * h_prev[j];
       if constexpr (kSave) {
@@ -186,7 +191,7 @@ struct CellMath<Cell::Gru> : SavingForward<CellMath<Cell::Gru>> {
     }
   }
   template <typename T>
-  static FASTRNN_INLINE void backward(int64_t H, const StepGradRow<T>& g) {
+  static FASTRNN_INLINE void backward(int64_t n, int64_t H, const StepGradRow<T>& g) {
     const T* FASTRNN_RESTRICT acts = g.acts;
     const T* FASTRNN_RESTRICT dh_in = g.dh;
     const T* FASTRNN_RESTRICT h_prev = g.h_prev;
@@ -194,7 +199,7 @@ struct CellMath<Cell::Gru> : SavingForward<CellMath<Cell::Gru>> {
     T* FASTRNN_RESTRICT dgh = g.dgh;
     T* FASTRNN_RESTRICT dh_direct = g.dh_direct;
     FASTRNN_IVDEP
-    for (int64_t j = 0; j < H; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
       const T rr = acts[j], z = acts[H + j], n = acts[2 * H + j], hn = acts[3 * H + j];
       const T dh = dh_in[j];
       const T dn = dh * (T(1) - z) * (T(1) - n * n);

@@ -80,4 +80,33 @@ void run_on_isa(Isa isa, const Args& args) {
                          isa_name(isa));
 }
 
+// The same for kernels that need the instruction set at compile time (vector widths, register
+// budgets): runs Kernel::template run<isa>(args).
+template <typename Kernel, typename Args>
+void run_baseline_tagged(const Args& args) { Kernel::template run<Isa::Baseline>(args); }
+#ifdef FASTRNN_MULTI_ISA
+template <typename Kernel, typename Args>
+FASTRNN_TARGET_AVX2 void run_avx2_tagged(const Args& args) {
+  Kernel::template run<Isa::Avx2>(args);
+}
+template <typename Kernel, typename Args>
+FASTRNN_TARGET_AVX512 void run_avx512_tagged(const Args& args) {
+  Kernel::template run<Isa::Avx512>(args);
+}
+#endif
+
+template <typename Kernel, typename Args>
+void run_on_isa_tagged(Isa isa, const Args& args) {
+  switch (isa) {
+#ifdef FASTRNN_MULTI_ISA
+    case Isa::Avx512: return run_avx512_tagged<Kernel>(args);
+    case Isa::Avx2: return run_avx2_tagged<Kernel>(args);
+#endif
+    case Isa::Baseline: return run_baseline_tagged<Kernel>(args);
+    default: break;
+  }
+  throw std::logic_error(std::string("fastrnn: no kernel compiled for instruction set ") +
+                         isa_name(isa));
+}
+
 }  // namespace fastrnn::cpu

@@ -17,226 +17,29 @@
 #include "cpu/cells.h"
 #include "cpu/denormals.h"
 #include "cpu/isa.h"
+#include "cpu/recurrence.h"
+#include "cpu/step.h"
 #include "fastrnn/fastrnn.h"
 
 namespace fastrnn::cpu {
 
-// Where the hidden (and cell) state before and after the step at time t lives in the reserve.
-// States are kept in time order in T+1 slots: forward runs slot t -> t+1 (h0 in slot 0),
-// reverse runs slot t+1 -> t (h0 in slot T). The rows of "state before step t" for all t are then
-// contiguous, which makes dW_hh one GEMM.
-struct StateSlots {
-  int64_t T;
-  bool reverse;
-  int64_t prev(int64_t t) const { return reverse ? t + 1 : t; }
-  int64_t next(int64_t t) const { return reverse ? t : t + 1; }
-  int64_t initial() const { return reverse ? T : 0; }
-  int64_t final() const { return reverse ? 0 : T; }
-  int64_t first_prev_row_block() const { return reverse ? 1 : 0; }  // slot of "prev" for t = 0
-};
-
-inline int64_t time_at(const LayerShape& s, int64_t step) {
-  return s.reverse ? s.T - 1 - step : step;
-}
-
-inline bool is_padding(const int64_t* lengths, int64_t b, int64_t t) {
-  return lengths != nullptr && t >= lengths[b];
-}
-
-template <Cell kCell>
-int64_t saved_acts_width(int64_t H) { return CellMath<kCell>::kSaved * H; }
-
-// Reserve layout, in elements: hs (T+1,B,R) | cs (T+1,B,H), LSTM | acts (T,B,S*H) | ms (T,B,H),
-// LSTM with projection.
-template <typename scalar_t, Cell kCell>
-struct ReserveView {
-  scalar_t* hs = nullptr;
-  scalar_t* cs = nullptr;
-  scalar_t* acts = nullptr;
-  scalar_t* ms = nullptr;
-  ReserveView(scalar_t* base, const LayerShape& s) {
-    if (base == nullptr) return;  // inference: nothing is saved
-    hs = base;
-    scalar_t* next = hs + (s.T + 1) * s.B * s.R();
-    if (has_cell_state(kCell)) {
-      cs = next;
-      next += (s.T + 1) * s.B * s.H;
-    }
-    acts = next;
-    next += s.T * s.B * saved_acts_width<kCell>(s.H);
-    if (s.P > 0) ms = next;
-  }
-  static ReserveWidths widths(const LayerShape& s) {
-    return {s.R() + (has_cell_state(kCell) ? s.H : 0),
-            saved_acts_width<kCell>(s.H) + (s.P > 0 ? s.H : 0)};
-  }
-};
-
-// Fill each of `rows` rows of `dst` (width n) with `row`.
-template <typename scalar_t>
-void broadcast_rows(scalar_t* dst, const scalar_t* row, int64_t rows, int64_t n) {
-  for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * n, row, n * sizeof(scalar_t));
-}
-
-// ---- the pointwise pass of one step over the whole batch, per instruction set --------------
-
-template <typename T>
-struct ForwardStep {
-  int64_t B, H, R, t;
-  const int64_t* lengths;   // (B) or nullptr
-  const T* xp_t;            // (B, G*H) input pre-activations of step t
-  const T* hp;              // (B, G*H) recurrent pre-activations
-  const T* h_prev;          // (B, R)
-  const T* c_prev;          // (B, H) LSTM
-  T* h_new;                 // (B, R)
-  T* c_new;                 // (B, H) LSTM
-  T* y_t;                   // (B, R)
-  T* acts_t;                // (B, S*H) saved activations, or nullptr (inference)
-  T* m;                     // (B, H) LSTM with projection: o*tanh(c), else nullptr
-};
-
-// Without projection: the cell writes h_new, and y_t gets a copy (zeros at padded rows).
-// With projection: the cell writes m (zeros at padded rows); project_step finishes the step.
-template <typename T, Cell kCell>
-FASTRNN_INLINE void forward_step_body(const ForwardStep<T>& s) {
-  using Math = CellMath<kCell>;
-  const int64_t H = s.H, R = s.R, GH = Math::kGates * H, SH = Math::kSaved * H;
-  constexpr bool kC = has_cell_state(kCell);
-  const bool projected = s.m != nullptr;
-  for (int64_t b = 0; b < s.B; ++b) {
-    if (is_padding(s.lengths, b, s.t)) {  // state carried through, output zero
-      if (kC) std::memcpy(s.c_new + b * H, s.c_prev + b * H, H * sizeof(T));
-      if (projected) {
-        std::fill(s.m + b * H, s.m + (b + 1) * H, T(0));
-      } else {
-        std::memcpy(s.h_new + b * R, s.h_prev + b * R, R * sizeof(T));
-        std::fill(s.y_t + b * R, s.y_t + (b + 1) * R, T(0));
-      }
-      continue;
-    }
-    T* out = projected ? s.m + b * H : s.h_new + b * H;
-    StepRow<T> r{s.xp_t + b * GH, s.hp + b * GH, s.h_prev + b * R,
-                 kC ? s.c_prev + b * H : nullptr, out, kC ? s.c_new + b * H : nullptr,
-                 s.acts_t && SH ? s.acts_t + b * SH : nullptr};
-    Math::forward(H, r);
-    if (!projected) std::memcpy(s.y_t + b * H, out, H * sizeof(T));
-  }
-}
-
-// LSTM projection, after the cell: h_new = m W_hr^T for valid rows, h_prev carried otherwise.
-template <typename T>
-void project_step(const ForwardStep<T>& s, const T* w_hr, T* h_proj) {
-  gemm<T>(false, true, s.B, s.R, s.H, 1, s.m, s.H, w_hr, s.H, 0, h_proj, s.R);
-  const size_t row_bytes = s.R * sizeof(T);
-  for (int64_t b = 0; b < s.B; ++b) {
-    if (is_padding(s.lengths, b, s.t)) {
-      std::memcpy(s.h_new + b * s.R, s.h_prev + b * s.R, row_bytes);
-      std::fill(s.y_t + b * s.R, s.y_t + (b + 1) * s.R, T(0));
-    } else {
-      std::memcpy(s.h_new + b * s.R, h_proj + b * s.R, row_bytes);
-      std::memcpy(s.y_t + b * s.R, h_proj + b * s.R, row_bytes);
-    }
-  }
-}
-
-template <typename T>
-struct BackwardStep {
-  int64_t B, H, R, t;
-  const int64_t* lengths;
-  const T* dh_cell;         // (B, H) gradient of the cell output: dy_t + dh_next, or with
-                            // projection (dy_t + dh_next) W_hr
-  const T* dh_next;         // (B, R) gradient of h after step t from later steps
-  const T* dc_next;         // (B, H) LSTM
-  const T* acts_t;          // (B, S*H)
-  const T* h_prev;          // (B, R)
-  const T* h_new;           // (B, H) cell output (vanilla derivatives)
-  const T* c_prev;          // (B, H) LSTM
-  const T* c_new;           // (B, H) LSTM
-  T* dgx_t;                 // (B, G*H) out
-  T* dgh_t;                 // (B, G*H) out (== dgx_t unless GRU)
-  T* dh_prev;               // (B, R) out: the part of dh_prev that bypasses W_hh
-  T* dc_prev;               // (B, H) out, LSTM
-};
-
-// dh (B, R) = dy_t + dh_next for valid rows, 0 for padded ones (their outputs are constants).
-template <typename T>
-FASTRNN_INLINE void total_output_grad(int64_t B, int64_t R, int64_t t, const int64_t* lengths,
-                                      const T* dy_t, const T* dh_next, T* dh) {
-  for (int64_t b = 0; b < B; ++b) {
-    T* FASTRNN_RESTRICT out = dh + b * R;
-    if (is_padding(lengths, b, t)) {
-      std::fill(out, out + R, T(0));
-      continue;
-    }
-    const T* FASTRNN_RESTRICT dy = dy_t + b * R;
-    const T* FASTRNN_RESTRICT next = dh_next + b * R;
-    FASTRNN_IVDEP
-    for (int64_t j = 0; j < R; ++j) out[j] = dy[j] + next[j];
-  }
-}
-
-template <typename T, Cell kCell>
-FASTRNN_INLINE void backward_step_body(const BackwardStep<T>& s) {
-  using Math = CellMath<kCell>;
-  const int64_t H = s.H, R = s.R, GH = Math::kGates * H, SH = Math::kSaved * H;
-  constexpr bool kC = has_cell_state(kCell);
-  for (int64_t b = 0; b < s.B; ++b) {
-    T* dgx_row = s.dgx_t + b * GH;
-    T* dgh_row = s.dgh_t + b * GH;
-    if (is_padding(s.lengths, b, s.t)) {  // the state passed through unchanged
-      std::fill(dgx_row, dgx_row + GH, T(0));
-      if (Math::kDistinctGradH) std::fill(dgh_row, dgh_row + GH, T(0));
-      std::memcpy(s.dh_prev + b * R, s.dh_next + b * R, R * sizeof(T));
-      if (kC) std::memcpy(s.dc_prev + b * H, s.dc_next + b * H, H * sizeof(T));
-      continue;
-    }
-    if (!Math::kDirectPath) std::fill(s.dh_prev + b * R, s.dh_prev + (b + 1) * R, T(0));
-    StepGradRow<T> g{s.dh_cell + b * H, kC ? s.dc_next + b * H : nullptr,
-                     SH ? s.acts_t + b * SH : nullptr, s.h_prev + b * R,
-                     kC ? s.c_prev + b * H : nullptr, s.h_new + b * H,
-                     kC ? s.c_new + b * H : nullptr, dgx_row, dgh_row, s.dh_prev + b * R,
-                     kC ? s.dc_prev + b * H : nullptr};
-    Math::backward(H, g);
-  }
-}
-
-template <typename T>
-struct OutputGradStep {
-  int64_t B, R, t;
-  const int64_t* lengths;
-  const T* dy_t;
-  const T* dh_next;
-  T* dh;
-};
-
-template <typename T>
-struct OutputGradKernel {
-  static FASTRNN_INLINE void run(const OutputGradStep<T>& s) {
-    total_output_grad(s.B, s.R, s.t, s.lengths, s.dy_t, s.dh_next, s.dh);
-  }
-};
-
-// Kernels for run_on_isa (isa.h): the same inlined body compiled per instruction set.
-template <typename T, Cell C>
-struct ForwardStepKernel {
-  static FASTRNN_INLINE void run(const ForwardStep<T>& s) { forward_step_body<T, C>(s); }
-};
-template <typename T, Cell C>
-struct BackwardStepKernel {
-  static FASTRNN_INLINE void run(const BackwardStep<T>& s) { backward_step_body<T, C>(s); }
-};
-
 // ---- the sequence driver ------------------------------------------------------------------
 
 // Scratch layouts, in elements; sizes.cpp reports the same totals.
+// Without a projection the recurrence runs on the team (recurrence.h) with packed weights;
+// with one, step by step through BLAS.
+inline bool uses_team_recurrence(const LayerShape& s) { return s.P == 0; }
+
 struct ForwardWorkspace {
-  int64_t xp, hp, bias, h_pingpong, c_pingpong, m, h_proj, total;
+  int64_t xp, hp, pack, bias, h_pingpong, c_pingpong, m, h_proj, total;
   ForwardWorkspace(const LayerShape& s, bool training) {
     const int64_t GH = s.gate_width(), B = s.B;
+    const bool team = uses_team_recurrence(s);
     int64_t at = 0;
     auto take = [&at](int64_t n) { const int64_t here = at; at += n; return here; };
     xp = take(s.T * B * GH);                                     // X W_ih^T + biases, all steps
-    hp = take(B * GH);                                           // h_prev W_hh^T, one step
+    hp = take(team ? 0 : B * GH);                                // h_prev W_hh^T, one step
+    pack = take(team ? packed_recurrent_elements(s.cell, s.H) : 0);
     bias = take(GH);                                             // b_ih (+ b_hh)
     h_pingpong = take(training ? 0 : 2 * B * s.R());             // inference keeps 2 states
     c_pingpong = take(training || !has_cell_state(s.cell) ? 0 : 2 * B * s.H);
@@ -247,11 +50,12 @@ struct ForwardWorkspace {
 };
 
 struct BackwardWorkspace {
-  int64_t dgx, dgh, dh, dc, dh_cell, dh_out, total;
+  int64_t dgx, dgh, dh, dc, dh_cell, dh_out, pack, total;
   BackwardWorkspace(const LayerShape& s) {
     const int64_t GH = s.gate_width(), B = s.B, R = s.R(), H = s.H;
     int64_t at = 0;
     auto take = [&at](int64_t n) { const int64_t here = at; at += n; return here; };
+    pack = take(uses_team_recurrence(s) ? packed_recurrent_elements(s.cell, H) : 0);
     dgx = take(s.T * B * GH);                                    // pre-activation gradients
     dgh = s.cell == Cell::Gru ? take(s.T * B * GH) : dgx;        // GRU's recurrent side differs
     dh = take(2 * B * R);                                        // dh_next / dh_prev ping-pong
@@ -276,7 +80,6 @@ void forward_impl(const ForwardArgs<scalar_t>& a) {
 
   const ForwardWorkspace w(s, training);
   scalar_t* xp = a.workspace + w.xp;
-  scalar_t* hp = a.workspace + w.hp;
   scalar_t* bias_x = a.workspace + w.bias;
 
   // 1. Input projection for every step at once. All biases fold into Xp except GRU's b_hn,
@@ -301,22 +104,37 @@ void forward_impl(const ForwardArgs<scalar_t>& a) {
   if (kC) std::memcpy(c_slot(slots.initial()), a.c0, B * H * sizeof(scalar_t));
 
   // 2. The recurrence.
-  const bool hp_has_bias = Math::kDistinctGradH && has_bias;
-  for (int64_t step = 0; step < T; ++step) {
-    const int64_t t = time_at(s, step);
-    const scalar_t* h_prev = h_slot(slots.prev(t));
-    if (hp_has_bias) broadcast_rows(hp, a.b_hh, B, GH);
-    gemm<scalar_t>(false, true, B, GH, R, 1, h_prev, R, a.w_hh, R, hp_has_bias ? 1 : 0, hp, GH);
+  if (uses_team_recurrence(s)) {
+    const int64_t V = kMaxPanelWidth<scalar_t>;
+    const int64_t groups = (H + V - 1) / V;
+    const int members = recurrence_members(2 * B * GH * R, groups);
+    SpinBarrier barrier(members);
+    const bool gru_bias = Math::kDistinctGradH && has_bias;
+    RecurrenceForwardArgs<scalar_t> r{
+        s, a.lengths, xp, a.w_hh, gru_bias ? a.b_hh : nullptr, a.workspace + w.pack,
+        StateSlotsView<scalar_t>{training ? rv.hs : a.workspace + w.h_pingpong, B * R, !training},
+        StateSlotsView<scalar_t>{training ? rv.cs : a.workspace + w.c_pingpong, B * H, !training},
+        a.y, training ? rv.acts : nullptr, acts_width, 0, members, &barrier};
+    run_recurrence<RecurrenceForwardArgs<scalar_t>, ForwardMember<scalar_t, kCell>>(r, members);
+  } else {
+    const bool hp_has_bias = Math::kDistinctGradH && has_bias;
+    for (int64_t step = 0; step < T; ++step) {
+      const int64_t t = time_at(s, step);
+      const scalar_t* h_prev = h_slot(slots.prev(t));
+      scalar_t* hp = a.workspace + w.hp;
+      if (hp_has_bias) broadcast_rows(hp, a.b_hh, B, GH);
+      gemm<scalar_t>(false, true, B, GH, R, 1, h_prev, R, a.w_hh, R, hp_has_bias ? 1 : 0, hp, GH);
 
-    scalar_t* m = nullptr;
-    if (projected) m = training ? rv.ms + t * B * H : a.workspace + w.m;
-    const ForwardStep<scalar_t> st{
-        B, H, R, t, a.lengths, xp + t * B * GH, hp, h_prev,
-        kC ? c_slot(slots.prev(t)) : nullptr, h_slot(slots.next(t)),
-        kC ? c_slot(slots.next(t)) : nullptr, a.y + t * B * R,
-        training ? rv.acts + t * B * acts_width : nullptr, m};
-    run_on_isa<ForwardStepKernel<scalar_t, kCell>>(isa, st);
-    if (projected) project_step(st, a.w_hr, a.workspace + w.h_proj);
+      scalar_t* m = nullptr;
+      if (projected) m = training ? rv.ms + t * B * H : a.workspace + w.m;
+      const ForwardStep<scalar_t> st{
+          B, H, R, t, a.lengths, xp + t * B * GH, hp, h_prev,
+          kC ? c_slot(slots.prev(t)) : nullptr, h_slot(slots.next(t)),
+          kC ? c_slot(slots.next(t)) : nullptr, a.y + t * B * R,
+          training ? rv.acts + t * B * acts_width : nullptr, m};
+      run_on_isa<ForwardStepKernel<scalar_t, kCell>>(isa, st);
+      if (projected) project_step(st, a.w_hr, a.workspace + w.h_proj);
+    }
   }
   std::memcpy(a.h_n, h_slot(slots.final()), B * R * sizeof(scalar_t));
   if (kC) std::memcpy(a.c_n, c_slot(slots.final()), B * H * sizeof(scalar_t));
@@ -361,28 +179,44 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
   ReserveView<scalar_t, kCell> rv(a.reserve, s);
   const int64_t acts_width = saved_acts_width<kCell>(H);
 
-  for (int64_t step = T - 1; step >= 0; --step) {
-    const int64_t t = time_at(s, step);
-    // Gradient of this step's output h: dy_t + dh_next (0 at padded rows), then, with a
-    // projection, through W_hr to the cell output m = o * tanh(c).
-    scalar_t* dh_out = projected ? a.workspace + w.dh_out + t * B * R : dh_cell;
-    run_on_isa<OutputGradKernel<scalar_t>>(
-        isa, OutputGradStep<scalar_t>{B, R, t, a.lengths, a.dy + t * B * R, dh_next, dh_out});
-    if (projected) gemm<scalar_t>(false, false, B, H, R, 1, dh_out, R, a.w_hr, H, 0, dh_cell, H);
+  if (uses_team_recurrence(s)) {
+    const int64_t V = kMaxPanelWidth<scalar_t>;
+    const int64_t groups = (H + 4 * V - 1) / (4 * V);
+    const int members = recurrence_members(2 * B * GH * R, groups);
+    SpinBarrier barrier(members);
+    RecurrenceBackwardArgs<scalar_t> r{
+        s, a.lengths, a.w_hh, a.workspace + w.pack, a.dy, rv.acts, acts_width, rv.hs, rv.cs,
+        dgx, dgh, dh_cell, {dh_next, dh_prev}, {dc_next, dc_prev}, 0, members, &barrier};
+    run_recurrence<RecurrenceBackwardArgs<scalar_t>, BackwardMember<scalar_t, kCell>>(r,
+                                                                                      members);
+    if (T % 2 == 1) {  // the arriving gradients ended in the other buffer
+      std::swap(dh_next, dh_prev);
+      if (kC) std::swap(dc_next, dc_prev);
+    }
+  } else {
+    for (int64_t step = T - 1; step >= 0; --step) {
+      const int64_t t = time_at(s, step);
+      // Gradient of this step's output h: dy_t + dh_next (0 at padded rows), then, with a
+      // projection, through W_hr to the cell output m = o * tanh(c).
+      scalar_t* dh_out = projected ? a.workspace + w.dh_out + t * B * R : dh_cell;
+      run_on_isa<OutputGradKernel<scalar_t>>(
+          isa, OutputGradStep<scalar_t>{B, R, t, a.lengths, a.dy + t * B * R, dh_next, dh_out});
+      if (projected) gemm<scalar_t>(false, false, B, H, R, 1, dh_out, R, a.w_hr, H, 0, dh_cell, H);
 
-    const scalar_t* cell_out = projected ? rv.ms + t * B * H : rv.hs + slots.next(t) * B * R;
-    run_on_isa<BackwardStepKernel<scalar_t, kCell>>(
-        isa, BackwardStep<scalar_t>{B, H, R, t, a.lengths, dh_cell, dh_next,
-                                    kC ? dc_next : nullptr, rv.acts + t * B * acts_width,
-                                    rv.hs + slots.prev(t) * B * R, cell_out,
-                                    kC ? rv.cs + slots.prev(t) * B * H : nullptr,
-                                    kC ? rv.cs + slots.next(t) * B * H : nullptr,
-                                    dgx + t * B * GH, dgh + t * B * GH, dh_prev,
-                                    kC ? dc_prev : nullptr});
-    // dh_prev (holding the part that bypasses W_hh) += dGh_t W_hh
-    gemm<scalar_t>(false, false, B, R, GH, 1, dgh + t * B * GH, GH, a.w_hh, R, 1, dh_prev, R);
-    std::swap(dh_next, dh_prev);
-    if (kC) std::swap(dc_next, dc_prev);
+      const scalar_t* cell_out = projected ? rv.ms + t * B * H : rv.hs + slots.next(t) * B * R;
+      run_on_isa<BackwardStepKernel<scalar_t, kCell>>(
+          isa, BackwardStep<scalar_t>{B, H, R, t, a.lengths, dh_cell, dh_next,
+                                      kC ? dc_next : nullptr, rv.acts + t * B * acts_width,
+                                      rv.hs + slots.prev(t) * B * R, cell_out,
+                                      kC ? rv.cs + slots.prev(t) * B * H : nullptr,
+                                      kC ? rv.cs + slots.next(t) * B * H : nullptr,
+                                      dgx + t * B * GH, dgh + t * B * GH, dh_prev,
+                                      kC ? dc_prev : nullptr});
+      // dh_prev (holding the part that bypasses W_hh) += dGh_t W_hh
+      gemm<scalar_t>(false, false, B, R, GH, 1, dgh + t * B * GH, GH, a.w_hh, R, 1, dh_prev, R);
+      std::swap(dh_next, dh_prev);
+      if (kC) std::swap(dc_next, dc_prev);
+    }
   }
   std::memcpy(a.dh0, dh_next, B * R * sizeof(scalar_t));
   if (kC) std::memcpy(a.dc0, dc_next, B * H * sizeof(scalar_t));

@@ -109,16 +109,25 @@ enum class Activation : int { Sigmoid = 0, Tanh = 1 };
 template <typename scalar_t>
 void apply_activation(Activation kind, const scalar_t* x, scalar_t* y, int64_t n);
 
-// Threads used by the CPU kernels (today: the BLAS library's), process-wide.
+// Threads used by the CPU kernels and the BLAS library, process-wide (default: OMP_NUM_THREADS,
+// else the CPUs this process may run on).
 void set_num_threads(int n);
 int get_num_threads();
 
-// Run the BLAS library's parallel jobs on the OpenMP runtime at `library_path` -- one the process
-// has already loaded, a host framework's pool (PyTorch's libgomp) -- instead of its own threads,
-// so that host and fastrnn share one pool. "" goes back to the library's own threads. Call it when
-// no fastrnn call is running. blas_thread_pool() names the current choice.
-void run_blas_on_openmp(const std::string& library_path);
-std::string blas_thread_pool();
+// Run fastrnn's parallel work -- its kernels' thread teams and the BLAS library's jobs -- on the
+// OpenMP runtime at `library_path` (one the process has already loaded: a host framework's pool,
+// PyTorch's libgomp) instead of fastrnn's own threads, so that host and fastrnn share one pool.
+// "" goes back to fastrnn's own threads. Call it when no fastrnn call is running. thread_pool()
+// names the current choice: "fastrnn" or "OpenMP runtime <path>".
+void run_threads_on_openmp(const std::string& library_path);
+std::string thread_pool();
+
+// Machine ceilings measured the way the kernels run (the benchmark's floor): the best GFLOP/s of
+// an n x n x n GEMM through fastrnn's BLAS with the current threads (reps timed runs after one
+// warm-up), and the best GB/s of the thread team reading a buffer of `bytes` (each thread its own
+// slice, many passes: the bandwidth of the cache level that holds that many bytes).
+double measure_gemm_gflops(bool float64, int64_t n, int reps);
+double measure_read_gbs(int64_t bytes, int reps);
 
 // What this build contains.
 std::string active_isa();                  // instruction set the pointwise kernels run with

@@ -32,9 +32,9 @@ __all__ = ["RNN", "LSTM", "GRU", "functional", "reference", "build_info", "set_n
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads for fastrnn's CPU work from now on, in this process.
 
-    Today those are the BLAS library's threads (OpenBLAS from ``scipy-openblas32``, separate from
-    NumPy's). The default is what OpenBLAS reads at start-up: ``OPENBLAS_NUM_THREADS``, else
-    ``OMP_NUM_THREADS``, else the number of cores.
+    One count covers the recurrence kernels' thread teams and the jobs of fastrnn's BLAS library
+    (OpenBLAS from ``scipy-openblas32``, separate from NumPy's); both run on one pool. The default
+    is ``OMP_NUM_THREADS``, else the number of CPUs this process may run on.
     """
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n: expected an int, got {type(n).__name__}")
@@ -53,8 +53,8 @@ def build_info() -> dict:
 
     ``simd`` lists the instruction sets the pointwise kernels are compiled for; ``simd_active``
     is the one this CPU runs (the environment variable ``FASTRNN_ISA`` can lower it).
-    ``blas_threads`` says whose threads run the BLAS jobs: OpenBLAS's own, or (after
-    ``import fastrnn.torch``) torch's OpenMP pool.
+    ``thread_pool`` says whose threads run fastrnn's parallel work (its kernels' teams and the
+    BLAS library's jobs): fastrnn's own, or (after ``import fastrnn.torch``) torch's OpenMP pool.
     """
     return {
         "version": __version__,
@@ -64,6 +64,6 @@ def build_info() -> dict:
         "simd": list(_core.compiled_isas()),
         "simd_active": _core.active_isa(),
         "num_threads": get_num_threads(),
-        "blas_threads": _core.blas_thread_pool(),
+        "thread_pool": _core.thread_pool(),
         "cuda": False,
     }

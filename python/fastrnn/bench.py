@@ -1,15 +1,18 @@
 """Micro-benchmark of fastrnn against its peers: ``python -m fastrnn.bench``.
 
 For every configuration of a suite and every peer (``fastrnn``: the C++ core; ``numpy``: the NumPy
-reference, ``fastrnn.reference``) it measures
+reference, ``fastrnn.reference``; ``torch``: ``torch.nn.RNN/LSTM/GRU``; ``fastrnn.torch``: their
+drop-in replacements -- the last two when torch is importable) it measures
 
 - forward: the module in eval mode (inference: nothing is saved for backward);
 - forward+backward: a training-mode forward followed by ``.backward(dy)``,
 
-and prints the median (and keeps the minimum) wall time, GFLOP/s, how many times faster fastrnn
-is than each peer, and the accuracy of each peer's forward output against the float64 NumPy
-reference. ``--json PATH`` also writes every number (each timed run included) with the machine
-and build it came from.
+and prints the median (and keeps the minimum) wall time, GFLOP/s, the fraction of the machine's
+floor reached, how many times faster fastrnn is than each peer, and the accuracy of each peer's
+forward output and input gradient against the float64 NumPy reference. ``--json PATH`` also
+writes every number (each timed run included) with the machine and build it came from,
+``--markdown PATH`` a Markdown table for ``bench/RESULTS.md``, ``--plot PATH`` a PNG of the
+speed-ups against the batch size (needs matplotlib).
 
 Needs nothing but NumPy. Times are wall clock (``time.perf_counter``) of the Python module call,
 what a user pays, with the garbage collector paused; each measurement warms up first, then
@@ -20,10 +23,24 @@ FLOP convention (DESIGN.md section 4): forward ``2*G*H*(I+H)*B*T`` per layer and
 (G = 1 vanilla, 4 LSTM, 3 GRU; I the layer's input size); forward+backward counts 3x forward.
 GFLOP/s = FLOPs / median time.
 
+Bytes convention (the least memory traffic, DESIGN.md section 4): every step re-reads the
+recurrent weights ``W_hh`` (G*H*H elements), so forward reads ``T*|W_hh| + |W_ih| + |x| + |y|``
+elements per layer and direction (``|W_ih| = G*H*I``, ``|x| = T*B*I``, ``|y| = T*B*H``; biases
+and states left out); forward+backward moves twice that (backward re-reads ``W_hh`` every step
+too, and moves a gradient as large as each of ``x``, ``y`` and ``W_ih``) plus the gate
+activations the forward saved, ``T*B*G*H``.
+
+Floor: ``max(FLOPs / GEMM ceiling, bytes / read bandwidth)``, with both ceilings measured at
+start-up with the thread count in use: the GFLOP/s of a large square GEMM in the configuration's
+dtype, and the GB/s of reading, again and again, a buffer the size of one ``W_hh`` (rounded to a
+power of two), since weights that fit in a cache are re-read from it. A measurement's floor
+fraction is floor / median time: 1 means at the floor, above 1 means the floor is wrong.
+
 The pieces are meant to grow: configurations are :class:`Config` values grouped in
 :data:`SUITES`; peers are entries of :data:`PEERS` (a name, a description and a function that
 builds a :class:`Runner` for a configuration); results are plain dicts, rendered by
-:func:`format_header` / :func:`format_rows` and written by :func:`write_json`.
+:func:`format_header` / :func:`format_rows` and :func:`format_markdown`, written by
+:func:`write_json` and :func:`write_plot`.
 """
 from __future__ import annotations
 
@@ -37,6 +54,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -46,9 +64,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 import fastrnn
-from fastrnn import reference
+from fastrnn import _core, reference
 
-JSON_SCHEMA = 1
+JSON_SCHEMA = 2  # 2: ceilings, floors, input-gradient accuracy
 MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 CELL_ALIASES = {"rnn": ("rnn_tanh", "rnn_relu"), "vanilla": ("rnn_tanh", "rnn_relu")}
@@ -56,6 +74,11 @@ DTYPES = ("float32", "float64")
 FLOP_CONVENTION = ("forward FLOPs = 2*G*H*(I+H)*B*T per layer and direction (G = 1 vanilla, "
                    "4 LSTM, 3 GRU); forward+backward FLOPs = 3 x forward; "
                    "GFLOP/s = FLOPs / median time")
+BYTES_CONVENTION = ("forward bytes = T*|W_hh| + |W_ih| + |x| + |y| per layer and direction "
+                    "(|W_hh| = G*H*H, |W_ih| = G*H*I, |x| = T*B*I, |y| = T*B*H elements); "
+                    "forward+backward bytes = 2 x forward + the saved gates T*B*G*H")
+FLOOR_CONVENTION = ("floor = max(FLOPs / GEMM ceiling, bytes / read bandwidth at the size of one "
+                    "W_hh); flr% = floor / median time (100%: at the floor)")
 BASELINE = "fastrnn"
 ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE",
             "OPENBLAS_VERBOSE")
@@ -102,17 +125,38 @@ class Config:
             s += f" {self.dtype}"
         return s
 
+    def _layer_inputs(self) -> List[int]:
+        """Each layer's input size: I, then D*H above the first layer."""
+        return [self.I] + [self.directions * self.H] * (self.layers - 1)
+
     def forward_flops(self) -> int:
         """``2*G*H*(I_l+H)*B*T`` summed over layers and directions."""
         g, h, d = GATES[self.cell], self.H, self.directions
-        total = 0
-        for layer in range(self.layers):
-            layer_in = self.I if layer == 0 else d * h
-            total += d * 2 * g * h * (layer_in + h) * self.B * self.T
-        return total
+        return sum(d * 2 * g * h * (layer_in + h) * self.B * self.T
+                   for layer_in in self._layer_inputs())
 
     def forward_backward_flops(self) -> int:
         return 3 * self.forward_flops()
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+    def whh_bytes(self) -> int:
+        """One layer and direction's ``W_hh``: what every step re-reads (its working set)."""
+        return GATES[self.cell] * self.H * self.H * self.itemsize
+
+    def forward_bytes(self) -> int:
+        """``T*|W_hh| + |W_ih| + |x| + |y|`` over layers and directions (BYTES_CONVENTION)."""
+        g, h, d, t = GATES[self.cell], self.H, self.directions, self.T
+        elements = sum(d * (t * g * h * h + g * h * layer_in + t * self.B * (layer_in + h))
+                       for layer_in in self._layer_inputs())
+        return elements * self.itemsize
+
+    def forward_backward_bytes(self) -> int:
+        """2 x forward, plus the gates the forward saved for the backward."""
+        saved = self.layers * self.directions * self.T * self.B * GATES[self.cell] * self.H
+        return 2 * self.forward_bytes() + saved * self.itemsize
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -229,6 +273,10 @@ class Runner(abc.ABC):
         """The forward output ``(T, B, D*H)`` as a NumPy array (for the accuracy check)."""
         return np.asarray(self.forward())
 
+    @abc.abstractmethod
+    def input_gradient(self) -> np.ndarray:
+        """``dx`` of one training forward and backward, as a NumPy array (accuracy check)."""
+
 
 @dataclass(frozen=True)
 class Peer:
@@ -273,6 +321,10 @@ class ModuleRunner(Runner):
     def forward_backward(self) -> None:
         self.train(self.x)
         self.train.backward(self.dy)
+
+    def input_gradient(self) -> np.ndarray:
+        self.train(self.x)
+        return self.train.backward(self.dy)["input"]
 
 
 def _numpy_description() -> str:
@@ -320,6 +372,11 @@ class TorchRunner(Runner):
 
     def output(self) -> np.ndarray:
         return self.forward().numpy()
+
+    def input_gradient(self) -> np.ndarray:
+        self.x_train.grad = None  # the timed runs accumulate into it
+        self.forward_backward()
+        return self.x_train.grad.numpy()
 
 
 def _torch_unavailable() -> Optional[str]:
@@ -420,47 +477,65 @@ BUSY_WARNING = 0.25  # warn when other processes use more than this fraction of 
 NOISY_SPREAD = 0.10  # a measurement whose interquartile range exceeds this fraction of its median
 
 
-def _add_rates(m: Dict[str, object], flops: int) -> Dict[str, object]:
+def _add_rates(m: Dict[str, object], flops: int, floor_s: float) -> Dict[str, object]:
     m["gflops"] = flops / m["median_s"] / 1e9
     m["gflops_best"] = flops / m["min_s"] / 1e9
+    m["floor_fraction"] = floor_s / m["median_s"]
     return m
 
 
-def _accuracy(out: np.ndarray, ref: np.ndarray) -> Dict[str, object]:
+def _difference(out: np.ndarray, ref: np.ndarray) -> Dict[str, object]:
     out = np.asarray(out, dtype=np.float64)
-    diff = np.abs(out - ref)
     finite = bool(np.isfinite(out).all())
-    max_abs = float(diff.max()) if finite else float("nan")
+    max_abs = float(np.abs(out - ref).max()) if finite else float("nan")
     scale = max(1.0, float(np.abs(ref).max()))
-    return {"max_abs_diff": max_abs, "max_rel_diff": max_abs / scale, "finite": finite,
-            "against": "fastrnn.reference in float64, same weights and input",
+    return {"max_abs_diff": max_abs, "max_rel_diff": max_abs / scale, "finite": finite}
+
+
+def _accuracy(runner: Runner, ref: Dict[str, np.ndarray]) -> Dict[str, object]:
+    """The output's differences at the top level, the input gradient's under ``grad_input``."""
+    return {**_difference(runner.output(), ref["output"]),
+            "grad_input": _difference(runner.input_gradient(), ref["grad_input"]),
+            "against": "fastrnn.reference in float64, same weights, input and dy",
             "rel_scale": "max(1, max|ref|)"}
 
 
-def reference_output_f64(inputs: Inputs) -> np.ndarray:
-    """Forward output of the NumPy reference in float64 on the (upcast) same weights and input."""
+def _failed(entry: Dict[str, object]) -> bool:
+    """A peer that raised, or produced a non-finite output or input gradient."""
+    if "error" in entry:
+        return True
+    acc = entry.get("accuracy")
+    return acc is not None and not (acc["finite"] and acc["grad_input"]["finite"])
+
+
+def reference_f64(inputs: Inputs) -> Dict[str, np.ndarray]:
+    """Output and input gradient of the NumPy reference in float64 on the (upcast) same weights,
+    input and ``dy``."""
     cfg64 = dataclasses.replace(inputs.config, dtype="float64")
     params64 = {k: v.astype(np.float64) for k, v in inputs.params.items()}
-    module = _build_module(reference, cfg64, params64).eval()
-    return module(inputs.x.astype(np.float64))[0]
+    module = _build_module(reference, cfg64, params64).train()  # no dropout: output as in eval
+    y = module(inputs.x.astype(np.float64))[0]
+    return {"output": y, "grad_input": module.backward(inputs.dy.astype(np.float64))["input"]}
 
 
-def run_config(config: Config, peers: Sequence[str], settings: Settings, seed: int = 0,
-               check_accuracy: bool = True) -> Dict[str, object]:
+def run_config(config: Config, peers: Sequence[str], settings: Settings, ceilings: "Ceilings",
+               seed: int = 0, check_accuracy: bool = True) -> Dict[str, object]:
     """Measure every peer on one configuration; a peer that fails records its error."""
     inputs = make_inputs(config, seed)
     flops = {"forward": config.forward_flops(), "forward_backward": config.forward_backward_flops()}
-    ref = reference_output_f64(inputs) if check_accuracy else None
-    result: Dict[str, object] = {"config": config.to_dict(), "flops": flops, "peers": {}}
+    floor = floor_times(config, ceilings)
+    ref = reference_f64(inputs) if check_accuracy else None
+    result: Dict[str, object] = {"config": config.to_dict(), "flops": flops, "floor": floor,
+                                 "peers": {}}
     for name in peers:
         entry: Dict[str, object] = {}
         try:
             runner = PEERS[name].make(inputs)
             if ref is not None:
-                entry["accuracy"] = _accuracy(runner.output(), ref)
-            entry["forward"] = _add_rates(measure(runner.forward, settings), flops["forward"])
-            entry["forward_backward"] = _add_rates(measure(runner.forward_backward, settings),
-                                                   flops["forward_backward"])
+                entry["accuracy"] = _accuracy(runner, ref)
+            for kind, fn in (("forward", runner.forward),
+                             ("forward_backward", runner.forward_backward)):
+                entry[kind] = _add_rates(measure(fn, settings), flops[kind], floor[kind]["floor_s"])
         except Exception as exc:  # a benchmark reports a failing peer and goes on
             entry = {"error": f"{type(exc).__name__}: {exc}"}
         result["peers"][name] = entry
@@ -484,6 +559,80 @@ def _speedups(peers: Dict[str, Dict[str, object]]) -> Dict[str, Dict[str, float]
             continue
         out[name] = {kind: entry[kind]["median_s"] / base[kind]["median_s"]
                      for kind in ("forward", "forward_backward")}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Ceilings and floor
+# ---------------------------------------------------------------------------------------------
+
+GEMM_N = 2048                # the square GEMM of the GFLOP/s ceiling: large enough to reach peak
+GEMM_REPS = 4                # timed GEMMs; the best counts
+READ_REPS = 10               # timed reads of each buffer; the best counts
+READ_MIN_BYTES = 64 << 10    # smaller buffers are measured at this size (they sit in L1/L2)
+
+
+def read_probe_bytes(nbytes: int) -> int:
+    """The buffer size the bandwidth for a working set of ``nbytes`` is measured at: the nearest
+    power of two (so configurations share measurements), at least ``READ_MIN_BYTES``."""
+    return max(READ_MIN_BYTES, 1 << round(math.log2(max(nbytes, 1))))
+
+
+@dataclass
+class Ceilings:
+    """What the machine can do, measured once per run: GEMM GFLOP/s per dtype and read GB/s per
+    buffer size (keyed by :func:`read_probe_bytes`), each with the method that measured it."""
+    threads: int
+    gemm: Dict[str, Dict[str, object]]
+    read: Dict[int, Dict[str, object]]
+
+    def gemm_gflops(self, dtype: str) -> float:
+        return self.gemm[dtype]["gflops"]
+
+    def read_gbs(self, nbytes: int) -> float:
+        return self.read[read_probe_bytes(nbytes)]["gbs"]
+
+    def to_dict(self) -> Dict[str, object]:
+        return {"threads": self.threads, "gemm": self.gemm,
+                "read": {str(size): m for size, m in sorted(self.read.items())}}
+
+
+def _measure_gemm(dtype: str, n: int, reps: int) -> Dict[str, object]:
+    """Best GFLOP/s of an n x n x n GEMM through fastrnn's own BLAS, with its threads."""
+    return {"gflops": float(_core.measure_gemm_gflops(dtype, n, reps)), "n": n, "reps": reps,
+            "method": "fastrnn._core.measure_gemm_gflops (fastrnn's BLAS)"}
+
+
+def _measure_read(nbytes: int, reps: int) -> Dict[str, object]:
+    """Best GB/s of fastrnn's threads re-reading a buffer of ``nbytes`` (each its own slice, so
+    the slice stays in that core's cache, as a split W_hh does)."""
+    return {"gbs": float(_core.measure_read_gbs(nbytes, reps)), "reps": reps,
+            "method": "fastrnn._core.measure_read_gbs (fastrnn's threads)"}
+
+
+def _measure_ceilings(configs: Sequence[Config], gemm_n: int = GEMM_N) -> Ceilings:
+    """The GEMM ceiling of each dtype that runs and the read bandwidth at each W_hh size, with
+    the thread count in use."""
+    threads = fastrnn.get_num_threads()
+    dtypes = sorted({"float32"} | {c.dtype for c in configs})
+    sizes = sorted({read_probe_bytes(c.whh_bytes()) for c in configs})
+    return Ceilings(threads=threads,
+                    gemm={dt: _measure_gemm(dt, gemm_n, GEMM_REPS) for dt in dtypes},
+                    read={size: _measure_read(size, READ_REPS) for size in sizes})
+
+
+def floor_times(config: Config, ceilings: Ceilings) -> Dict[str, Dict[str, object]]:
+    """Per phase: FLOPs and bytes, the time each takes at its ceiling, the larger (the floor)."""
+    gflops, gbs = ceilings.gemm_gflops(config.dtype), ceilings.read_gbs(config.whh_bytes())
+    out = {}
+    for kind, flops, nbytes in (("forward", config.forward_flops(), config.forward_bytes()),
+                                ("forward_backward", config.forward_backward_flops(),
+                                 config.forward_backward_bytes())):
+        compute_s, memory_s = flops / (gflops * 1e9), nbytes / (gbs * 1e9)
+        out[kind] = {"flops": flops, "bytes": nbytes, "gemm_gflops": gflops, "read_gbs": gbs,
+                     "compute_s": compute_s, "memory_s": memory_s,
+                     "floor_s": max(compute_s, memory_s),
+                     "bound": "compute" if compute_s >= memory_s else "memory"}
     return out
 
 
@@ -560,8 +709,8 @@ def _threads_summary(libs: List[Dict[str, object]]) -> Dict[str, object]:
             "blas_libraries": libs}
 
 
-def collect_meta() -> Dict[str, object]:
-    """Everything a reader needs to know where the numbers come from."""
+def collect_meta(argv: Sequence[str]) -> Dict[str, object]:
+    """Everything a reader needs to know where the numbers come from (``argv``: the options)."""
     info = fastrnn.build_info()
     libs = _loaded_blas_libraries()
     meta = {
@@ -578,7 +727,7 @@ def collect_meta() -> Dict[str, object]:
         "loadavg_start": _loadavg(),
         "cpu_busy_start": cpu_busy_by_others(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "argv": sys.argv[1:],
+        "argv": list(argv),
         "peers": {name: PEERS[name].unavailable() and f"unavailable: {PEERS[name].unavailable()}"
                   or PEERS[name].description() for name in PEERS},
     }
@@ -630,9 +779,10 @@ def _loadavg() -> Optional[List[float]]:
 # ---------------------------------------------------------------------------------------------
 
 _COLUMNS = [  # (title, width, align)
-    ("config", 30, "<"), ("peer", 8, "<"), ("fwd ms", 9, ">"), ("GFLOP/s", 8, ">"),
-    ("fwd+bwd ms", 11, ">"), ("GFLOP/s", 8, ">"), ("speedup fwd", 12, ">"),
-    ("speedup f+b", 12, ">"), ("max|y-ref64|", 13, ">"), ("runs", 8, ">"),
+    ("config", 30, "<"), ("peer", 13, "<"), ("fwd ms", 9, ">"), ("GFLOP/s", 8, ">"),
+    ("flr%", 7, ">"), ("fwd+bwd ms", 10, ">"), ("GFLOP/s", 8, ">"), ("flr%", 7, ">"),
+    ("speedup fwd", 11, ">"), ("speedup f+b", 11, ">"), ("max|y-ref64|", 12, ">"),
+    ("max|dx-ref64|", 13, ">"), ("runs", 8, ">"),
 ]
 
 
@@ -650,7 +800,7 @@ def format_header(meta: Dict[str, object], suite: str, configs: Sequence[Config]
         f"peers {', '.join(peers)}",
         f"build     : {info['compiler']}; BLAS {info['blas']}; SIMD {', '.join(info['simd'])}; "
         f"cuda {info['cuda']}",
-        f"BLAS      : {info['blas_config']}; parallel jobs on {info['blas_threads']}",
+        f"BLAS      : {info['blas_config']}; parallel jobs on {info['thread_pool']}",
         f"numpy     : {meta['numpy_version']} ({meta['numpy_blas'] or 'BLAS unknown'}); "
         f"python {meta['python']}",
         f"machine   : {meta['cpu_model']} ({meta['machine']}), {th['cpu_count']} CPUs"
@@ -670,10 +820,13 @@ def format_header(meta: Dict[str, object], suite: str, configs: Sequence[Config]
         f"(at least {settings.min_repeats}; {settings.budget:g} s budget per measurement) after "
         f"warm-up (>= {settings.warmup} runs and {settings.warmup_s:g} s); runs = fwd/fwd+bwd",
         f"FLOPs     : {FLOP_CONVENTION}",
+        f"bytes     : {BYTES_CONVENTION}",
+        *(f"{title:10s}: {text}" for title, text in _ceiling_lines(meta["ceilings"])),
+        f"floor     : {FLOOR_CONVENTION}",
         "speedup   : peer median time / fastrnn median time (> 1: fastrnn is faster); with both "
         "torch peers, a line per config gives torch.nn time / fastrnn.torch time",
-        "accuracy  : max |y - y_ref| of each peer's forward output against the float64 NumPy "
-        "reference on the same weights and input",
+        "accuracy  : max |y - y_ref| and max |dx - dx_ref| of each peer's forward output and "
+        "input gradient against the float64 NumPy reference on the same weights, input and dy",
         f"runs      : timed runs fwd/fwd+bwd; '~' marks a noisy measurement (interquartile "
         f"range > {NOISY_SPREAD:.0%} of the median)",
     ]
@@ -683,6 +836,27 @@ def format_header(meta: Dict[str, object], suite: str, configs: Sequence[Config]
                      "start: times will be slow and noisy")
     lines += ["", _row([t for t, _, _ in _COLUMNS]), _row(["-" * w for _, w, _ in _COLUMNS])]
     return "\n".join(lines)
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n} B"
+
+
+def _ceiling_lines(ceilings: Dict[str, object]) -> List[tuple]:
+    """(title, text) lines describing the measured ceilings (``Ceilings.to_dict()``)."""
+    gemm, read = ceilings["gemm"], ceilings["read"]
+    first_gemm, first_read = next(iter(gemm.values())), next(iter(read.values()))
+    return [
+        ("GEMM", ", ".join(f"{dt} {m['gflops']:.1f} GFLOP/s" for dt, m in gemm.items())
+         + f" ({first_gemm['n']}^3, best of {first_gemm['reps']}; {first_gemm['method']}); "
+           f"{ceilings['threads']} fastrnn threads"),
+        ("bandwidth", "read " + ", ".join(f"{_fmt_bytes(int(size))} {m['gbs']:.1f} GB/s"
+                                          for size, m in read.items())
+         + f" (best of {first_read['reps']}; {first_read['method']})"),
+    ]
 
 
 def _fmt_ms(m) -> str:
@@ -699,6 +873,18 @@ def _noise(m) -> str:
     return "~" if m["spread"] > NOISY_SPREAD else ""
 
 
+def _fmt_floor(m) -> str:
+    """The floor fraction as a percentage, with a couple of digits even when tiny."""
+    pct = 100 * m["floor_fraction"]
+    return f"{pct:.0f}%" if pct >= 10 else f"{pct:.1f}%" if pct >= 1 else f"{pct:.2g}%"
+
+
+def _fmt_diff(diff: Optional[Dict[str, object]]) -> str:
+    if diff is None:
+        return ""
+    return f"{diff['max_abs_diff']:.1e}" if diff["finite"] else "NON-FINITE"
+
+
 def format_rows(result: Dict[str, object]) -> str:
     """The table rows of one configuration: one per peer."""
     label = result["config"]["label"]
@@ -711,11 +897,10 @@ def format_rows(result: Dict[str, object]) -> str:
         fwd, fb = entry["forward"], entry["forward_backward"]
         speed = result["speedup"].get(name, {})
         acc = entry.get("accuracy")
-        acc_s = "" if acc is None else (f"{acc['max_abs_diff']:.1e}" if acc["finite"]
-                                        else "NON-FINITE")
-        lines.append(_row([first, name, _fmt_ms(fwd), f"{fwd['gflops']:.2f}", _fmt_ms(fb),
-                           f"{fb['gflops']:.2f}", _fmt_x(speed.get("forward")),
-                           _fmt_x(speed.get("forward_backward")), acc_s,
+        lines.append(_row([first, name, _fmt_ms(fwd), f"{fwd['gflops']:.2f}", _fmt_floor(fwd),
+                           _fmt_ms(fb), f"{fb['gflops']:.2f}", _fmt_floor(fb),
+                           _fmt_x(speed.get("forward")), _fmt_x(speed.get("forward_backward")),
+                           _fmt_diff(acc), _fmt_diff(acc and acc["grad_input"]),
                            f"{fwd['n']}{_noise(fwd)}/{fb['n']}{_noise(fb)}"]))
     adapter = result.get("speedup_torch_adapter")
     if adapter:
@@ -728,19 +913,167 @@ def format_rows(result: Dict[str, object]) -> str:
 _TORCH_CLASS = {"rnn_tanh": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 
+def _md_table(rows: List[List[str]], right_from: int) -> List[str]:
+    """A Markdown table; columns from ``right_from`` on are right-aligned (numbers)."""
+    align = ["---" if i < right_from else "---:" for i in range(len(rows[0]))]
+    return ["| " + " | ".join(r) + " |" for r in [rows[0], align] + rows[1:]]
+
+
+def format_markdown(meta: Dict[str, object], settings: Settings, suite: str,
+                    results: List[Dict[str, object]]) -> str:
+    """A header naming where the numbers come from, then one table row per configuration:
+    fastrnn's times, each peer's ratio, fastrnn's GFLOP/s, floor fraction and accuracy."""
+    info, th = meta["build_info"], meta["threads"]
+    others = [name for name in dict.fromkeys(n for r in results for n in r["peers"])
+              if name != BASELINE]
+    adapter = any("speedup_torch_adapter" in r for r in results)
+    lines = [
+        f"### fastrnn {meta['fastrnn_version']}, suite {suite!r}, {meta['date_utc']}",
+        "",
+        f"- command: `{shlex.join(['python', '-m', 'fastrnn.bench', *meta['argv']])}`",
+        f"- machine: {meta['cpu_model']} ({meta['machine']}), {th['cpu_count']} CPUs; "
+        f"{meta['platform']}; CPUs busy before start {_pct(meta['cpu_busy_start'])}",
+        f"- fastrnn: {info['compiler']}, SIMD {info.get('simd_active', '?')}; BLAS "
+        f"{info['blas_config']}" + ("" if meta["blas_kernel"] else ", kernel unknown")
+        + f"; parallel jobs on {info['thread_pool']}; {meta['ceilings']['threads']} threads",
+        f"- numpy: {meta['numpy_version']} ({meta['numpy_blas'] or 'BLAS unknown'}); "
+        f"python {meta['python']}",
+        *(f"- peer {name}: {meta['peers'][name]}" for name in others),
+        *(f"- {title} ceiling: {text}" for title, text in _ceiling_lines(meta["ceilings"])),
+        f"- FLOPs: {FLOP_CONVENTION}",
+        f"- bytes: {BYTES_CONVENTION}",
+        f"- floor: {FLOOR_CONVENTION}",
+        f"- timing: median of up to {settings.repeats} runs (at least {settings.min_repeats}; "
+        f"{settings.budget:g} s budget per measurement) after warm-up; fwd = eval-mode forward, "
+        "fwd+bwd = train-mode forward then .backward(dy)",
+        "- vs X: X's median time / fastrnn's (> 1: fastrnn is faster)"
+        + ("; torch.nn / fastrnn.torch: torch.nn's time / fastrnn.torch's" if adapter else ""),
+        "- accuracy: fastrnn's max |y - y_ref| (output) and max |dx - dx_ref| (input gradient) "
+        "against the float64 NumPy reference on the same weights, input and dy",
+        "",
+    ]
+    header = ["config", "fwd ms", "fwd+bwd ms"]
+    header += [f"vs {name} {phase}" for name in others for phase in ("fwd", "fwd+bwd")]
+    header += [f"torch.nn / fastrnn.torch {p}" for p in ("fwd", "fwd+bwd")] if adapter else []
+    header += ["GFLOP/s fwd", "GFLOP/s fwd+bwd", "floor fwd", "floor fwd+bwd",
+               "max abs err y", "max abs err dx"]
+    rows = [header]
+    for r in results:
+        row = [r["config"]["label"]]
+        base = r["peers"].get(BASELINE, {"error": "not run"})
+        if "error" in base:
+            rows.append(row + ["error"] * (len(header) - 1))
+            continue
+        row += [_fmt_ms(base[k]) for k in ("forward", "forward_backward")]
+        for name in others:
+            ratio = r["speedup"].get(name)
+            row += [_fmt_x(ratio[k]) if ratio else "error" if name in r["peers"] else ""
+                    for k in ("forward", "forward_backward")]
+        if adapter:
+            ratio = r.get("speedup_torch_adapter")
+            row += [_fmt_x(ratio[k]) if ratio else "" for k in ("forward", "forward_backward")]
+        row += [f"{base[k]['gflops']:.3g}" for k in ("forward", "forward_backward")]
+        row += [_fmt_floor(base[k]) for k in ("forward", "forward_backward")]
+        acc = base.get("accuracy")
+        row += [_fmt_diff(acc), _fmt_diff(acc and acc["grad_input"])]
+        rows.append(row)
+    return "\n".join(lines + _md_table(rows, right_from=1)) + "\n"
+
+
+# label, line style, marker face (hollow markers tell the phases apart where a line has 1 point)
+_PHASES = {"forward": ("fwd", "-", None), "forward_backward": ("fwd+bwd", "--", "none")}
+_PLOT_CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+
+def _import_pyplot():
+    """matplotlib's pyplot on a file-only backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _series_name(label: str) -> str:
+    """A configuration label without its cell and batch size: what a line of the plot keeps."""
+    return " ".join(w for w in label.split()[1:] if not w.startswith("B="))
+
+
+def write_plot(path: str, results: List[Dict[str, object]], plt) -> None:
+    """Speed-up (peer time / fastrnn time) against the batch size: a panel per cell, a line per
+    peer, phase and the rest of the configuration (H, T, ...)."""
+    series: Dict[tuple, List[tuple]] = {}
+    for r in results:
+        cfg = r["config"]
+        for name, ratio in r["speedup"].items():
+            for phase in _PHASES:
+                key = (cfg["cell"], name, phase, _series_name(cfg["label"]))
+                series.setdefault(key, []).append((cfg["B"], ratio[phase]))
+    cells = [c for c in _PLOT_CELLS if any(r["config"]["cell"] == c for r in results)]
+    peers = list(dict.fromkeys(key[1] for key in series))
+    shapes = list(dict.fromkeys(key[3] for key in series))
+    ncols = min(2, len(cells))
+    fig, axes = plt.subplots((len(cells) + 1) // 2, ncols, squeeze=False,
+                             figsize=(6.5 * ncols, 4.5 * ((len(cells) + 1) // 2)))
+    for ax, cell in zip(axes.flat, cells):
+        for (c, name, phase, shape), points in series.items():
+            if c != cell:
+                continue
+            bs, ratios = zip(*sorted(points))
+            label, style, face = _PHASES[phase]
+            ax.plot(bs, ratios, style, color=f"C{peers.index(name)}",
+                    marker="osD^v<>p*h"[shapes.index(shape) % 10], markerfacecolor=face,
+                    label=f"vs {name}, {label}, {shape}")
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xscale("log")
+        batches = sorted({r["config"]["B"] for r in results if r["config"]["cell"] == cell})
+        ax.set_xticks(batches, [str(b) for b in batches])  # the measured sizes, not 10^k
+        ax.set_xticks([], minor=True)
+        ax.set_title(cell)
+        ax.set_xlabel("batch size B")
+        ax.set_yscale("log")  # a ratio: 2x and 0.5x equally far from 1
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(plt.LogFormatter(labelOnlyBase=False))  # 0.5, 2, 3 rather than 5x10^-1 ...
+        ax.set_ylabel("peer time / fastrnn time")
+        ax.legend(fontsize="x-small")
+    for ax in list(axes.flat)[len(cells):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def _write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` then rename onto ``path`` (its directory created), so a half-written file
+    never sits at ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def write_json(path: str, meta: Dict[str, object], settings: Settings, suite: str,
                results: List[Dict[str, object]]) -> None:
     doc = {"schema": JSON_SCHEMA, "meta": meta, "suite": suite,
            "settings": dataclasses.asdict(settings), "flop_convention": FLOP_CONVENTION,
+           "bytes_convention": BYTES_CONVENTION, "floor_convention": FLOOR_CONVENTION,
            "speedup_convention": "peer median time / fastrnn median time",
            "results": results}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1, allow_nan=False, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1, allow_nan=False, default=_json_default)
+            f.write("\n")
+    _write_atomically(path, write)
+
+
+def write_text(path: str, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    _write_atomically(path, write)
 
 
 def _json_default(obj):
@@ -768,7 +1101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastrnn.bench",
         description="Time fastrnn against its peers (forward, forward+backward), per cell.",
-        epilog=FLOP_CONVENTION + ". Peers: " + ", ".join(PEERS) + ".")
+        epilog=FLOP_CONVENTION + ". " + FLOOR_CONVENTION + ". Peers: " + ", ".join(PEERS) + ".")
     p.add_argument("--suite", default="quick", choices=sorted(SUITES),
                    help="configurations to run (default: quick, under a minute on 2 cores; "
                         "full: DESIGN.md section 5 CPU rows, takes long; smoke: tiny sizes)")
@@ -780,8 +1113,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(rnn = both vanilla cells)")
     p.add_argument("--dtype", choices=DTYPES, help="override the configurations' dtype")
     p.add_argument("--peers", type=_arg(_parse_peers), metavar="LIST",
-                   help="comma-separated peers to run (default: all available: "
-                        f"{', '.join(PEERS)})")
+                   help="comma-separated peers to run (default, whatever the suite: all "
+                        f"available of {', '.join(PEERS)}; the torch ones need torch)")
     p.add_argument("--repeats", type=int, default=Settings.repeats,
                    help="most timed runs per measurement (default %(default)s)")
     p.add_argument("--min-repeats", type=int, default=Settings.min_repeats,
@@ -796,7 +1129,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of weights, input and dy")
     p.add_argument("--no-accuracy", action="store_true",
                    help="skip the accuracy check against the float64 reference")
+    p.add_argument("--gemm-n", type=int, default=GEMM_N, metavar="N",
+                   help="size of the square GEMM that measures the GFLOP/s ceiling "
+                        "(default %(default)s)")
     p.add_argument("--json", metavar="PATH", help="also write all numbers to this JSON file")
+    p.add_argument("--markdown", metavar="PATH",
+                   help="also write a Markdown table of the results (for bench/RESULTS.md)")
+    p.add_argument("--plot", metavar="PATH",
+                   help="also plot the speed-ups against the batch size to this PNG file "
+                        "(needs matplotlib)")
     p.add_argument("--list", action="store_true", help="list the configurations and exit")
     return p
 
@@ -829,12 +1170,16 @@ def select_configs(args) -> List[Config]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.repeats < 1 or args.min_repeats < 1 or args.warmup < 0 or args.budget < 0
-            or args.warmup_s < 0):
-        parser.error("--repeats and --min-repeats must be >= 1; --warmup, --warmup-s and "
-                     "--budget >= 0")
+            or args.warmup_s < 0 or args.gemm_n < 1):
+        parser.error("--repeats, --min-repeats and --gemm-n must be >= 1; --warmup, --warmup-s "
+                     "and --budget >= 0")
+    plt = _import_pyplot() if args.plot else None
+    if args.plot and plt is None:  # before anything runs, not after a long suite
+        parser.error("--plot needs matplotlib, which is not installed: pip install matplotlib")
     settings = Settings(repeats=args.repeats, min_repeats=min(args.min_repeats, args.repeats),
                         warmup=args.warmup, warmup_s=args.warmup_s, budget=args.budget)
     configs = select_configs(args)
@@ -843,7 +1188,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("no configuration left to run (check --cells)")
     if args.list:
         for c in configs:
-            print(f"{c.label:40s} forward {c.forward_flops() / 1e6:10.1f} MFLOP")
+            print(f"{c.label:40s} forward {c.forward_flops() / 1e6:10.1f} MFLOP "
+                  f"{c.forward_bytes() / 1e6:8.2f} MB")
         return 0
 
     requested = args.peers or list(PEERS)
@@ -861,12 +1207,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # (fastrnn.torch docs), so every peer runs on the same pool throughout the run.
         import fastrnn.torch  # noqa: F401
 
-    meta = collect_meta()
+    meta = collect_meta(argv)
+    ceilings = _measure_ceilings(configs, args.gemm_n)  # after the busy-CPU sample: it spins
+    meta["ceilings"] = ceilings.to_dict()
     print(format_header(meta, suite, configs, settings, peers), flush=True)
     start = time.perf_counter()
     results = []
     for config in configs:
-        result = run_config(config, peers, settings, seed=args.seed,
+        result = run_config(config, peers, settings, ceilings, seed=args.seed,
                             check_accuracy=not args.no_accuracy)
         results.append(_json_safe(result))
         print(format_rows(result), flush=True)
@@ -875,8 +1223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     time.sleep(0.3)  # let this process's BLAS thread pools stop spinning before sampling
     meta["cpu_busy_end"] = cpu_busy_by_others()
     failed = [f"{r['config']['label']} / {name}" for r in results
-              for name, e in r["peers"].items()
-              if "error" in e or not e.get("accuracy", {}).get("finite", True)]
+              for name, e in r["peers"].items() if _failed(e)]
     print(f"\n{len(configs)} config(s) in {meta['wall_s']:.1f} s; CPUs busy with other "
           f"processes just after the end: {_pct(meta['cpu_busy_end'])}")
     if meta["cpu_busy_end"] is not None and meta["cpu_busy_end"] > BUSY_WARNING:
@@ -884,8 +1231,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         write_json(args.json, meta, settings, suite, results)
         print(f"wrote {args.json}")
+    if args.markdown:
+        write_text(args.markdown, format_markdown(meta, settings, suite, results))
+        print(f"wrote {args.markdown}")
+    if args.plot:
+        write_plot(args.plot, results, plt)
+        print(f"wrote {args.plot}")
     if failed:
-        print("FAILED (error or non-finite output): " + "; ".join(failed), file=sys.stderr)
+        print("FAILED (error, or non-finite output or input gradient): " + "; ".join(failed),
+              file=sys.stderr)
         return 1
     return 0
 

@@ -560,14 +560,14 @@ def _torch_openmp_runtime() -> Optional[str]:
 
 
 def _share_torch_thread_pool() -> None:
-    """Run fastrnn's BLAS jobs on torch's OpenMP pool: two pools on the same cores slow each other
-    down (each one's idle workers spin while the other works), one shared pool does not. Set
-    FASTRNN_SHARE_TORCH_THREADS=0 to keep OpenBLAS's own threads."""
+    """Run fastrnn's parallel work on torch's OpenMP pool: two pools on the same cores slow each
+    other down (each one's idle workers spin while the other works), one shared pool does not.
+    Set FASTRNN_SHARE_TORCH_THREADS=0 to keep fastrnn's own threads."""
     if os.environ.get("FASTRNN_SHARE_TORCH_THREADS", "1") == "0":
         return
     path = _torch_openmp_runtime()
     if path is not None:
-        _core.run_blas_on_openmp(path)
+        _core.run_threads_on_openmp(path)
 
 
 _share_torch_thread_pool()

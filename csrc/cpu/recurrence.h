@@ -1,0 +1,273 @@
+// The recurrence of one layer on a team of threads: each member owns a slice of the hidden units,
+// packs its slice of W_hh once, and keeps it in its own cache for the whole sequence; members
+// meet at one barrier per step.
+//
+// Forward, step t, member m (units U_m, all gates of each unit):
+//   for each tile of batch rows: hp = h_prev W_hh[gates of U_m]^T on the packed panels, in
+//   registers; then the cell's pointwise pass on that tile writes h_new, c_new, y, acts for U_m.
+//   barrier (every member needs all of h_new for the next step).
+// Backward, step t, member m (units U_m):
+//   A. pointwise backward for U_m: dG_t[gates of U_m], dc_prev[U_m], and the part of dh_prev[U_m]
+//      that bypasses W_hh.            barrier (B needs all of dG_t)
+//   B. dh_prev[U_m] += dGh_t W_hh[:, U_m] on the packed panels of W_hh's columns U_m.
+//   Step t-1's part A reads only dh_prev[U_m], which this member wrote itself: no second barrier.
+// Used for every layer without an LSTM projection (layer_impl.h keeps the per-step BLAS path for
+// proj_size > 0, whose second product per step would need a second barrier).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/cells.h"
+#include "cpu/denormals.h"
+#include "cpu/isa.h"
+#include "cpu/packed_gemm.h"
+#include "cpu/step.h"
+#include "cpu/thread_team.h"
+#include "fastrnn/fastrnn.h"
+
+namespace fastrnn::cpu {
+
+// Panels per tile and hidden units per tile, per cell: forward tiles cover all G gates of
+// kForwardBlocks unit blocks (so the pointwise pass has every gate of its units), backward tiles
+// cover 4 unit blocks of dh_prev.
+template <Cell kCell>
+struct TileShape {
+  static constexpr int kGates = CellMath<kCell>::kGates;
+  static constexpr int kForwardBlocks = kGates == 1 ? 4 : 1;
+  static constexpr int kForwardPanels = kGates * kForwardBlocks;
+  static constexpr int kBackwardPanels = 4;
+};
+
+// Runs tile_product for nr panels (1..4), chosen at run time.
+template <typename T, Isa kIsa>
+FASTRNN_INLINE void tile_product_any(int nr, int rows, int64_t K, const T* a, int64_t lda,
+                                     const T* panels, const T* init, int64_t init_ld, T* out) {
+  switch (nr) {
+    case 1: return tile_product_rows<T, kIsa, 1>(rows, K, a, lda, panels, init, init_ld, out);
+    case 2: return tile_product_rows<T, kIsa, 2>(rows, K, a, lda, panels, init, init_ld, out);
+    case 3: return tile_product_rows<T, kIsa, 3>(rows, K, a, lda, panels, init, init_ld, out);
+    case 4: return tile_product_rows<T, kIsa, 4>(rows, K, a, lda, panels, init, init_ld, out);
+    default: return;
+  }
+}
+
+// Elements of the packed weights (and GRU's packed b_hh) for either direction, for any V.
+inline int64_t packed_recurrent_elements(Cell cell, int64_t H) {
+  const int64_t units = round_up(H, kMaxPanelWidth<float>);  // float's width bounds every V
+  const int64_t G = num_gates(cell);
+  return units * G * H + (cell == Cell::Gru ? units * G : 0);
+}
+
+// How many threads a layer's recurrence should use: enough work per step to pay for a barrier
+// (~0.2 us), and at least one tile group per member.
+inline int recurrence_members(int64_t flops_per_step, int64_t groups) {
+  constexpr int64_t kFlopsPerMember = 1 << 16;  // ~0.3 us of one core's FMA throughput
+  int64_t n = std::min<int64_t>(team_threads(), groups);
+  n = std::min<int64_t>(n, std::max<int64_t>(1, flops_per_step / kFlopsPerMember));
+  return static_cast<int>(std::max<int64_t>(1, n));
+}
+
+// State slots of the forward: training keeps all T+1 in the reserve, inference two (ping-pong).
+template <typename T>
+struct StateSlotsView {
+  T* base;
+  int64_t slot_elems;
+  bool ping_pong;
+  T* at(int64_t slot) const { return base + (ping_pong ? (slot & 1) : slot) * slot_elems; }
+};
+
+template <typename T>
+struct RecurrenceForwardArgs {
+  LayerShape shape;
+  const int64_t* lengths;
+  const T* xp;          // (T, B, G*H) input pre-activations incl. folded biases
+  const T* w_hh;        // (G*H, H)
+  const T* b_hh;        // (G*H) GRU with bias only (b_hn stays inside r * (...)), else nullptr
+  T* pack;              // packed_recurrent_elements(cell, H)
+  StateSlotsView<T> h, c;
+  T* y;                 // (T, B, H)
+  T* acts;              // (T, B, S*H) or nullptr (inference)
+  int64_t acts_width;
+  // team
+  int member, members;
+  SpinBarrier* barrier;
+};
+
+template <typename T, Cell kCell>
+struct ForwardMember {
+  template <Isa kIsa>
+  static FASTRNN_INLINE void run(const RecurrenceForwardArgs<T>& a) {
+    using Tiles = TileShape<kCell>;
+    constexpr int V = Simd<T, kIsa>::V;
+    constexpr int G = Tiles::kGates;
+    constexpr int kBlocks = Tiles::kForwardBlocks;
+    constexpr int MR = Simd<T, kIsa>::max_rows(Tiles::kForwardPanels);
+    constexpr bool kC = has_cell_state(kCell);
+    const LayerShape& s = a.shape;
+    const int64_t T_ = s.T, B = s.B, H = s.H, K = s.H, GH = G * H;
+    const int64_t blocks = (H + V - 1) / V;
+    const int64_t groups = (blocks + kBlocks - 1) / kBlocks;
+    const EvenSplit split{groups, a.members};
+    const int64_t first_block = split.begin(a.member) * kBlocks;
+    const int64_t end_block = std::min(blocks, split.begin(a.member + 1) * kBlocks);
+    T* bias_pack = a.pack + blocks * G * K * V;
+    // A tile group (kBlocks unit blocks x G gates, interleaved) starting at unit block ub0.
+    auto group = [&](int64_t ub0) { return a.pack + ub0 * G * K * V; };
+
+    // This member's panels: the rows of W_hh for its units, gate by gate.
+    for (int64_t ub0 = first_block; ub0 < end_block; ub0 += kBlocks) {
+      const int nb = static_cast<int>(std::min<int64_t>(kBlocks, end_block - ub0));
+      for (int q = 0; q < nb; ++q)
+        for (int g = 0; g < G; ++g) {
+          const int64_t ub = ub0 + q;
+          pack_panel_from_rows<T, V>(a.w_hh + g * H * K, K, ub * V, H, K,
+                                     group(ub0) + (q * G + g) * V, nb * G * V);
+          if (a.b_hh != nullptr)
+            for (int v = 0; v < V; ++v)
+              bias_pack[(ub * G + g) * V + v] = ub * V + v < H ? a.b_hh[g * H + ub * V + v] : T(0);
+        }
+    }
+
+    alignas(64) T tile[MR * Tiles::kForwardPanels * V];
+    const StateSlots slots{T_, s.reverse};
+    for (int64_t step = 0; step < T_; ++step) {
+      const int64_t t = s.reverse ? T_ - 1 - step : step;
+      const ForwardStep<T> st{B, H, H, t, a.lengths, a.xp + t * B * GH, nullptr,
+                              a.h.at(slots.prev(t)), kC ? a.c.at(slots.prev(t)) : nullptr,
+                              a.h.at(slots.next(t)), kC ? a.c.at(slots.next(t)) : nullptr,
+                              a.y + t * B * H, a.acts ? a.acts + t * B * a.acts_width : nullptr,
+                              nullptr};
+      for (int64_t ub0 = first_block; ub0 < end_block; ub0 += kBlocks) {
+        const int nb = static_cast<int>(std::min<int64_t>(kBlocks, end_block - ub0));
+        const int nr = nb * G;
+        const T* init = a.b_hh ? bias_pack + ub0 * G * V : nullptr;
+        for (int64_t b0 = 0; b0 < B; b0 += MR) {
+          const int rows = static_cast<int>(std::min<int64_t>(MR, B - b0));
+          tile_product_any<T, kIsa>(nr, rows, K, st.h_prev + b0 * H, H, group(ub0), init, 0,
+                                    tile);
+          for (int q = 0; q < nb; ++q) {
+            const int64_t u = (ub0 + q) * V;
+            forward_pointwise<T, kCell>(st, b0, b0 + rows, u, std::min<int64_t>(V, H - u),
+                                        tile + q * G * V, nr * V, V);
+          }
+        }
+      }
+      a.barrier->arrive_and_wait();
+    }
+  }
+};
+
+template <typename T>
+struct RecurrenceBackwardArgs {
+  LayerShape shape;
+  const int64_t* lengths;
+  const T* w_hh;        // (G*H, H)
+  T* pack;              // packed_recurrent_elements(cell, H)
+  const T* dy;          // (T, B, H)
+  const T* acts;        // (T, B, S*H)
+  int64_t acts_width;
+  const T* hs;          // (T+1, B, H) saved states
+  const T* cs;          // (T+1, B, H) LSTM
+  T* dgx;               // (T, B, G*H)
+  T* dgh;               // (T, B, G*H) (== dgx unless GRU)
+  T* dh_cell;           // (B, H)
+  T* dh[2];             // (B, H) ping-pong; dh[0] holds dh_n on entry
+  T* dc[2];             // (B, H) LSTM ping-pong; dc[0] holds dc_n on entry
+  int member, members;
+  SpinBarrier* barrier;
+};
+
+template <typename T, Cell kCell>
+struct BackwardMember {
+  template <Isa kIsa>
+  static FASTRNN_INLINE void run(const RecurrenceBackwardArgs<T>& a) {
+    using Tiles = TileShape<kCell>;
+    constexpr int V = Simd<T, kIsa>::V;
+    constexpr int G = Tiles::kGates;
+    constexpr int NR = Tiles::kBackwardPanels;
+    constexpr int MR = Simd<T, kIsa>::max_rows(NR);
+    constexpr bool kC = has_cell_state(kCell);
+    const LayerShape& s = a.shape;
+    const int64_t T_ = s.T, B = s.B, H = s.H, GH = G * H, K = GH;
+    const int64_t blocks = (H + V - 1) / V;
+    const int64_t groups = (blocks + NR - 1) / NR;
+    const EvenSplit split{groups, a.members};
+    const int64_t first_block = split.begin(a.member) * NR;
+    const int64_t end_block = std::min(blocks, split.begin(a.member + 1) * NR);
+    const int64_t u_begin = std::min(H, first_block * V);
+    const int64_t u_count = std::min(H, end_block * V) - u_begin;
+    // A tile group (NR unit blocks, interleaved) starting at unit block ub0.
+    auto group = [&](int64_t ub0) { return a.pack + ub0 * K * V; };
+
+    // This member's panels: the columns of W_hh for its units.
+    for (int64_t ub0 = first_block; ub0 < end_block; ub0 += NR) {
+      const int nb = static_cast<int>(std::min<int64_t>(NR, end_block - ub0));
+      for (int q = 0; q < nb; ++q)
+        pack_panel_from_columns<T, V>(a.w_hh, H, (ub0 + q) * V, H, K, group(ub0) + q * V, nb * V);
+    }
+
+    alignas(64) T tile[MR * NR * V];
+    const StateSlots slots{T_, s.reverse};
+    int cur = 0;  // dh[cur], dc[cur]: gradients arriving from the later step
+    for (int64_t step = T_ - 1; step >= 0; --step) {
+      const int64_t t = s.reverse ? T_ - 1 - step : step;
+      T* dh_next = a.dh[cur];
+      T* dh_prev = a.dh[1 - cur];
+      // A. This member's units: gradient of the cell output, then the pointwise backward.
+      total_output_grad(0, B, u_begin, u_count, H, t, a.lengths, a.dy + t * B * H, dh_next,
+                        a.dh_cell);
+      const BackwardStep<T> st{B, H, H, t, a.lengths, a.dh_cell, dh_next,
+                               kC ? a.dc[cur] : nullptr, a.acts + t * B * a.acts_width,
+                               a.hs + slots.prev(t) * B * H, a.hs + slots.next(t) * B * H,
+                               kC ? a.cs + slots.prev(t) * B * H : nullptr,
+                               kC ? a.cs + slots.next(t) * B * H : nullptr,
+                               a.dgx + t * B * GH, a.dgh + t * B * GH, dh_prev,
+                               kC ? a.dc[1 - cur] : nullptr};
+      if (u_count > 0) backward_pointwise<T, kCell>(st, 0, B, u_begin, u_count, u_begin, u_count);
+      a.barrier->arrive_and_wait();
+      // B. dh_prev[:, units] += dGh_t W_hh[:, units], tile by tile through the register file.
+      const T* dgh_t = a.dgh + t * B * GH;
+      for (int64_t ub0 = first_block; ub0 < end_block; ub0 += NR) {
+        const int nr = static_cast<int>(std::min<int64_t>(NR, end_block - ub0));
+        const int64_t u = ub0 * V;
+        const int64_t cols = std::min<int64_t>(nr * V, H - u);
+        for (int64_t b0 = 0; b0 < B; b0 += MR) {
+          const int rows = static_cast<int>(std::min<int64_t>(MR, B - b0));
+          for (int r = 0; r < rows; ++r) {  // stage the bypass part: the tile may pass H
+            T* row = tile + r * nr * V;
+            std::memcpy(row, dh_prev + (b0 + r) * H + u, cols * sizeof(T));
+            std::fill(row + cols, row + nr * V, T(0));
+          }
+          tile_product_any<T, kIsa>(nr, rows, K, dgh_t + b0 * GH, GH, group(ub0), tile, nr * V,
+                                    tile);
+          for (int r = 0; r < rows; ++r)
+            std::memcpy(dh_prev + (b0 + r) * H + u, tile + r * nr * V, cols * sizeof(T));
+        }
+      }
+      cur = 1 - cur;
+    }
+  }
+};
+
+// Team bodies: every member runs the whole sequence. A team cut short (the pool busy with another
+// caller) runs the sequence on member 0 alone.
+template <typename Args, typename Kernel>
+void run_recurrence(Args args, int members) {
+  auto body = [&args](int member, int size) {
+    DenormalsAreZero ftz;  // per thread (MXCSR)
+    Args mine = args;
+    SpinBarrier solo(1);
+    if (size != args.members) {
+      if (member != 0) return;
+      mine.members = 1;
+      mine.barrier = &solo;
+    }
+    mine.member = member;
+    run_on_isa_tagged<Kernel>(active_isa(), mine);
+  };
+  run_team(members, body);
+}
+
+}  // namespace fastrnn::cpu

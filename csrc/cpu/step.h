@@ -1,0 +1,236 @@
+// One step's pointwise work, shared by the two recurrence drivers (the team one in recurrence.h,
+// the per-step BLAS one in layer_impl.h): the per-step argument structs, the state-slot and
+// reserve layouts, and the fused passes over ranges of batch rows and hidden units.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/blas.h"
+#include "cpu/cells.h"
+#include "fastrnn/fastrnn.h"
+
+namespace fastrnn::cpu {
+
+// Where the hidden (and cell) state before and after the step at time t lives in the reserve.
+// States are kept in time order in T+1 slots: forward runs slot t -> t+1 (h0 in slot 0),
+// reverse runs slot t+1 -> t (h0 in slot T). The rows of "state before step t" for all t are then
+// contiguous, which makes dW_hh one GEMM.
+struct StateSlots {
+  int64_t T;
+  bool reverse;
+  int64_t prev(int64_t t) const { return reverse ? t + 1 : t; }
+  int64_t next(int64_t t) const { return reverse ? t : t + 1; }
+  int64_t initial() const { return reverse ? T : 0; }
+  int64_t final() const { return reverse ? 0 : T; }
+  int64_t first_prev_row_block() const { return reverse ? 1 : 0; }  // slot of "prev" for t = 0
+};
+
+inline int64_t time_at(const LayerShape& s, int64_t step) {
+  return s.reverse ? s.T - 1 - step : step;
+}
+
+inline bool is_padding(const int64_t* lengths, int64_t b, int64_t t) {
+  return lengths != nullptr && t >= lengths[b];
+}
+
+template <Cell kCell>
+int64_t saved_acts_width(int64_t H) { return CellMath<kCell>::kSaved * H; }
+
+// Reserve layout, in elements: hs (T+1,B,R) | cs (T+1,B,H), LSTM | acts (T,B,S*H) | ms (T,B,H),
+// LSTM with projection.
+template <typename scalar_t, Cell kCell>
+struct ReserveView {
+  scalar_t* hs = nullptr;
+  scalar_t* cs = nullptr;
+  scalar_t* acts = nullptr;
+  scalar_t* ms = nullptr;
+  ReserveView(scalar_t* base, const LayerShape& s) {
+    if (base == nullptr) return;  // inference: nothing is saved
+    hs = base;
+    scalar_t* next = hs + (s.T + 1) * s.B * s.R();
+    if (has_cell_state(kCell)) {
+      cs = next;
+      next += (s.T + 1) * s.B * s.H;
+    }
+    acts = next;
+    next += s.T * s.B * saved_acts_width<kCell>(s.H);
+    if (s.P > 0) ms = next;
+  }
+  static ReserveWidths widths(const LayerShape& s) {
+    return {s.R() + (has_cell_state(kCell) ? s.H : 0),
+            saved_acts_width<kCell>(s.H) + (s.P > 0 ? s.H : 0)};
+  }
+};
+
+// Fill each of `rows` rows of `dst` (width n) with `row`.
+template <typename scalar_t>
+void broadcast_rows(scalar_t* dst, const scalar_t* row, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * n, row, n * sizeof(scalar_t));
+}
+
+// ---- the pointwise pass of one step over the whole batch, per instruction set --------------
+
+template <typename T>
+struct ForwardStep {
+  int64_t B, H, R, t;
+  const int64_t* lengths;   // (B) or nullptr
+  const T* xp_t;            // (B, G*H) input pre-activations of step t
+  const T* hp;              // (B, G*H) recurrent pre-activations
+  const T* h_prev;          // (B, R)
+  const T* c_prev;          // (B, H) LSTM
+  T* h_new;                 // (B, R)
+  T* c_new;                 // (B, H) LSTM
+  T* y_t;                   // (B, R)
+  T* acts_t;                // (B, S*H) saved activations, or nullptr (inference)
+  T* m;                     // (B, H) LSTM with projection: o*tanh(c), else nullptr
+};
+
+// Rows [b0, b1) and hidden units [u, u + n) of one step. hp points at (row b0, unit u, gate 0)
+// of the recurrent pre-activations, with rows hp_ld apart and gates hs apart: the full (B, G*H)
+// product (hp_ld = G*H, hs = H) or a micro-kernel's tile.
+// Without projection: the cell writes h_new, and y_t gets a copy (zeros at padded rows).
+// With projection: the cell writes m (zeros at padded rows); project_step finishes the step.
+template <typename T, Cell kCell>
+FASTRNN_INLINE void forward_pointwise(const ForwardStep<T>& s, int64_t b0, int64_t b1, int64_t u,
+                                      int64_t n, const T* hp, int64_t hp_ld, int64_t hs) {
+  using Math = CellMath<kCell>;
+  const int64_t H = s.H, R = s.R, GH = Math::kGates * H, SH = Math::kSaved * H;
+  constexpr bool kC = has_cell_state(kCell);
+  const bool projected = s.m != nullptr;
+  for (int64_t b = b0; b < b1; ++b) {
+    if (is_padding(s.lengths, b, s.t)) {  // state carried through, output zero
+      if (kC) std::memcpy(s.c_new + b * H + u, s.c_prev + b * H + u, n * sizeof(T));
+      if (projected) {
+        std::fill_n(s.m + b * H + u, n, T(0));
+      } else {
+        std::memcpy(s.h_new + b * R + u, s.h_prev + b * R + u, n * sizeof(T));
+        std::fill_n(s.y_t + b * R + u, n, T(0));
+      }
+      continue;
+    }
+    T* out = (projected ? s.m + b * H : s.h_new + b * H) + u;
+    StepRow<T> r{s.xp_t + b * GH + u, hp + (b - b0) * hp_ld, s.h_prev + b * R + u,
+                 kC ? s.c_prev + b * H + u : nullptr, out, kC ? s.c_new + b * H + u : nullptr,
+                 s.acts_t && SH ? s.acts_t + b * SH + u : nullptr};
+    Math::forward(n, H, hs, r);
+    if (!projected) std::memcpy(s.y_t + b * H + u, out, n * sizeof(T));
+  }
+}
+
+// LSTM projection, after the cell: h_new = m W_hr^T for valid rows, h_prev carried otherwise.
+template <typename T>
+void project_step(const ForwardStep<T>& s, const T* w_hr, T* h_proj) {
+  gemm<T>(false, true, s.B, s.R, s.H, 1, s.m, s.H, w_hr, s.H, 0, h_proj, s.R);
+  const size_t row_bytes = s.R * sizeof(T);
+  for (int64_t b = 0; b < s.B; ++b) {
+    if (is_padding(s.lengths, b, s.t)) {
+      std::memcpy(s.h_new + b * s.R, s.h_prev + b * s.R, row_bytes);
+      std::fill(s.y_t + b * s.R, s.y_t + (b + 1) * s.R, T(0));
+    } else {
+      std::memcpy(s.h_new + b * s.R, h_proj + b * s.R, row_bytes);
+      std::memcpy(s.y_t + b * s.R, h_proj + b * s.R, row_bytes);
+    }
+  }
+}
+
+template <typename T>
+struct BackwardStep {
+  int64_t B, H, R, t;
+  const int64_t* lengths;
+  const T* dh_cell;         // (B, H) gradient of the cell output: dy_t + dh_next, or with
+                            // projection (dy_t + dh_next) W_hr
+  const T* dh_next;         // (B, R) gradient of h after step t from later steps
+  const T* dc_next;         // (B, H) LSTM
+  const T* acts_t;          // (B, S*H)
+  const T* h_prev;          // (B, R)
+  const T* h_new;           // (B, H) cell output (vanilla derivatives)
+  const T* c_prev;          // (B, H) LSTM
+  const T* c_new;           // (B, H) LSTM
+  T* dgx_t;                 // (B, G*H) out
+  T* dgh_t;                 // (B, G*H) out (== dgx_t unless GRU)
+  T* dh_prev;               // (B, R) out: the part of dh_prev that bypasses W_hh
+  T* dc_prev;               // (B, H) out, LSTM
+};
+
+// dh = dy_t + dh_next for valid rows, 0 for padded ones (their outputs are constants); rows
+// [b0, b1), columns [u, u + n) of (B, R) matrices.
+template <typename T>
+FASTRNN_INLINE void total_output_grad(int64_t b0, int64_t b1, int64_t u, int64_t n, int64_t R,
+                                      int64_t t, const int64_t* lengths, const T* dy_t,
+                                      const T* dh_next, T* dh) {
+  for (int64_t b = b0; b < b1; ++b) {
+    T* FASTRNN_RESTRICT out = dh + b * R + u;
+    if (is_padding(lengths, b, t)) {
+      std::fill_n(out, n, T(0));
+      continue;
+    }
+    const T* FASTRNN_RESTRICT dy = dy_t + b * R + u;
+    const T* FASTRNN_RESTRICT next = dh_next + b * R + u;
+    FASTRNN_IVDEP
+    for (int64_t j = 0; j < n; ++j) out[j] = dy[j] + next[j];
+  }
+}
+
+// Rows [b0, b1) and hidden units [u, u + n) of one step's pointwise backward; [ru, ru + rn) is
+// the matching range of the (B, R) state gradients (the units themselves, or all of R when the
+// whole row is done at once under a projection).
+template <typename T, Cell kCell>
+FASTRNN_INLINE void backward_pointwise(const BackwardStep<T>& s, int64_t b0, int64_t b1,
+                                       int64_t u, int64_t n, int64_t ru, int64_t rn) {
+  using Math = CellMath<kCell>;
+  const int64_t H = s.H, R = s.R, GH = Math::kGates * H, SH = Math::kSaved * H;
+  constexpr bool kC = has_cell_state(kCell);
+  for (int64_t b = b0; b < b1; ++b) {
+    T* dgx_row = s.dgx_t + b * GH + u;
+    T* dgh_row = s.dgh_t + b * GH + u;
+    if (is_padding(s.lengths, b, s.t)) {  // the state passed through unchanged
+      for (int g = 0; g < Math::kGates; ++g) {
+        std::fill_n(dgx_row + g * H, n, T(0));
+        if (Math::kDistinctGradH) std::fill_n(dgh_row + g * H, n, T(0));
+      }
+      std::memcpy(s.dh_prev + b * R + ru, s.dh_next + b * R + ru, rn * sizeof(T));
+      if (kC) std::memcpy(s.dc_prev + b * H + u, s.dc_next + b * H + u, n * sizeof(T));
+      continue;
+    }
+    if (!Math::kDirectPath) std::fill_n(s.dh_prev + b * R + ru, rn, T(0));
+    StepGradRow<T> g{s.dh_cell + b * H + u, kC ? s.dc_next + b * H + u : nullptr,
+                     SH ? s.acts_t + b * SH + u : nullptr, s.h_prev + b * R + u,
+                     kC ? s.c_prev + b * H + u : nullptr, s.h_new + b * H + u,
+                     kC ? s.c_new + b * H + u : nullptr, dgx_row, dgh_row, s.dh_prev + b * R + u,
+                     kC ? s.dc_prev + b * H + u : nullptr};
+    Math::backward(n, H, g);
+  }
+}
+
+template <typename T>
+struct OutputGradStep {
+  int64_t B, R, t;
+  const int64_t* lengths;
+  const T* dy_t;
+  const T* dh_next;
+  T* dh;
+};
+
+template <typename T>
+struct OutputGradKernel {
+  static FASTRNN_INLINE void run(const OutputGradStep<T>& s) {
+    total_output_grad(0, s.B, 0, s.R, s.R, s.t, s.lengths, s.dy_t, s.dh_next, s.dh);
+  }
+};
+
+// Kernels for run_on_isa (isa.h): the same inlined body compiled per instruction set.
+template <typename T, Cell C>
+struct ForwardStepKernel {
+  static FASTRNN_INLINE void run(const ForwardStep<T>& s) {
+    forward_pointwise<T, C>(s, 0, s.B, 0, s.H, s.hp, CellMath<C>::kGates * s.H, s.H);
+  }
+};
+template <typename T, Cell C>
+struct BackwardStepKernel {
+  static FASTRNN_INLINE void run(const BackwardStep<T>& s) {
+    backward_pointwise<T, C>(s, 0, s.B, 0, s.H, 0, s.R);
+  }
+};
+
+}  // namespace fastrnn::cpu
