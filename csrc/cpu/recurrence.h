@@ -145,6 +145,16 @@ struct ForwardMember {
         const T* init = a.b_hh ? bias_pack + ub0 * G * V : nullptr;
         for (int64_t b0 = 0; b0 < B; b0 += MR) {
           const int rows = static_cast<int>(std::min<int64_t>(MR, B - b0));
+          // The pointwise pass after the product reads this tile's input pre-activations: a
+          // scattered piece of a buffer far larger than the caches. Ask for it now, so that it
+          // arrives while the product runs.
+          for (int r = 0; r < rows; ++r)
+            for (int q = 0; q < nb; ++q)
+              for (int g = 0; g < G; ++g)
+                for (int line = 0; line < V * int(sizeof(T)); line += 64)
+                  __builtin_prefetch(reinterpret_cast<const char*>(
+                                         st.xp_t + (b0 + r) * GH + g * H + (ub0 + q) * V) +
+                                     line);
           tile_product_any<T, kIsa>(nr, rows, K, st.h_prev + b0 * H, H, group(ub0), init, 0,
                                     tile);
           for (int q = 0; q < nb; ++q) {
