@@ -18,12 +18,12 @@
 namespace fastrnn::cpu {
 
 // Per-step row views passed to the cell functions, for n consecutive hidden units j of one batch
-// row. Gate g of unit j is at [g * H + j] in xp, acts, dgx and dgh (the layer's own layouts),
-// and at [g * hp_stride + j] in hp, which may be a micro-kernel's tile rather than a full row.
+// row. Gate g of unit j is at [g * H + j] in acts, dgx and dgh (the layer's own layouts), and at
+// [g * xs + j] in xp, [g * hs + j] in hp: full rows (stride H) or a micro-kernel's tile.
 template <typename T>
 struct StepRow {
-  const T* xp;       // (G*H) input pre-activation incl. bias
-  const T* hp;       // (G*hp_stride) recurrent pre-activation (incl. b_hh for GRU)
+  const T* xp;       // (G*xs) input pre-activation incl. bias
+  const T* hp;       // (G*hs) recurrent pre-activation (incl. b_hh for GRU)
   const T* h_prev;   // (H)
   const T* c_prev;   // (H) LSTM only
   T* h_new;          // (H) the cell output (LSTM with projection: o*tanh(c), before W_hr)
@@ -56,9 +56,10 @@ struct CellMath;
 template <typename Derived>
 struct SavingForward {
   template <typename T>
-  static FASTRNN_INLINE void forward(int64_t n, int64_t H, int64_t hs, const StepRow<T>& r) {
-    if (r.acts) Derived::template forward_rows<true>(n, H, hs, r);
-    else Derived::template forward_rows<false>(n, H, hs, r);
+  static FASTRNN_INLINE void forward(int64_t n, int64_t H, int64_t xs, int64_t hs,
+                                     const StepRow<T>& r) {
+    if (r.acts) Derived::template forward_rows<true>(n, H, xs, hs, r);
+    else Derived::template forward_rows<false>(n, H, xs, hs, r);
   }
 };
 
@@ -81,7 +82,7 @@ struct VanillaMath {
   }
 
   template <typename T>
-  static FASTRNN_INLINE void forward(int64_t n, int64_t /*H*/, int64_t /*hs*/,
+  static FASTRNN_INLINE void forward(int64_t n, int64_t /*H*/, int64_t /*xs*/, int64_t /*hs*/,
                                      const StepRow<T>& r) {
     const T* FASTRNN_RESTRICT xp = r.xp;
     const T* FASTRNN_RESTRICT hp = r.hp;
@@ -111,7 +112,7 @@ struct CellMath<Cell::Lstm> : SavingForward<CellMath<Cell::Lstm>> {
   static constexpr bool kDirectPath = false;
 
   template <bool kSave, typename T>
-  static FASTRNN_INLINE void forward_rows(int64_t n, int64_t H, int64_t hs,
+  static FASTRNN_INLINE void forward_rows(int64_t n, int64_t H, int64_t xs, int64_t hs,
                                           const StepRow<T>& r) {
     const T* FASTRNN_RESTRICT xp = r.xp;
     const T* FASTRNN_RESTRICT hp = r.hp;
@@ -122,9 +123,9 @@ struct CellMath<Cell::Lstm> : SavingForward<CellMath<Cell::Lstm>> {
     FASTRNN_IVDEP
     for (int64_t j = 0; j < n; ++j) {
       const T i = fast_sigmoid(xp[j] + hp[j]);
-      const T f = fast_sigmoid(xp[H + j] + hp[hs + j]);
-      const T g = fast_tanh(xp[2 * H + j] + hp[2 * hs + j]);
-      const T o = fast_sigmoid(xp[3 * H + j] + hp[3 * hs + j]);
+      const T f = fast_sigmoid(xp[xs + j] + hp[hs + j]);
+      const T g = fast_tanh(xp[2 * xs + j] + hp[2 * hs + j]);
+      const T o = fast_sigmoid(xp[3 * xs + j] + hp[3 * hs + j]);
       const T c = f * c_prev[j] + i * g;
       c_new[j] = c;
       h_new[j] = o * fast_tanh(c);
@@ -168,7 +169,7 @@ struct CellMath<Cell::Gru> : SavingForward<CellMath<Cell::Gru>> {
   static constexpr bool kDirectPath = true;   // h' = ... + z * h: gradient bypassing W_hh
 
   template <bool kSave, typename T>
-  static FASTRNN_INLINE void forward_rows(int64_t n, int64_t H, int64_t hs,
+  static FASTRNN_INLINE void forward_rows(int64_t n, int64_t H, int64_t xs, int64_t hs,
                                           const StepRow<T>& r) {
     const T* FASTRNN_RESTRICT xp = r.xp;
     const T* FASTRNN_RESTRICT hp = r.hp;
@@ -178,9 +179,9 @@ struct CellMath<Cell::Gru> : SavingForward<CellMath<Cell::Gru>> {
     FASTRNN_IVDEP
     for (int64_t j = 0; j < n; ++j) {
       const T rr = fast_sigmoid(xp[j] + hp[j]);
-      const T z = fast_sigmoid(xp[H + j] + hp[hs + j]);
+      const T z = fast_sigmoid(xp[xs + j] + hp[hs + j]);
       const T hn = hp[2 * hs + j];
-      const T n = fast_tanh(xp[2 * H + j] + rr * hn);
+      const T n = fast_tanh(xp[2 * xs + j] + rr * hn);
       h_new[j] = (T(1) - z) * n + z * h_prev[j];
       if constexpr (kSave) {
         acts[j] = rr;

@@ -31,13 +31,14 @@ namespace fastrnn::cpu {
 inline bool uses_team_recurrence(const LayerShape& s) { return s.P == 0; }
 
 struct ForwardWorkspace {
-  int64_t xp, hp, pack, bias, h_pingpong, c_pingpong, m, h_proj, total;
+  int64_t xp, hp, pack, pack_ih, bias, h_pingpong, c_pingpong, m, h_proj, total;
   ForwardWorkspace(const LayerShape& s, bool training) {
     const int64_t GH = s.gate_width(), B = s.B;
-    const bool team = uses_team_recurrence(s);
+    const bool team = uses_team_recurrence(s), fused = fuses_input_projection(s);
     int64_t at = 0;
     auto take = [&at](int64_t n) { const int64_t here = at; at += n; return here; };
-    xp = take(s.T * B * GH);                                     // X W_ih^T + biases, all steps
+    xp = take(fused ? 0 : s.T * B * GH);                         // X W_ih^T + biases, all steps
+    pack_ih = take(fused ? packed_input_elements(s.cell, s.H, s.I) : 0);
     hp = take(team ? 0 : B * GH);                                // h_prev W_hh^T, one step
     pack = take(team ? packed_recurrent_elements(s.cell, s.H) : 0);
     bias = take(GH);                                             // b_ih (+ b_hh)
@@ -82,14 +83,17 @@ void forward_impl(const ForwardArgs<scalar_t>& a) {
   scalar_t* xp = a.workspace + w.xp;
   scalar_t* bias_x = a.workspace + w.bias;
 
-  // 1. Input projection for every step at once. All biases fold into Xp except GRU's b_hn,
-  //    which must stay inside r * (W_hn h + b_hn): GRU adds b_hh to Hp instead.
-  if (has_bias) {
+  // 1. Input projection for every step at once (unless the team fuses it into the steps). All
+  //    biases fold into Xp except GRU's b_hn, which must stay inside r * (W_hn h + b_hn): GRU
+  //    adds b_hh to Hp instead.
+  const bool fused = fuses_input_projection(s);
+  if (has_bias)
     for (int64_t k = 0; k < GH; ++k)
       bias_x[k] = a.b_ih[k] + (Math::kDistinctGradH ? scalar_t(0) : a.b_hh[k]);
-    broadcast_rows(xp, bias_x, T * B, GH);
+  if (!fused) {
+    if (has_bias) broadcast_rows(xp, bias_x, T * B, GH);
+    gemm<scalar_t>(false, true, T * B, GH, I, 1, a.x, I, a.w_ih, I, has_bias ? 1 : 0, xp, GH);
   }
-  gemm<scalar_t>(false, true, T * B, GH, I, 1, a.x, I, a.w_ih, I, has_bias ? 1 : 0, xp, GH);
 
   const StateSlots slots{T, s.reverse};
   ReserveView<scalar_t, kCell> rv(a.reserve, s);
@@ -111,7 +115,8 @@ void forward_impl(const ForwardArgs<scalar_t>& a) {
     SpinBarrier barrier(members);
     const bool gru_bias = Math::kDistinctGradH && has_bias;
     RecurrenceForwardArgs<scalar_t> r{
-        s, a.lengths, xp, a.w_hh, gru_bias ? a.b_hh : nullptr, a.workspace + w.pack,
+        s, a.lengths, fused ? nullptr : xp, a.x, a.w_ih, has_bias ? bias_x : nullptr,
+        a.workspace + w.pack_ih, a.w_hh, gru_bias ? a.b_hh : nullptr, a.workspace + w.pack,
         StateSlotsView<scalar_t>{training ? rv.hs : a.workspace + w.h_pingpong, B * R, !training},
         StateSlotsView<scalar_t>{training ? rv.cs : a.workspace + w.c_pingpong, B * H, !training},
         a.y, training ? rv.acts : nullptr, acts_width, 0, members, &barrier};

@@ -57,7 +57,7 @@ FASTRNN_INLINE void tile_product_any(int nr, int rows, int64_t K, const T* a, in
 inline int64_t packed_recurrent_elements(Cell cell, int64_t H) {
   const int64_t units = round_up(H, kMaxPanelWidth<float>);  // float's width bounds every V
   const int64_t G = num_gates(cell);
-  return units * G * H + (cell == Cell::Gru ? units * G : 0);
+  return units * G * (H + 1);  // panels, then one bias row per panel (used by GRU)
 }
 
 // How many threads a layer's recurrence should use: enough work per step to pay for a barrier
@@ -78,11 +78,28 @@ struct StateSlotsView {
   T* at(int64_t slot) const { return base + (ping_pong ? (slot & 1) : slot) * slot_elems; }
 };
 
+// Elements of the packed input weights and input bias used when the input projection is fused
+// into the team (fuses_input_projection).
+inline int64_t packed_input_elements(Cell cell, int64_t H, int64_t I) {
+  const int64_t units = round_up(H, kMaxPanelWidth<float>);
+  return units * num_gates(cell) * (I + 1);
+}
+
+// Large batches compute X W_ih^T inside the team, tile by tile, right before the tile's
+// recurrent product: no (T, B, G*H) buffer goes to memory and back, and no separate GEMM call.
+// Small batches (few rows per weight load) keep one GEMM over all T*B rows, which reads W_ih once.
+inline bool fuses_input_projection(const LayerShape& s) { return s.P == 0 && s.B >= 8; }
+
 template <typename T>
 struct RecurrenceForwardArgs {
   LayerShape shape;
   const int64_t* lengths;
-  const T* xp;          // (T, B, G*H) input pre-activations incl. folded biases
+  const T* xp;          // (T, B, G*H) input pre-activations incl. folded biases, or nullptr:
+                        // fused, from x, w_ih and bias_x
+  const T* x;           // (T, B, I) when fused
+  const T* w_ih;        // (G*H, I) when fused
+  const T* bias_x;      // (G*H) when fused with bias: b_ih (+ b_hh except GRU), else nullptr
+  T* pack_ih;           // packed_input_elements(cell, H, I) when fused
   const T* w_hh;        // (G*H, H)
   const T* b_hh;        // (G*H) GRU with bias only (b_hn stays inside r * (...)), else nullptr
   T* pack;              // packed_recurrent_elements(cell, H)
@@ -95,6 +112,22 @@ struct RecurrenceForwardArgs {
   SpinBarrier* barrier;
 };
 
+// Packs rows [ub0 * V, ...) of a (G*H, K) gate-stacked weight for the tile group at unit block
+// ub0 (nb unit blocks x G gates, interleaved), and the matching bias values (if any) per panel.
+template <typename T, int V, int G>
+FASTRNN_INLINE void pack_gate_group(const T* w, int64_t H, int64_t K, int64_t ub0, int nb,
+                                    T* group, const T* bias, T* bias_group) {
+  for (int q = 0; q < nb; ++q)
+    for (int g = 0; g < G; ++g) {
+      const int64_t ub = ub0 + q;
+      pack_panel_from_rows<T, V>(w + g * H * K, K, ub * V, H, K, group + (q * G + g) * V,
+                                 nb * G * V);
+      if (bias != nullptr)
+        for (int v = 0; v < V; ++v)
+          bias_group[(q * G + g) * V + v] = ub * V + v < H ? bias[g * H + ub * V + v] : T(0);
+    }
+}
+
 template <typename T, Cell kCell>
 struct ForwardMember {
   template <Isa kIsa>
@@ -103,64 +136,76 @@ struct ForwardMember {
     constexpr int V = Simd<T, kIsa>::V;
     constexpr int G = Tiles::kGates;
     constexpr int kBlocks = Tiles::kForwardBlocks;
-    constexpr int MR = Simd<T, kIsa>::max_rows(Tiles::kForwardPanels);
+    constexpr int kPanels = Tiles::kForwardPanels;
+    constexpr int MR = Simd<T, kIsa>::max_rows(kPanels);
     constexpr bool kC = has_cell_state(kCell);
     const LayerShape& s = a.shape;
-    const int64_t T_ = s.T, B = s.B, H = s.H, K = s.H, GH = G * H;
+    const int64_t T_ = s.T, B = s.B, H = s.H, I = s.I, GH = G * H;
+    const bool fused = a.xp == nullptr;
     const int64_t blocks = (H + V - 1) / V;
     const int64_t groups = (blocks + kBlocks - 1) / kBlocks;
     const EvenSplit split{groups, a.members};
     const int64_t first_block = split.begin(a.member) * kBlocks;
     const int64_t end_block = std::min(blocks, split.begin(a.member + 1) * kBlocks);
-    T* bias_pack = a.pack + blocks * G * K * V;
-    // A tile group (kBlocks unit blocks x G gates, interleaved) starting at unit block ub0.
-    auto group = [&](int64_t ub0) { return a.pack + ub0 * G * K * V; };
+    // Tile groups (kBlocks unit blocks x G gates, interleaved) starting at unit block ub0, and
+    // their bias values, V per panel.
+    T* bias_pack = a.pack + blocks * G * H * V;
+    auto group = [&](int64_t ub0) { return a.pack + ub0 * G * H * V; };
+    T* bias_x_pack = fused ? a.pack_ih + blocks * G * I * V : nullptr;
+    auto group_ih = [&](int64_t ub0) { return a.pack_ih + ub0 * G * I * V; };
 
-    // This member's panels: the rows of W_hh for its units, gate by gate.
+    // This member's panels: the rows of W_hh (and W_ih) for its units, gate by gate.
     for (int64_t ub0 = first_block; ub0 < end_block; ub0 += kBlocks) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlocks, end_block - ub0));
-      for (int q = 0; q < nb; ++q)
-        for (int g = 0; g < G; ++g) {
-          const int64_t ub = ub0 + q;
-          pack_panel_from_rows<T, V>(a.w_hh + g * H * K, K, ub * V, H, K,
-                                     group(ub0) + (q * G + g) * V, nb * G * V);
-          if (a.b_hh != nullptr)
-            for (int v = 0; v < V; ++v)
-              bias_pack[(ub * G + g) * V + v] = ub * V + v < H ? a.b_hh[g * H + ub * V + v] : T(0);
-        }
+      pack_gate_group<T, V, G>(a.w_hh, H, H, ub0, nb, group(ub0), a.b_hh,
+                               bias_pack + ub0 * G * V);
+      if (fused)
+        pack_gate_group<T, V, G>(a.w_ih, H, I, ub0, nb, group_ih(ub0), a.bias_x,
+                                 bias_x_pack + ub0 * G * V);
     }
 
-    alignas(64) T tile[MR * Tiles::kForwardPanels * V];
+    alignas(64) T tile[MR * kPanels * V];
+    alignas(64) T tile_x[fused ? MR * kPanels * V : 1];
     const StateSlots slots{T_, s.reverse};
     for (int64_t step = 0; step < T_; ++step) {
       const int64_t t = s.reverse ? T_ - 1 - step : step;
-      const ForwardStep<T> st{B, H, H, t, a.lengths, a.xp + t * B * GH, nullptr,
-                              a.h.at(slots.prev(t)), kC ? a.c.at(slots.prev(t)) : nullptr,
-                              a.h.at(slots.next(t)), kC ? a.c.at(slots.next(t)) : nullptr,
-                              a.y + t * B * H, a.acts ? a.acts + t * B * a.acts_width : nullptr,
-                              nullptr};
+      const ForwardStep<T> st{B, H, H, t, a.lengths, fused ? nullptr : a.xp + t * B * GH,
+                              nullptr, a.h.at(slots.prev(t)),
+                              kC ? a.c.at(slots.prev(t)) : nullptr, a.h.at(slots.next(t)),
+                              kC ? a.c.at(slots.next(t)) : nullptr, a.y + t * B * H,
+                              a.acts ? a.acts + t * B * a.acts_width : nullptr, nullptr};
+      const T* x_t = fused ? a.x + t * B * I : nullptr;
       for (int64_t ub0 = first_block; ub0 < end_block; ub0 += kBlocks) {
         const int nb = static_cast<int>(std::min<int64_t>(kBlocks, end_block - ub0));
         const int nr = nb * G;
         const T* init = a.b_hh ? bias_pack + ub0 * G * V : nullptr;
         for (int64_t b0 = 0; b0 < B; b0 += MR) {
           const int rows = static_cast<int>(std::min<int64_t>(MR, B - b0));
-          // The pointwise pass after the product reads this tile's input pre-activations: a
-          // scattered piece of a buffer far larger than the caches. Ask for it now, so that it
-          // arrives while the product runs.
-          for (int r = 0; r < rows; ++r)
-            for (int q = 0; q < nb; ++q)
-              for (int g = 0; g < G; ++g)
-                for (int line = 0; line < V * int(sizeof(T)); line += 64)
-                  __builtin_prefetch(reinterpret_cast<const char*>(
-                                         st.xp_t + (b0 + r) * GH + g * H + (ub0 + q) * V) +
-                                     line);
-          tile_product_any<T, kIsa>(nr, rows, K, st.h_prev + b0 * H, H, group(ub0), init, 0,
+          if (fused) {
+            tile_product_any<T, kIsa>(nr, rows, I, x_t + b0 * I, I, group_ih(ub0),
+                                      a.bias_x ? bias_x_pack + ub0 * G * V : nullptr, 0, tile_x);
+          } else {
+            // The pointwise pass reads this tile's input pre-activations: a scattered piece of
+            // a buffer far larger than the caches. Ask for it now, so that it arrives while
+            // the product runs.
+            for (int r = 0; r < rows; ++r)
+              for (int q = 0; q < nb; ++q)
+                for (int g = 0; g < G; ++g)
+                  for (int line = 0; line < V * int(sizeof(T)); line += 64)
+                    __builtin_prefetch(reinterpret_cast<const char*>(
+                                           st.xp_t + (b0 + r) * GH + g * H + (ub0 + q) * V) +
+                                       line);
+          }
+          tile_product_any<T, kIsa>(nr, rows, H, st.h_prev + b0 * H, H, group(ub0), init, 0,
                                     tile);
           for (int q = 0; q < nb; ++q) {
             const int64_t u = (ub0 + q) * V;
-            forward_pointwise<T, kCell>(st, b0, b0 + rows, u, std::min<int64_t>(V, H - u),
-                                        tile + q * G * V, nr * V, V);
+            const Preactivations<T> p =
+                fused ? Preactivations<T>{tile_x + q * G * V, nr * V, V, tile + q * G * V,
+                                          nr * V, V}
+                      : Preactivations<T>{st.xp_t + b0 * GH + u, GH, H, tile + q * G * V,
+                                          nr * V, V};
+            forward_pointwise<T, kCell>(st, b0, b0 + rows, u, std::min<int64_t>(V, H - u), p);
           }
         }
       }

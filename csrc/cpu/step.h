@@ -86,16 +86,25 @@ struct ForwardStep {
   T* m;                     // (B, H) LSTM with projection: o*tanh(c), else nullptr
 };
 
-// Rows [b0, b1) and hidden units [u, u + n) of one step. hp points at (row b0, unit u, gate 0)
-// of the recurrent pre-activations, with rows hp_ld apart and gates hs apart: the full (B, G*H)
-// product (hp_ld = G*H, hs = H) or a micro-kernel's tile.
+// Where one step's pre-activations for a block of rows and units are: xp and hp point at
+// (row b0, unit u, gate 0), rows *_ld apart and gates *s apart. Either full (B, G*H) matrices
+// (ld = G*H, stride H) or a micro-kernel's tile.
+template <typename T>
+struct Preactivations {
+  const T* xp;
+  int64_t xp_ld, xs;
+  const T* hp;
+  int64_t hp_ld, hs;
+};
+
+// Rows [b0, b1) and hidden units [u, u + n) of one step, from the pre-activations in p.
 // Without projection: the cell writes h_new, and y_t gets a copy (zeros at padded rows).
 // With projection: the cell writes m (zeros at padded rows); project_step finishes the step.
 template <typename T, Cell kCell>
 FASTRNN_INLINE void forward_pointwise(const ForwardStep<T>& s, int64_t b0, int64_t b1, int64_t u,
-                                      int64_t n, const T* hp, int64_t hp_ld, int64_t hs) {
+                                      int64_t n, const Preactivations<T>& p) {
   using Math = CellMath<kCell>;
-  const int64_t H = s.H, R = s.R, GH = Math::kGates * H, SH = Math::kSaved * H;
+  const int64_t H = s.H, R = s.R, SH = Math::kSaved * H;
   constexpr bool kC = has_cell_state(kCell);
   const bool projected = s.m != nullptr;
   for (int64_t b = b0; b < b1; ++b) {
@@ -110,10 +119,10 @@ FASTRNN_INLINE void forward_pointwise(const ForwardStep<T>& s, int64_t b0, int64
       continue;
     }
     T* out = (projected ? s.m + b * H : s.h_new + b * H) + u;
-    StepRow<T> r{s.xp_t + b * GH + u, hp + (b - b0) * hp_ld, s.h_prev + b * R + u,
+    StepRow<T> r{p.xp + (b - b0) * p.xp_ld, p.hp + (b - b0) * p.hp_ld, s.h_prev + b * R + u,
                  kC ? s.c_prev + b * H + u : nullptr, out, kC ? s.c_new + b * H + u : nullptr,
                  s.acts_t && SH ? s.acts_t + b * SH + u : nullptr};
-    Math::forward(n, H, hs, r);
+    Math::forward(n, H, p.xs, p.hs, r);
     if (!projected) std::memcpy(s.y_t + b * H + u, out, n * sizeof(T));
   }
 }
@@ -223,7 +232,9 @@ struct OutputGradKernel {
 template <typename T, Cell C>
 struct ForwardStepKernel {
   static FASTRNN_INLINE void run(const ForwardStep<T>& s) {
-    forward_pointwise<T, C>(s, 0, s.B, 0, s.H, s.hp, CellMath<C>::kGates * s.H, s.H);
+    const int64_t GH = CellMath<C>::kGates * s.H;
+    forward_pointwise<T, C>(s, 0, s.B, 0, s.H,
+                            Preactivations<T>{s.xp_t, GH, s.H, s.hp, GH, s.H});
   }
 };
 template <typename T, Cell C>
