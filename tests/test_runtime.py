@@ -33,12 +33,16 @@ def test_set_and_get_num_threads(restore_threads):
             fastrnn.set_num_threads(bad)
 
 
-def test_omp_num_threads_is_honoured():
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+@pytest.mark.parametrize("count", ["1", "3"])
+def test_omp_num_threads_is_honoured(count):
+    env = dict(os.environ, OMP_NUM_THREADS=count)
     env.pop("OPENBLAS_NUM_THREADS", None)
-    out = subprocess.run([sys.executable, "-c", "import fastrnn; print(fastrnn.get_num_threads())"],
-                         env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "1"
+    code = ("import fastrnn, numpy as np; print(fastrnn.get_num_threads()); "
+            "y, _ = fastrnn.GRU(8, 300, seed=0).eval()(np.ones((4, 2, 8), np.float32)); "
+            "assert np.isfinite(y).all()")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == count
 
 
 @pytest.mark.parametrize("threads", [1, 2])

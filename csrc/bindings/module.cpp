@@ -12,6 +12,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <unistd.h>
@@ -432,7 +433,8 @@ py::array activation(const std::string& kind, const py::object& x_obj) {
   unsupported_dtype(x.dtype());
 }
 
-int64_t reserve_size(int cell, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P) {
+// The shape of a size query, validated so that no size computed from it overflows.
+LayerShape size_query(int cell, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P) {
   const int64_t limit = int64_t(1) << 31;  // keeps every product below 2^63
   for (auto [name, v] : {std::pair<const char*, int64_t>{"T", T}, {"B", B}, {"I", I}, {"H", H}})
     if (v < 1 || v >= limit)
@@ -440,9 +442,22 @@ int64_t reserve_size(int cell, int64_t T, int64_t B, int64_t I, int64_t H, int64
                             std::to_string(v));
   if (P < 0 || P >= H || (P > 0 && cell != static_cast<int>(Cell::Lstm)))
     throw py::value_error("P: expected 0 (or 0 < P < H for an LSTM), got " + std::to_string(P));
-  if (static_cast<double>(T + 1) * B * 7 * H >= 9.2e18)  // at most R + 6H per step and row
-    throw py::value_error("T, B, H: the reserve size overflows 64-bit integers");
-  return fastrnn::reserve_elements(LayerShape{cell_from(cell), T, B, I, H, false, P});
+  // The largest buffers hold at most 8 values per step, row and hidden unit (T*B*(4H + 4H)).
+  if (static_cast<double>(T + 1) * B * 8 * (H + I) >= 9.2e18)
+    throw py::value_error("T, B, I, H: the sizes overflow 64-bit integers");
+  return LayerShape{cell_from(cell), T, B, I, H, false, P};
+}
+
+int64_t reserve_size(int cell, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P) {
+  return fastrnn::reserve_elements(size_query(cell, T, B, I, H, P));
+}
+
+// Scratch of one call, in elements: (training forward, inference forward, backward).
+std::tuple<int64_t, int64_t, int64_t> workspace_sizes(int cell, int64_t T, int64_t B, int64_t I,
+                                                      int64_t H, int64_t P) {
+  const LayerShape s = size_query(cell, T, B, I, H, P);
+  return {fastrnn::forward_workspace_elements(s, true),
+          fastrnn::forward_workspace_elements(s, false), fastrnn::backward_workspace_elements(s)};
 }
 
 // Reserve row widths (see fastrnn.h): reserve_size == (T+1)*B*per_slot + T*B*per_step.
@@ -497,6 +512,9 @@ PYBIND11_MODULE(_core, m) {
         "dbias_ih, dbias_hh, dweight_hr); absent items are None.");
   m.def("reserve_size", &reserve_size, py::arg("cell"), py::arg("T"), py::arg("B"), py::arg("I"),
         py::arg("H"), py::arg("P") = 0, "Elements a training forward saves for backward.");
+  m.def("workspace_sizes", &workspace_sizes, py::arg("cell"), py::arg("T"), py::arg("B"),
+        py::arg("I"), py::arg("H"), py::arg("P") = 0,
+        "Scratch elements of one call: (training forward, inference forward, backward).");
   m.def("reserve_widths", &reserve_widths, py::arg("cell"), py::arg("H"), py::arg("P") = 0,
         "(per_slot, per_step): reserve_size == (T+1)*B*per_slot + T*B*per_step.");
   m.def("set_num_threads", &fastrnn::set_num_threads, py::arg("n"));

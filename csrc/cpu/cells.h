@@ -4,7 +4,8 @@
 // Forward inputs are full pre-activations with biases already folded in by the driver:
 //   xp = W_ih x + b_ih (+ b_hh for every cell but GRU),  hp = W_hh h (+ b_hh for GRU).
 // Backward produces the gradients of those pre-activations: dgx (for W_ih, b_ih and x) and
-// dgh (for W_hh, b_hh and h); they differ only for GRU's n gate, where hp_n is scaled by r.
+// dgh (for W_hh, b_hh and h). They differ only in GRU's n gate, where hp_n is scaled by r, so
+// GRU writes that one gate's dgh (dgh_n = dn * r) and the driver takes the others from dgx.
 // Derivatives are written from saved outputs (dtanh = 1 - y^2, dsigmoid = s (1 - s)).
 // Everything is force-inlined into the per-ISA step functions of layer_impl.h, where the j loops
 // are vectorised for the instruction set that the CPU offers.
@@ -18,7 +19,7 @@
 namespace fastrnn::cpu {
 
 // Per-step row views passed to the cell functions, for n consecutive hidden units j of one batch
-// row. Gate g of unit j is at [g * H + j] in acts, dgx and dgh (the layer's own layouts), and at
+// row. Gate g of unit j is at [g * H + j] in acts and dgx (the layer's own layouts), and at
 // [g * xs + j] in xp, [g * hs + j] in hp: full rows (stride H) or a micro-kernel's tile.
 template <typename T>
 struct StepRow {
@@ -42,7 +43,7 @@ struct StepGradRow {
   const T* h_new;    // (H) vanilla derivatives come from the output
   const T* c_new;    // (H) LSTM
   T* dgx;            // (G*H) out
-  T* dgh;            // (G*H) out; equals dgx except for GRU
+  T* dgh;            // (H) out, GRU only: the n gate's dgh, dn * r
   T* dh_direct;      // (H) out, only when kDirectPath (GRU's z*dh): gradient of h_prev that
                      // bypasses W_hh; the driver zeroes it for the other cells
   T* dc_prev;        // (H) out, LSTM
@@ -209,9 +210,7 @@ struct CellMath<Cell::Gru> : SavingForward<CellMath<Cell::Gru>> {
       dgx[j] = dr;
       dgx[H + j] = dz;
       dgx[2 * H + j] = dn;
-      dgh[j] = dr;
-      dgh[H + j] = dz;
-      dgh[2 * H + j] = dn * rr;
+      dgh[j] = dn * rr;
       dh_direct[j] = dh * z;
     }
   }

@@ -58,7 +58,7 @@ struct BackwardWorkspace {
     auto take = [&at](int64_t n) { const int64_t here = at; at += n; return here; };
     pack = take(uses_team_recurrence(s) ? packed_recurrent_elements(s.cell, H) : 0);
     dgx = take(s.T * B * GH);                                    // pre-activation gradients
-    dgh = s.cell == Cell::Gru ? take(s.T * B * GH) : dgx;        // GRU's recurrent side differs
+    dgh = s.cell == Cell::Gru ? take(s.T * B * H) : dgx;         // GRU's n gate: dn * r
     dh = take(2 * B * R);                                        // dh_next / dh_prev ping-pong
     dc = take(has_cell_state(s.cell) ? 2 * B * H : 0);
     dh_cell = take(B * H);                                       // gradient of the cell output
@@ -233,6 +233,8 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
       std::swap(dh_next, dh_prev);
       if (kC) std::swap(dc_next, dc_prev);
     }
+  } else if constexpr (Math::kDistinctGradH) {
+    throw std::logic_error("fastrnn: GRU layers always run on the team recurrence");
   } else {
     for (int64_t step = T - 1; step >= 0; --step) {
       const int64_t t = time_at(s, step);
@@ -250,10 +252,10 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
                                       rv.hs + slots.prev(t) * B * R, cell_out,
                                       kC ? rv.cs + slots.prev(t) * B * H : nullptr,
                                       kC ? rv.cs + slots.next(t) * B * H : nullptr,
-                                      dgx + t * B * GH, dgh + t * B * GH, dh_prev,
+                                      dgx + t * B * GH, nullptr, dh_prev,
                                       kC ? dc_prev : nullptr});
-      // dh_prev (holding the part that bypasses W_hh) += dGh_t W_hh
-      gemm<scalar_t>(false, false, B, R, GH, 1, dgh + t * B * GH, GH, a.w_hh, R, 1, dh_prev, R);
+      // dh_prev (holding the part that bypasses W_hh) += dG_t W_hh
+      gemm<scalar_t>(false, false, B, R, GH, 1, dgx + t * B * GH, GH, a.w_hh, R, 1, dh_prev, R);
       std::swap(dh_next, dh_prev);
       if (kC) std::swap(dc_next, dc_prev);
     }
@@ -266,13 +268,19 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
   gemm<scalar_t>(false, false, rows, I, GH, 1, dgx, GH, a.w_ih, I, 0, a.dx, I);
   gemm<scalar_t>(true, false, GH, I, rows, 1, dgx, GH, a.x, I, 0, a.dw_ih, I);
   const scalar_t* h_prev_rows = rv.hs + slots.first_prev_row_block() * B * R;
-  gemm<scalar_t>(true, false, GH, R, rows, 1, dgh, GH, h_prev_rows, R, 0, a.dw_hh, R);
+  if constexpr (Math::kDistinctGradH) {  // GRU: the r and z rows from dgx, the n rows from dgh
+    gemm<scalar_t>(true, false, 2 * H, R, rows, 1, dgx, GH, h_prev_rows, R, 0, a.dw_hh, R);
+    gemm<scalar_t>(true, false, H, R, rows, 1, dgh, H, h_prev_rows, R, 0, a.dw_hh + 2 * H * R, R);
+  } else {
+    gemm<scalar_t>(true, false, GH, R, rows, 1, dgx, GH, h_prev_rows, R, 0, a.dw_hh, R);
+  }
   if (projected)  // dW_hr = sum_t dh_t^T m_t (padded rows: dh is 0)
     gemm<scalar_t>(true, false, R, H, rows, 1, a.workspace + w.dh_out, R, rv.ms, H, 0, a.dw_hr, H);
   if (a.db_ih) column_sums(dgx, rows, GH, a.db_ih);
-  if (a.db_hh) {
-    if (dgh == dgx) std::memcpy(a.db_hh, a.db_ih, GH * sizeof(scalar_t));  // the same sums
-    else column_sums(dgh, rows, GH, a.db_hh);
+  if (a.db_hh) {  // the same sums as db_ih, except GRU's n gate
+    const int64_t shared = Math::kDistinctGradH ? 2 * H : GH;
+    std::memcpy(a.db_hh, a.db_ih, shared * sizeof(scalar_t));
+    if (Math::kDistinctGradH) column_sums(dgh, rows, H, a.db_hh + shared);
   }
 }
 

@@ -226,7 +226,7 @@ struct RecurrenceBackwardArgs {
   const T* hs;          // (T+1, B, H) saved states
   const T* cs;          // (T+1, B, H) LSTM
   T* dgx;               // (T, B, G*H)
-  T* dgh;               // (T, B, G*H) (== dgx unless GRU)
+  T* dgh;               // (T, B, H) GRU's n gate (cells.h), else unused
   T* dh_cell;           // (B, H)
   T* dh[2];             // (B, H) ping-pong; dh[0] holds dh_n on entry
   T* dc[2];             // (B, H) LSTM ping-pong; dc[0] holds dc_n on entry
@@ -244,6 +244,7 @@ struct BackwardMember {
     constexpr int NR = Tiles::kBackwardPanels;
     constexpr int MR = Simd<T, kIsa>::max_rows(NR);
     constexpr bool kC = has_cell_state(kCell);
+    constexpr bool kDistinct = CellMath<kCell>::kDistinctGradH;
     const LayerShape& s = a.shape;
     const int64_t T_ = s.T, B = s.B, H = s.H, GH = G * H, K = GH;
     const int64_t blocks = (H + V - 1) / V;
@@ -278,12 +279,17 @@ struct BackwardMember {
                                a.hs + slots.prev(t) * B * H, a.hs + slots.next(t) * B * H,
                                kC ? a.cs + slots.prev(t) * B * H : nullptr,
                                kC ? a.cs + slots.next(t) * B * H : nullptr,
-                               a.dgx + t * B * GH, a.dgh + t * B * GH, dh_prev,
+                               a.dgx + t * B * GH, kDistinct ? a.dgh + t * B * H : nullptr,
+                               dh_prev,
                                kC ? a.dc[1 - cur] : nullptr};
       if (u_count > 0) backward_pointwise<T, kCell>(st, 0, B, u_begin, u_count, u_begin, u_count);
       a.barrier->arrive_and_wait();
       // B. dh_prev[:, units] += dGh_t W_hh[:, units], tile by tile through the register file.
-      const T* dgh_t = a.dgh + t * B * GH;
+      //    dGh_t is dG_t except GRU's n gate: the product's depth splits into the gates taken
+      //    from dgx (all, or GRU's r and z) and GRU's n gate from dgh.
+      const T* dgx_t = a.dgx + t * B * GH;
+      const T* dgh_t = a.dgh + t * B * H;
+      const int64_t K_x = kDistinct ? 2 * H : GH;
       for (int64_t ub0 = first_block; ub0 < end_block; ub0 += NR) {
         const int nr = static_cast<int>(std::min<int64_t>(NR, end_block - ub0));
         const int64_t u = ub0 * V;
@@ -295,8 +301,11 @@ struct BackwardMember {
             std::memcpy(row, dh_prev + (b0 + r) * H + u, cols * sizeof(T));
             std::fill(row + cols, row + nr * V, T(0));
           }
-          tile_product_any<T, kIsa>(nr, rows, K, dgh_t + b0 * GH, GH, group(ub0), tile, nr * V,
-                                    tile);
+          tile_product_any<T, kIsa>(nr, rows, K_x, dgx_t + b0 * GH, GH, group(ub0), tile,
+                                    nr * V, tile);
+          if (kDistinct)
+            tile_product_any<T, kIsa>(nr, rows, H, dgh_t + b0 * H, H,
+                                      group(ub0) + K_x * nr * V, tile, nr * V, tile);
           for (int r = 0; r < rows; ++r)
             std::memcpy(dh_prev + (b0 + r) * H + u, tile + r * nr * V, cols * sizeof(T));
         }

@@ -157,7 +157,7 @@ struct BackwardStep {
   const T* c_prev;          // (B, H) LSTM
   const T* c_new;           // (B, H) LSTM
   T* dgx_t;                 // (B, G*H) out
-  T* dgh_t;                 // (B, G*H) out (== dgx_t unless GRU)
+  T* dgh_t;                 // (B, H) out, GRU only: the n gate's dgh (cells.h)
   T* dh_prev;               // (B, R) out: the part of dh_prev that bypasses W_hh
   T* dc_prev;               // (B, H) out, LSTM
 };
@@ -192,12 +192,10 @@ FASTRNN_INLINE void backward_pointwise(const BackwardStep<T>& s, int64_t b0, int
   constexpr bool kC = has_cell_state(kCell);
   for (int64_t b = b0; b < b1; ++b) {
     T* dgx_row = s.dgx_t + b * GH + u;
-    T* dgh_row = s.dgh_t + b * GH + u;
+    T* dgh_row = Math::kDistinctGradH ? s.dgh_t + b * H + u : nullptr;
     if (is_padding(s.lengths, b, s.t)) {  // the state passed through unchanged
-      for (int g = 0; g < Math::kGates; ++g) {
-        std::fill_n(dgx_row + g * H, n, T(0));
-        if (Math::kDistinctGradH) std::fill_n(dgh_row + g * H, n, T(0));
-      }
+      for (int g = 0; g < Math::kGates; ++g) std::fill_n(dgx_row + g * H, n, T(0));
+      if (Math::kDistinctGradH) std::fill_n(dgh_row, n, T(0));
       std::memcpy(s.dh_prev + b * R + ru, s.dh_next + b * R + ru, rn * sizeof(T));
       if (kC) std::memcpy(s.dc_prev + b * H + u, s.dc_next + b * H + u, n * sizeof(T));
       continue;
