@@ -5,7 +5,8 @@ The sizes in test_core_vs_reference.py are small enough that most run on one thr
 large enough for every thread count to get work (several tile groups per thread, and a partial
 last group: H = 100 and the prime 257 are not multiples of the 16-unit panels), and B covers
 both forward paths: B < 8 reads a separately computed input projection, B >= 8 computes it
-inside the tiles; B = 13 and 64 also leave partial row tiles.
+inside the tiles; B = 13 and 64 also leave partial row tiles. Long enough sequences run backward
+in several chunks.
 """
 import zlib
 
@@ -19,7 +20,10 @@ from conftest import assert_close, make_layer_inputs, random_lengths
 MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 GRADS = ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
 # (T, B, I, H)
-SIZES = [(4, 1, 9, 257), (3, 7, 33, 100), (3, 8, 17, 100), (3, 13, 20, 257), (2, 64, 8, 129)]
+# The last two run backward in several chunks of steps (layer_impl.h: backward_chunk_steps),
+# the last chunk shorter, with an odd number of steps.
+SIZES = [(4, 1, 9, 257), (3, 7, 33, 100), (3, 8, 17, 100), (3, 13, 20, 257), (2, 64, 8, 129),
+         (41, 13, 5, 40), (37, 64, 4, 33)]
 
 
 @pytest.fixture

@@ -50,15 +50,26 @@ struct ForwardWorkspace {
   }
 };
 
+// Backward on the team runs in chunks of this many steps: after each chunk, the gradients of
+// everything applied to all steps (dX, dW_ih, dW_hh, biases) get that chunk's share from GEMMs,
+// so the pre-activation gradients are kept for one chunk, not for the whole sequence. Enough
+// rows per chunk for those GEMMs to run at full speed, and at least 16 steps so that the team
+// restarts rarely.
+inline int64_t backward_chunk_steps(const LayerShape& s) {
+  if (!uses_team_recurrence(s)) return s.T;
+  return std::min<int64_t>(s.T, std::max<int64_t>(16, (256 + s.B - 1) / s.B));
+}
+
 struct BackwardWorkspace {
-  int64_t dgx, dgh, dh, dc, dh_cell, dh_out, pack, total;
+  int64_t chunk, dgx, dgh, dh, dc, dh_cell, dh_out, pack, total;
   BackwardWorkspace(const LayerShape& s) {
     const int64_t GH = s.gate_width(), B = s.B, R = s.R(), H = s.H;
+    chunk = backward_chunk_steps(s);
     int64_t at = 0;
     auto take = [&at](int64_t n) { const int64_t here = at; at += n; return here; };
     pack = take(uses_team_recurrence(s) ? packed_recurrent_elements(s.cell, H) : 0);
-    dgx = take(s.T * B * GH);                                    // pre-activation gradients
-    dgh = s.cell == Cell::Gru ? take(s.T * B * H) : dgx;         // GRU's n gate: dn * r
+    dgx = take(chunk * B * GH);                                  // pre-activation gradients
+    dgh = s.cell == Cell::Gru ? take(chunk * B * H) : dgx;       // GRU's n gate: dn * r
     dh = take(2 * B * R);                                        // dh_next / dh_prev ping-pong
     dc = take(has_cell_state(s.cell) ? 2 * B * H : 0);
     dh_cell = take(B * H);                                       // gradient of the cell output
@@ -145,47 +156,44 @@ void forward_impl(const ForwardArgs<scalar_t>& a) {
   if (kC) std::memcpy(a.c_n, c_slot(slots.final()), B * H * sizeof(scalar_t));
 }
 
-// Column sums of a (rows x n) matrix into out (n), accumulated in double for float inputs:
-// the bias gradients, sums over all T*B rows of the gate gradients. Vectorised per instruction
-// set, columns split across the team.
+// Column sums of a (rows x n) matrix added into acc (n), in double: the bias gradients, sums over
+// all T*B rows of the gate gradients. Vectorised per instruction set, columns split across the
+// team.
 template <typename T>
 struct ColumnSums {
   const T* m;
   int64_t rows, n, first, end;  // columns [first, end)
-  T* out;
+  double* acc;
 };
 
 template <typename T>
 struct ColumnSumsKernel {
   static FASTRNN_INLINE void run(const ColumnSums<T>& a) {
     constexpr int64_t kChunk = 256;  // the chunk's accumulators stay in L1
-    double acc[kChunk];
     for (int64_t c = a.first; c < a.end; c += kChunk) {
       const int64_t n = std::min(kChunk, a.end - c);
-      std::fill_n(acc, n, 0.0);
+      double* FASTRNN_RESTRICT acc = a.acc + c;
       for (int64_t r = 0; r < a.rows; ++r) {
         const T* FASTRNN_RESTRICT row = a.m + r * a.n + c;
         FASTRNN_IVDEP
         for (int64_t j = 0; j < n; ++j) acc[j] += row[j];
       }
-      for (int64_t j = 0; j < n; ++j) a.out[c + j] = static_cast<T>(acc[j]);
     }
   }
 };
 
 template <typename scalar_t>
-void column_sums(const scalar_t* m, int64_t rows, int64_t n, scalar_t* out) {
+void add_column_sums(const scalar_t* m, int64_t rows, int64_t n, double* acc) {
   constexpr int64_t kBlock = 16;  // whole cache lines per thread
-  const EvenSplit split{(n + kBlock - 1) / kBlock, 1};
-  const int64_t work = rows * n;
-  const int threads = work >= (int64_t(1) << 18) ? team_threads() : 1;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  const int threads = rows * n >= (int64_t(1) << 18) ? team_threads() : 1;
   run_team(threads, [&](int member, int size) {
-    const EvenSplit mine{split.count, size};
+    const EvenSplit mine{blocks, size};
     const int64_t first = std::min(n, mine.begin(member) * kBlock);
     const int64_t end = std::min(n, mine.begin(member + 1) * kBlock);
     if (first < end)
       run_on_isa<ColumnSumsKernel<scalar_t>>(active_isa(),
-                                             ColumnSums<scalar_t>{m, rows, n, first, end, out});
+                                             ColumnSums<scalar_t>{m, rows, n, first, end, acc});
   });
 }
 
@@ -219,6 +227,32 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
   ReserveView<scalar_t, kCell> rv(a.reserve, s);
   const int64_t acts_width = saved_acts_width<kCell>(H);
 
+  // Gradients of everything applied to all steps, for the steps at times [t0, t1) whose
+  // pre-activation gradients are in dgx (and dgh) from row 0; the first call writes, the others
+  // add.
+  std::vector<double> bias_sums(a.db_ih ? GH + (Math::kDistinctGradH ? H : 0) : 0, 0.0);
+  auto weight_gradients = [&](int64_t t0, int64_t t1, bool first) {
+    const int64_t rows = (t1 - t0) * B;
+    const scalar_t beta = first ? 0 : 1;
+    gemm<scalar_t>(false, false, rows, I, GH, 1, dgx, GH, a.w_ih, I, 0, a.dx + t0 * B * I, I);
+    gemm<scalar_t>(true, false, GH, I, rows, 1, dgx, GH, a.x + t0 * B * I, I, beta, a.dw_ih, I);
+    const scalar_t* h_prev_rows = rv.hs + (t0 + slots.first_prev_row_block()) * B * R;
+    if constexpr (Math::kDistinctGradH) {  // GRU: the r and z rows from dgx, the n rows from dgh
+      gemm<scalar_t>(true, false, 2 * H, R, rows, 1, dgx, GH, h_prev_rows, R, beta, a.dw_hh, R);
+      gemm<scalar_t>(true, false, H, R, rows, 1, dgh, H, h_prev_rows, R, beta,
+                     a.dw_hh + 2 * H * R, R);
+    } else {
+      gemm<scalar_t>(true, false, GH, R, rows, 1, dgx, GH, h_prev_rows, R, beta, a.dw_hh, R);
+    }
+    if (projected)  // dW_hr = sum_t dh_t^T m_t (padded rows: dh is 0)
+      gemm<scalar_t>(true, false, R, H, rows, 1, a.workspace + w.dh_out + t0 * B * R, R,
+                     rv.ms + t0 * B * H, H, beta, a.dw_hr, H);
+    if (a.db_ih) {
+      add_column_sums(dgx, rows, GH, bias_sums.data());
+      if (Math::kDistinctGradH) add_column_sums(dgh, rows, H, bias_sums.data() + GH);
+    }
+  };
+
   if (uses_team_recurrence(s)) {
     const int64_t V = kMaxPanelWidth<scalar_t>;
     const int64_t groups = (H + 4 * V - 1) / (4 * V);
@@ -226,9 +260,19 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
     SpinBarrier barrier(members);
     RecurrenceBackwardArgs<scalar_t> r{
         s, a.lengths, a.w_hh, a.workspace + w.pack, a.dy, rv.acts, acts_width, rv.hs, rv.cs,
-        dgx, dgh, dh_cell, {dh_next, dh_prev}, {dc_next, dc_prev}, 0, members, &barrier};
-    run_recurrence<RecurrenceBackwardArgs<scalar_t>, BackwardMember<scalar_t, kCell>>(r,
-                                                                                      members);
+        dgx, dgh, dh_cell, {dh_next, dh_prev}, {dc_next, dc_prev}, 0, 0, 0, 0, true, 0,
+        members, &barrier};
+    // Chunks of steps in walking order, last first; each covers a contiguous range of times.
+    for (int64_t step_end = T; step_end > 0; step_end -= w.chunk) {
+      r.step_begin = std::max<int64_t>(0, step_end - w.chunk);
+      r.step_end = step_end;
+      r.chunk_t0 = s.reverse ? T - step_end : r.step_begin;
+      r.cur0 = static_cast<int>((T - step_end) % 2);
+      r.pack_weights = step_end == T;
+      run_recurrence<RecurrenceBackwardArgs<scalar_t>, BackwardMember<scalar_t, kCell>>(r,
+                                                                                        members);
+      weight_gradients(r.chunk_t0, r.chunk_t0 + (r.step_end - r.step_begin), step_end == T);
+    }
     if (T % 2 == 1) {  // the arriving gradients ended in the other buffer
       std::swap(dh_next, dh_prev);
       if (kC) std::swap(dc_next, dc_prev);
@@ -259,28 +303,17 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
       std::swap(dh_next, dh_prev);
       if (kC) std::swap(dc_next, dc_prev);
     }
+    weight_gradients(0, T, true);
   }
   std::memcpy(a.dh0, dh_next, B * R * sizeof(scalar_t));
   if (kC) std::memcpy(a.dc0, dc_next, B * H * sizeof(scalar_t));
-
-  // Gradients of everything applied to all steps at once.
-  const int64_t rows = T * B;
-  gemm<scalar_t>(false, false, rows, I, GH, 1, dgx, GH, a.w_ih, I, 0, a.dx, I);
-  gemm<scalar_t>(true, false, GH, I, rows, 1, dgx, GH, a.x, I, 0, a.dw_ih, I);
-  const scalar_t* h_prev_rows = rv.hs + slots.first_prev_row_block() * B * R;
-  if constexpr (Math::kDistinctGradH) {  // GRU: the r and z rows from dgx, the n rows from dgh
-    gemm<scalar_t>(true, false, 2 * H, R, rows, 1, dgx, GH, h_prev_rows, R, 0, a.dw_hh, R);
-    gemm<scalar_t>(true, false, H, R, rows, 1, dgh, H, h_prev_rows, R, 0, a.dw_hh + 2 * H * R, R);
-  } else {
-    gemm<scalar_t>(true, false, GH, R, rows, 1, dgx, GH, h_prev_rows, R, 0, a.dw_hh, R);
-  }
-  if (projected)  // dW_hr = sum_t dh_t^T m_t (padded rows: dh is 0)
-    gemm<scalar_t>(true, false, R, H, rows, 1, a.workspace + w.dh_out, R, rv.ms, H, 0, a.dw_hr, H);
-  if (a.db_ih) column_sums(dgx, rows, GH, a.db_ih);
-  if (a.db_hh) {  // the same sums as db_ih, except GRU's n gate
+  if (a.db_ih) {
+    for (int64_t k = 0; k < GH; ++k) a.db_ih[k] = static_cast<scalar_t>(bias_sums[k]);
+    // db_hh: the same sums, except GRU's n gate (from dgh)
     const int64_t shared = Math::kDistinctGradH ? 2 * H : GH;
     std::memcpy(a.db_hh, a.db_ih, shared * sizeof(scalar_t));
-    if (Math::kDistinctGradH) column_sums(dgh, rows, H, a.db_hh + shared);
+    for (int64_t k = shared; k < GH; ++k)
+      a.db_hh[k] = static_cast<scalar_t>(bias_sums[GH + k - shared]);
   }
 }
 

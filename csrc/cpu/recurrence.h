@@ -225,11 +225,16 @@ struct RecurrenceBackwardArgs {
   int64_t acts_width;
   const T* hs;          // (T+1, B, H) saved states
   const T* cs;          // (T+1, B, H) LSTM
-  T* dgx;               // (T, B, G*H)
-  T* dgh;               // (T, B, H) GRU's n gate (cells.h), else unused
+  T* dgx;               // (chunk, B, G*H) for times [chunk_t0, chunk_t0 + chunk)
+  T* dgh;               // (chunk, B, H) GRU's n gate (cells.h), else unused
   T* dh_cell;           // (B, H)
-  T* dh[2];             // (B, H) ping-pong; dh[0] holds dh_n on entry
-  T* dc[2];             // (B, H) LSTM ping-pong; dc[0] holds dc_n on entry
+  T* dh[2];             // (B, H) ping-pong; dh[cur0] holds the arriving gradient on entry
+  T* dc[2];             // (B, H) LSTM ping-pong; dc[cur0] likewise
+  // This call runs steps step_end-1 down to step_begin (in the layer's walking order), whose
+  // times start at chunk_t0; the first call of a layer also packs the weights.
+  int64_t step_begin, step_end, chunk_t0;
+  int cur0;
+  bool pack_weights;
   int member, members;
   SpinBarrier* barrier;
 };
@@ -258,7 +263,7 @@ struct BackwardMember {
     auto group = [&](int64_t ub0) { return a.pack + ub0 * K * V; };
 
     // This member's panels: the columns of W_hh for its units.
-    for (int64_t ub0 = first_block; ub0 < end_block; ub0 += NR) {
+    for (int64_t ub0 = first_block; a.pack_weights && ub0 < end_block; ub0 += NR) {
       const int nb = static_cast<int>(std::min<int64_t>(NR, end_block - ub0));
       for (int q = 0; q < nb; ++q)
         pack_panel_from_columns<T, V>(a.w_hh, H, (ub0 + q) * V, H, K, group(ub0) + q * V, nb * V);
@@ -266,8 +271,8 @@ struct BackwardMember {
 
     alignas(64) T tile[MR * NR * V];
     const StateSlots slots{T_, s.reverse};
-    int cur = 0;  // dh[cur], dc[cur]: gradients arriving from the later step
-    for (int64_t step = T_ - 1; step >= 0; --step) {
+    int cur = a.cur0;  // dh[cur], dc[cur]: gradients arriving from the later step
+    for (int64_t step = a.step_end - 1; step >= a.step_begin; --step) {
       const int64_t t = s.reverse ? T_ - 1 - step : step;
       T* dh_next = a.dh[cur];
       T* dh_prev = a.dh[1 - cur];
@@ -279,7 +284,8 @@ struct BackwardMember {
                                a.hs + slots.prev(t) * B * H, a.hs + slots.next(t) * B * H,
                                kC ? a.cs + slots.prev(t) * B * H : nullptr,
                                kC ? a.cs + slots.next(t) * B * H : nullptr,
-                               a.dgx + t * B * GH, kDistinct ? a.dgh + t * B * H : nullptr,
+                               a.dgx + (t - a.chunk_t0) * B * GH,
+                               kDistinct ? a.dgh + (t - a.chunk_t0) * B * H : nullptr,
                                dh_prev,
                                kC ? a.dc[1 - cur] : nullptr};
       if (u_count > 0) backward_pointwise<T, kCell>(st, 0, B, u_begin, u_count, u_begin, u_count);
@@ -287,8 +293,8 @@ struct BackwardMember {
       // B. dh_prev[:, units] += dGh_t W_hh[:, units], tile by tile through the register file.
       //    dGh_t is dG_t except GRU's n gate: the product's depth splits into the gates taken
       //    from dgx (all, or GRU's r and z) and GRU's n gate from dgh.
-      const T* dgx_t = a.dgx + t * B * GH;
-      const T* dgh_t = a.dgh + t * B * H;
+      const T* dgx_t = a.dgx + (t - a.chunk_t0) * B * GH;
+      const T* dgh_t = a.dgh + (t - a.chunk_t0) * B * H;
       const int64_t K_x = kDistinct ? 2 * H : GH;
       for (int64_t ub0 = first_block; ub0 < end_block; ub0 += NR) {
         const int nr = static_cast<int>(std::min<int64_t>(NR, end_block - ub0));
