@@ -92,3 +92,29 @@ def test_concurrent_calls_match_serial_calls(cell):
         np.testing.assert_array_equal(y, ys)
         for name in gs:
             np.testing.assert_array_equal(g[name], gs[name], err_msg=name)
+
+
+def _blas_config(env_updates):
+    env = dict(os.environ)
+    for name, value in env_updates.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    code = ("import os, fastrnn; print(fastrnn.build_info()['blas_config']); "
+            "print(os.environ.get('OPENBLAS_CORETYPE'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    config, coretype = out.stdout.strip().splitlines()
+    return config, coretype
+
+
+def test_openblas_coretype_meant_for_other_blas_copies_is_ignored():
+    """OPENBLAS_CORETYPE (set for NumPy's OpenBLAS) does not lower fastrnn's own copy, and stays
+    set for the rest of the process; FASTRNN_OPENBLAS_CORETYPE chooses fastrnn's kernel."""
+    best, _ = _blas_config({"OPENBLAS_CORETYPE": None, "FASTRNN_OPENBLAS_CORETYPE": None})
+    config, coretype = _blas_config({"OPENBLAS_CORETYPE": "Haswell",
+                                     "FASTRNN_OPENBLAS_CORETYPE": None})
+    assert config == best and coretype == "Haswell"
+    forced, _ = _blas_config({"OPENBLAS_CORETYPE": None, "FASTRNN_OPENBLAS_CORETYPE": "Haswell"})
+    assert "(kernel: Haswell)" in forced

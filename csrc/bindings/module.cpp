@@ -5,7 +5,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <limits>
 #include <memory>
@@ -238,26 +240,27 @@ void check_fits_in_memory(double elements, size_t element_bytes) {
   }
 }
 
-// Uninitialised scratch (the kernels write every element before reading it), kept per thread
-// from one call to the next: a fresh multi-megabyte allocation is mapped anew by the OS on every
-// call, and its page faults cost ~5% of an LSTM forward at T=150, B=64, H=256. Scratch above
-// kMaxCachedScratch is freed after its call.
+// Uninitialised scratch (the kernels write every element before reading it), 64-byte aligned
+// (layer_impl.h aligns the regions inside it), kept per thread from one call to the next: a fresh
+// multi-megabyte allocation is mapped anew by the OS on every call, and its page faults cost ~5%
+// of an LSTM forward at T=150, B=64, H=256. Scratch above kMaxCachedScratch is freed after its
+// call.
 class Scratch {
  public:
   template <typename scalar_t>
   static Scratch of(int64_t elements) {
     constexpr size_t kMaxCachedScratch = size_t(1) << 30;
-    const size_t bytes = static_cast<size_t>(elements) * sizeof(scalar_t);
-    thread_local std::unique_ptr<unsigned char[]> cached;
+    const size_t bytes = std::max<size_t>(64, static_cast<size_t>(elements) * sizeof(scalar_t));
+    thread_local Buffer cached;
     thread_local size_t cached_bytes = 0;
     Scratch out;
     if (bytes > kMaxCachedScratch) {
-      out.owned_.reset(new unsigned char[bytes]);
+      out.owned_ = allocate(bytes);
       out.data_ = out.owned_.get();
     } else {
       if (bytes > cached_bytes) {
         cached.reset();  // free before allocating the larger one
-        cached.reset(new unsigned char[bytes]);
+        cached = allocate(bytes);
         cached_bytes = bytes;
       }
       out.data_ = cached.get();
@@ -268,7 +271,16 @@ class Scratch {
   scalar_t* get() const { return reinterpret_cast<scalar_t*>(data_); }
 
  private:
-  std::unique_ptr<unsigned char[]> owned_;
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  using Buffer = std::unique_ptr<unsigned char, Free>;
+  static Buffer allocate(size_t bytes) {
+    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (p == nullptr) throw std::bad_alloc();
+    return Buffer(static_cast<unsigned char*>(p));
+  }
+  Buffer owned_;
   unsigned char* data_ = nullptr;
 };
 

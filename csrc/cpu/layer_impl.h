@@ -26,6 +26,16 @@ namespace fastrnn::cpu {
 // ---- the sequence driver ------------------------------------------------------------------
 
 // Scratch layouts, in elements; sizes.cpp reports the same totals.
+// Scratch regions start on 64-byte boundaries (the workspace itself is 64-byte aligned): the
+// packed weights are read one vector -- one cache line -- at a time, and a load that straddles
+// two lines costs two. Returns the offset of n elements taken at `at`, in elements.
+inline int64_t take_aligned(int64_t& at, int64_t n) {
+  constexpr int64_t kAlign = 16;  // elements: 64 bytes of float (128 of double)
+  const int64_t here = round_up(at, kAlign);
+  at = here + n;
+  return here;
+}
+
 // Without a projection the recurrence runs on the team (recurrence.h) with packed weights;
 // with one, step by step through BLAS.
 inline bool uses_team_recurrence(const LayerShape& s) { return s.P == 0; }
@@ -36,7 +46,7 @@ struct ForwardWorkspace {
     const int64_t GH = s.gate_width(), B = s.B;
     const bool team = uses_team_recurrence(s), fused = fuses_input_projection(s);
     int64_t at = 0;
-    auto take = [&at](int64_t n) { const int64_t here = at; at += n; return here; };
+    auto take = [&at](int64_t n) { return take_aligned(at, n); };
     xp = take(fused ? 0 : s.T * B * GH);                         // X W_ih^T + biases, all steps
     pack_ih = take(fused ? packed_input_elements(s.cell, s.H, s.I) : 0);
     hp = take(team ? 0 : B * GH);                                // h_prev W_hh^T, one step
@@ -66,7 +76,7 @@ struct BackwardWorkspace {
     const int64_t GH = s.gate_width(), B = s.B, R = s.R(), H = s.H;
     chunk = backward_chunk_steps(s);
     int64_t at = 0;
-    auto take = [&at](int64_t n) { const int64_t here = at; at += n; return here; };
+    auto take = [&at](int64_t n) { return take_aligned(at, n); };
     pack = take(uses_team_recurrence(s) ? packed_recurrent_elements(s.cell, H) : 0);
     dgx = take(chunk * B * GH);                                  // pre-activation gradients
     dgh = s.cell == Cell::Gru ? take(chunk * B * H) : dgx;       // GRU's n gate: dn * r
