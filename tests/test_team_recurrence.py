@@ -23,7 +23,7 @@ GRADS = ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
 # The last two run backward in several chunks of steps (layer_impl.h: backward_chunk_steps),
 # the last chunk shorter, with an odd number of steps.
 SIZES = [(4, 1, 9, 257), (3, 7, 33, 100), (3, 8, 17, 100), (3, 13, 20, 257), (2, 64, 8, 129),
-         (41, 13, 5, 40), (37, 64, 4, 33)]
+         (91, 13, 5, 40), (37, 64, 4, 33)]
 
 
 @pytest.fixture

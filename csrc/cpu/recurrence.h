@@ -165,7 +165,7 @@ struct ForwardMember {
     }
 
     alignas(64) T tile[MR * kPanels * V];
-    alignas(64) T tile_x[fused ? MR * kPanels * V : 1];
+    alignas(64) T tile_x[MR * kPanels * V];  // the input projection's tile, when fused
     const StateSlots slots{T_, s.reverse};
     for (int64_t step = 0; step < T_; ++step) {
       const int64_t t = s.reverse ? T_ - 1 - step : step;
