@@ -22,8 +22,11 @@ GRADS = ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
 # (T, B, I, H)
 # The last two run backward in several chunks of steps (layer_impl.h: backward_chunk_steps),
 # the last chunk shorter, with an odd number of steps.
+# At batch 1 with more than 2^19 recurrent weights, a short sequence runs forward step by step
+# through BLAS GEMV and a long one on the team (layer_impl.h: forward_uses_team): (5, 1, 7, 520)
+# and (130, 1, 3, 520) check both for LSTM and GRU.
 SIZES = [(4, 1, 9, 257), (3, 7, 33, 100), (3, 8, 17, 100), (3, 13, 20, 257), (2, 64, 8, 129),
-         (91, 13, 5, 40), (37, 64, 4, 33)]
+         (91, 13, 5, 40), (37, 64, 4, 33), (5, 1, 7, 520), (130, 1, 3, 520)]
 
 
 @pytest.fixture

@@ -106,15 +106,23 @@ FASTRNN_INLINE void tile_product_rows(int rows, int64_t K, const T* a, int64_t l
 template <typename T, int V>
 FASTRNN_INLINE void pack_panel_from_rows(const T* src, int64_t ld, int64_t first_row,
                                          int64_t rows, int64_t K, T* panel, int64_t k_stride) {
-  // panel[k][v] = src[(first_row + v) * ld + k]; done in blocks of 16 k so the V source rows
-  // stream through L1 while the panel is written in order.
-  constexpr int64_t kBlock = 16;
+  // panel[k][v] = src[(first_row + v) * ld + k]: a transpose. Blocks of 64 k: within a block each
+  // source row is read in one sequential run (reading all V rows at each k would hit V lines
+  // ld apart, which share L1 sets when ld is a multiple of 1024 bytes: measured 4.5 GB/s, the
+  // pack then cost more than a whole batch-1 step), while the block's panel rows stay in L1.
+  constexpr int64_t kBlock = 64;
   const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(V, rows - first_row));
   for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
     const int64_t k1 = std::min(K, k0 + kBlock);
-    for (int64_t k = k0; k < k1; ++k)
-      for (int v = 0; v < V; ++v)
-        panel[k * k_stride + v] = v < valid ? src[(first_row + v) * ld + k] : T(0);
+    for (int v = 0; v < V; ++v) {
+      T* column = panel + v;
+      if (v < valid) {
+        const T* row = src + (first_row + v) * ld;
+        for (int64_t k = k0; k < k1; ++k) column[k * k_stride] = row[k];
+      } else {
+        for (int64_t k = k0; k < k1; ++k) column[k * k_stride] = T(0);
+      }
+    }
   }
 }
 
