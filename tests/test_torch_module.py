@@ -484,9 +484,27 @@ raise SystemExit(os.waitstatus_to_exitcode(status))
 """
 
 
-def test_forked_child_runs_on_fastrnn_threads(tmp_path):
+FORK_BEFORE_ANY_CALL_SCRIPT = r"""
+import os, numpy as np, torch, fastrnn, fastrnn.torch as ft  # torch's pool chosen
+torch.mm(torch.randn(512, 512), torch.randn(512, 512))    # torch's pool has run; fastrnn not yet
+assert fastrnn.build_info()["thread_pool"].startswith("OpenMP")
+pid = os.fork()
+if pid == 0:
+    ok = fastrnn.build_info()["thread_pool"] == "fastrnn"
+    y, _ = fastrnn.GRU(64, 300, seed=0).eval()(np.ones((20, 16, 64), np.float32))
+    os._exit(0 if ok and np.isfinite(y).all() else 1)
+_, status = os.waitpid(pid, 0)
+raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("script_text", [FORK_SCRIPT, FORK_BEFORE_ANY_CALL_SCRIPT],
+                         ids=["after-calls", "before-any-call"])
+def test_forked_child_runs_on_fastrnn_threads(tmp_path, script_text):
+    """A forked child has none of the parent's OpenMP threads: it runs on fastrnn's own pool,
+    whether or not the parent had used torch's pool before forking."""
     script = tmp_path / "fork.py"
-    script.write_text(FORK_SCRIPT)
+    script.write_text(script_text)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr

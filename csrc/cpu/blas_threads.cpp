@@ -71,7 +71,10 @@ const bool g_callback_installed = [] {
 // child's first parallel region can hang): the child goes back to fastrnn's own threads
 // (thread_team.cpp starts a new pool there). No lock: the child has one thread, and the mutex
 // may have been held by another thread of the parent at the fork.
-void back_to_own_threads_in_child() { g_openmp_path.clear(); }
+void back_to_own_threads_in_child() {
+  cpu::use_openmp_runtime(cpu::OpenMpEntryPoints{});  // thread_team.cpp does so too
+  g_openmp_path.clear();
+}
 
 template <typename F>
 F symbol(void* handle, const char* name, const std::string& path) {

@@ -182,12 +182,12 @@ struct CellMath<Cell::Gru> : SavingForward<CellMath<Cell::Gru>> {
       const T rr = fast_sigmoid(xp[j] + hp[j]);
       const T z = fast_sigmoid(xp[xs + j] + hp[hs + j]);
       const T hn = hp[2 * hs + j];
-      const T n = fast_tanh(xp[2 * xs + j] + rr * hn);
-      h_new[j] = (T(1) - z) * n + z * h_prev[j];
+      const T cand = fast_tanh(xp[2 * xs + j] + rr * hn);  // the candidate state, gate n
+      h_new[j] = (T(1) - z) * cand + z * h_prev[j];
       if constexpr (kSave) {
         acts[j] = rr;
         acts[H + j] = z;
-        acts[2 * H + j] = n;
+        acts[2 * H + j] = cand;
         acts[3 * H + j] = hn;
       }
     }
@@ -202,10 +202,10 @@ struct CellMath<Cell::Gru> : SavingForward<CellMath<Cell::Gru>> {
     T* FASTRNN_RESTRICT dh_direct = g.dh_direct;
     FASTRNN_IVDEP
     for (int64_t j = 0; j < n; ++j) {
-      const T rr = acts[j], z = acts[H + j], n = acts[2 * H + j], hn = acts[3 * H + j];
+      const T rr = acts[j], z = acts[H + j], cand = acts[2 * H + j], hn = acts[3 * H + j];
       const T dh = dh_in[j];
-      const T dn = dh * (T(1) - z) * (T(1) - n * n);
-      const T dz = dh * (h_prev[j] - n) * z * (T(1) - z);
+      const T dn = dh * (T(1) - z) * (T(1) - cand * cand);
+      const T dz = dh * (h_prev[j] - cand) * z * (T(1) - z);
       const T dr = dn * hn * rr * (T(1) - rr);
       dgx[j] = dr;
       dgx[H + j] = dz;

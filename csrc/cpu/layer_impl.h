@@ -1,11 +1,14 @@
 // The sequence driver: one layer, one direction, any cell. Forward and BPTT backward.
 // Written once, generic over the cell (cells.h holds each cell's pointwise math).
 //
-// Forward:  Xp = X W_ih^T + bias (one GEMM for all T*B rows); then per step
-//           Hp = h_prev W_hh^T (GEMM) and one fused pointwise pass per batch row.
-// Backward: reverse over steps, the fused pointwise backward gives dG_t, then
-//           dh_prev = dGh_t W_hh (GEMM); after the loop the weight gradients and dX are
-//           single GEMMs over all steps.
+// Two recurrence paths:
+//   the team (recurrence.h): packed W_hh per thread, register-tile products fused with the
+//     pointwise pass, one barrier per step; the input projection inside the tiles from B = 8;
+//     backward's weight gradients as BLAS GEMMs per chunk of steps. The default.
+//   per step through BLAS: Xp = X W_ih^T + bias (one GEMM), then per step Hp = h_prev W_hh^T
+//     (GEMM, GEMV at B = 1) and one pointwise pass; backward one GEMM per step. Used for LSTM
+//     with a projection, and for the forward at B = 1 with a large W_hh and a short sequence
+//     (forward_uses_team).
 #pragma once
 
 #include <algorithm>
@@ -145,8 +148,9 @@ void forward_impl(const ForwardArgs<scalar_t>& a) {
 
   // 2. The recurrence.
   if (forward_uses_team(s)) {
-    const int64_t V = kMaxPanelWidth<scalar_t>;
-    const int64_t groups = (H + V - 1) / V;
+    // Tile groups of the widest vectors: never more members than the narrowest split has.
+    const int64_t group_units = kMaxPanelWidth<scalar_t> * TileShape<kCell>::kForwardBlocks;
+    const int64_t groups = (H + group_units - 1) / group_units;
     const int members = recurrence_members(2 * B * GH * R, groups);
     SpinBarrier barrier(members);
     const bool gru_bias = Math::kDistinctGradH && has_bias;

@@ -120,25 +120,32 @@ void after_fork_in_child() {
   g_openmp = OpenMpEntryPoints{};
 }
 
+// Registered when the library loads, before any pool or runtime can be in use: a child forked
+// at any later point starts clean.
+const int g_atfork_registered = pthread_atfork(nullptr, nullptr, after_fork_in_child);
+
+// The runtime's entry points are copied into each call, so a call in flight keeps the runtime
+// it started on.
 struct OpenMpCall {
   TeamBody body;
   void* context;
+  OpenMpEntryPoints rt;
 };
 
 void openmp_trampoline(void* data) {
   const OpenMpCall& call = *static_cast<const OpenMpCall*>(data);
-  call.body(call.context, g_openmp.thread_num(), g_openmp.num_threads());
+  call.body(call.context, call.rt.thread_num(), call.rt.num_threads());
 }
 
 }  // namespace
 
 void run_team(int size, TeamBody body, void* context) {
-  static const int atfork_registered = pthread_atfork(nullptr, nullptr, after_fork_in_child);
-  (void)atfork_registered;
+  (void)g_atfork_registered;
   if (size <= 1) return body(context, 0, 1);
-  if (g_openmp.parallel != nullptr) {
-    OpenMpCall call{body, context};
-    g_openmp.parallel(openmp_trampoline, &call, static_cast<unsigned>(size), 0);
+  const OpenMpEntryPoints rt = g_openmp;
+  if (rt.parallel != nullptr) {
+    OpenMpCall call{body, context, rt};
+    rt.parallel(openmp_trampoline, &call, static_cast<unsigned>(size), 0);
     return;
   }
   if (!g_pool->run(size, body, context)) body(context, 0, 1);

@@ -30,10 +30,13 @@ using TeamBody = void (*)(void* context, int member, int size);
 // host runtime is inside a parallel region): bodies must use the size they are given.
 void run_team(int size, TeamBody body, void* context);
 
+// Team bodies must not throw: the other members may be waiting for this one at a barrier (and
+// BLAS jobs run inside OpenBLAS's C frames), so an exception ends the process (noexcept) rather
+// than leaving a team half-run.
 template <typename F>
 void run_team(int size, F&& fn) {
   using Fn = std::remove_reference_t<F>;
-  run_team(size, [](void* c, int member, int n) { (*static_cast<Fn*>(c))(member, n); },
+  run_team(size, [](void* c, int member, int n) noexcept { (*static_cast<Fn*>(c))(member, n); },
            const_cast<void*>(static_cast<const void*>(&fn)));
 }
 
