@@ -129,6 +129,19 @@ FASTRNN_INLINE void pack_gate_group(const T* w, int64_t H, int64_t K, int64_t ub
     }
 }
 
+// The unit blocks (V hidden units each) a member owns: whole tile groups of blocks_per_group
+// blocks, split evenly across the team; only the layer's last group may be short. The split
+// does not move the packed layout, which is indexed by block, not by member.
+struct MemberBlocks {
+  int64_t blocks, first, end;  // all blocks of the layer; this member's [first, end)
+  MemberBlocks(int64_t H, int V, int blocks_per_group, int member, int members) {
+    blocks = (H + V - 1) / V;
+    const EvenSplit split{(blocks + blocks_per_group - 1) / blocks_per_group, members};
+    first = split.begin(member) * blocks_per_group;
+    end = std::min(blocks, split.begin(member + 1) * blocks_per_group);
+  }
+};
+
 template <typename T, Cell kCell>
 struct ForwardMember {
   template <Isa kIsa>
@@ -143,11 +156,8 @@ struct ForwardMember {
     const LayerShape& s = a.shape;
     const int64_t T_ = s.T, B = s.B, H = s.H, I = s.I, GH = G * H;
     const bool fused = a.xp == nullptr;
-    const int64_t blocks = (H + V - 1) / V;
-    const int64_t groups = (blocks + kBlocks - 1) / kBlocks;
-    const EvenSplit split{groups, a.members};
-    const int64_t first_block = split.begin(a.member) * kBlocks;
-    const int64_t end_block = std::min(blocks, split.begin(a.member + 1) * kBlocks);
+    const MemberBlocks mine(H, V, kBlocks, a.member, a.members);
+    const int64_t blocks = mine.blocks, first_block = mine.first, end_block = mine.end;
     // Tile groups (kBlocks unit blocks x G gates, interleaved) starting at unit block ub0, and
     // their bias values, V per panel.
     T* bias_pack = a.pack + blocks * G * H * V;
@@ -253,11 +263,8 @@ struct BackwardMember {
     constexpr bool kDistinct = CellMath<kCell>::kDistinctGradH;
     const LayerShape& s = a.shape;
     const int64_t T_ = s.T, B = s.B, H = s.H, GH = G * H, K = GH;
-    const int64_t blocks = (H + V - 1) / V;
-    const int64_t groups = (blocks + NR - 1) / NR;
-    const EvenSplit split{groups, a.members};
-    const int64_t first_block = split.begin(a.member) * NR;
-    const int64_t end_block = std::min(blocks, split.begin(a.member + 1) * NR);
+    const MemberBlocks mine(H, V, NR, a.member, a.members);
+    const int64_t first_block = mine.first, end_block = mine.end;
     const int64_t u_begin = std::min(H, first_block * V);
     const int64_t u_count = std::min(H, end_block * V) - u_begin;
     // A tile group (NR unit blocks, interleaved) starting at unit block ub0.
