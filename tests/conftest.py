@@ -16,6 +16,28 @@ import pytest
 if os.environ.get("FASTRNN_REQUIRE_TORCH") == "1":
     import torch  # noqa: F401
 
+
+def pytest_report_header(config):
+    import fastrnn
+    return f"fastrnn {fastrnn.__version__} from {os.path.dirname(fastrnn.__file__)}"
+
+
+def pytest_sessionstart(session):
+    """With FASTRNN_TEST_INSTALLED_WHEEL=1 (.ci/run's wheel stage), make sure the suite runs
+    against an installed manylinux wheel, not a source tree or a local build."""
+    if os.environ.get("FASTRNN_TEST_INSTALLED_WHEEL") != "1":
+        return
+    import sys
+    from importlib import metadata
+
+    import fastrnn
+    where = os.path.realpath(fastrnn.__file__)
+    assert where.startswith(os.path.realpath(sys.prefix)), f"fastrnn imported from {where}"
+    wheel_info = metadata.distribution("fastrnn").read_text("WHEEL") or ""
+    tags = [line.split(":", 1)[1].strip() for line in wheel_info.splitlines()
+            if line.startswith("Tag:")]
+    assert tags and all("manylinux" in tag for tag in tags), f"installed wheel's tags: {tags}"
+
 # ---------------------------------------------------------------------------------------------
 # Tolerances, keyed by the dtype the implementation under test computed in.
 #

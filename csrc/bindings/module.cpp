@@ -535,6 +535,9 @@ PYBIND11_MODULE(_core, m) {
         "runtime (path), or on fastrnn's own threads (\"\").");
   m.def("thread_pool", &fastrnn::thread_pool);
   m.def("get_num_threads", &fastrnn::get_num_threads);
+  m.def("set_deterministic", &fastrnn::set_deterministic, py::arg("enabled"),
+        "Results bitwise identical for any thread count (BLAS products in a fixed grid).");
+  m.def("get_deterministic", &fastrnn::get_deterministic);
   m.def("blas_name", &fastrnn::blas_name);
   m.def("blas_config", &fastrnn::blas_config);
   m.def("compiler", &fastrnn::compiler_name);

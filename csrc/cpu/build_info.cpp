@@ -6,6 +6,9 @@
 #include "cpu/thread_team.h"
 #include "fastrnn/fastrnn.h"
 
+#include <atomic>
+#include <mutex>
+
 namespace fastrnn {
 
 namespace {
@@ -43,11 +46,28 @@ void apply_activation(Activation kind, const T* x, T* y, int64_t n) {
 template void apply_activation<float>(Activation, const float*, float*, int64_t);
 template void apply_activation<double>(Activation, const double*, double*, int64_t);
 
+namespace {
+std::atomic<bool> g_deterministic{false};
+std::mutex g_threads_mutex;  // set_num_threads and set_deterministic change two settings together
+}  // namespace
+
+bool cpu::deterministic_products() { return g_deterministic.load(std::memory_order_relaxed); }
+
+// In deterministic mode the BLAS library runs single-threaded: gemm() splits products itself
+// (blas.h); otherwise its parallel jobs use the same count as the team (they run on its pool).
 void set_num_threads(int n) {
+  std::lock_guard<std::mutex> lock(g_threads_mutex);
   cpu::set_team_threads(n);  // validates n
-  cpu::blas_set_num_threads(n);
+  cpu::blas_set_num_threads(g_deterministic.load() ? 1 : n);
 }
 int get_num_threads() { return cpu::team_threads(); }
+
+void set_deterministic(bool enabled) {
+  std::lock_guard<std::mutex> lock(g_threads_mutex);
+  g_deterministic.store(enabled);
+  cpu::blas_set_num_threads(enabled ? 1 : cpu::team_threads());
+}
+bool get_deterministic() { return g_deterministic.load(); }
 
 std::string active_isa() { return cpu::isa_name(cpu::active_isa()); }
 

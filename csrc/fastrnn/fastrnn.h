@@ -114,6 +114,12 @@ void apply_activation(Activation kind, const scalar_t* x, scalar_t* y, int64_t n
 void set_num_threads(int n);
 int get_num_threads();
 
+// Deterministic mode: results bitwise identical for any thread count (the kernels' own work
+// already is; this makes the BLAS library's products so too, see cpu/blas.h), at some cost in
+// speed for the large GEMMs. Off by default.
+void set_deterministic(bool enabled);
+bool get_deterministic();
+
 // Run fastrnn's parallel work -- its kernels' thread teams and the BLAS library's jobs -- on the
 // OpenMP runtime at `library_path` (one the process has already loaded: a host framework's pool,
 // PyTorch's libgomp) instead of fastrnn's own threads, so that host and fastrnn share one pool.

@@ -16,10 +16,12 @@ lengths.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Dict, Literal, Optional, Tuple, TypedDict, TypeVar, cast, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _core, _validate
 
@@ -65,8 +67,57 @@ class LayerState:
     reserve: np.ndarray
 
 
-def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *, weight_hr=None,
-                  lengths=None, reverse=False, training=True):
+# Typing of layer_forward: every float array of one call has the dtype of x (float32 or float64)
+# and so do the outputs. The bound is np.floating so that callers holding
+# NDArray[np.floating[Any]] type-check; another width (float16) raises DtypeError at run time.
+_FloatT = TypeVar("_FloatT", bound="np.floating[Any]")
+_FloatArray = NDArray[np.floating[Any]]
+
+
+class LayerGradients(TypedDict):
+    """What :func:`layer_backward` returns: the gradient of each :func:`layer_forward` input."""
+    input: _FloatArray
+    h0: _FloatArray
+    c0: Optional[_FloatArray]  # None unless LSTM
+    weight_ih: _FloatArray
+    weight_hh: _FloatArray
+    bias_ih: Optional[_FloatArray]  # None without bias
+    bias_hh: Optional[_FloatArray]
+    weight_hr: Optional[_FloatArray]  # None without projection
+
+
+# Two signatures so that the usual training call gives a LayerState, not an Optional one, and
+# its result can go to layer_backward without a None check.
+@overload
+def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
+                  c0: Optional[NDArray[_FloatT]], weight_ih: NDArray[_FloatT],
+                  weight_hh: NDArray[_FloatT], bias_ih: Optional[NDArray[_FloatT]],
+                  bias_hh: Optional[NDArray[_FloatT]], *,
+                  weight_hr: Optional[NDArray[_FloatT]] = None,
+                  lengths: Optional[ArrayLike] = None, reverse: bool = False,
+                  training: Literal[True] = True,
+                  ) -> Tuple[NDArray[_FloatT], NDArray[_FloatT], Optional[NDArray[_FloatT]],
+                             LayerState]: ...
+@overload
+def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
+                  c0: Optional[NDArray[_FloatT]], weight_ih: NDArray[_FloatT],
+                  weight_hh: NDArray[_FloatT], bias_ih: Optional[NDArray[_FloatT]],
+                  bias_hh: Optional[NDArray[_FloatT]], *,
+                  weight_hr: Optional[NDArray[_FloatT]] = None,
+                  lengths: Optional[ArrayLike] = None, reverse: bool = False,
+                  training: bool,
+                  ) -> Tuple[NDArray[_FloatT], NDArray[_FloatT], Optional[NDArray[_FloatT]],
+                             Optional[LayerState]]: ...
+
+def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
+                  c0: Optional[NDArray[_FloatT]], weight_ih: NDArray[_FloatT],
+                  weight_hh: NDArray[_FloatT], bias_ih: Optional[NDArray[_FloatT]],
+                  bias_hh: Optional[NDArray[_FloatT]], *,
+                  weight_hr: Optional[NDArray[_FloatT]] = None,
+                  lengths: Any = None,  # ArrayLike or None; an int64 array once checked below
+                  reverse: bool = False, training: bool = True,
+                  ) -> Tuple[NDArray[_FloatT], NDArray[_FloatT], Optional[NDArray[_FloatT]],
+                             Optional[LayerState]]:
     """Run one layer in one direction over the whole sequence.
 
     ``weight_hr (P, H)``, LSTM only: project the output, ``h = weight_hr @ (o * tanh(c))``, as
@@ -85,14 +136,15 @@ def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *, we
     reverse, training = _validate.flag(reverse, "reverse"), _validate.flag(training, "training")
     y, h_n, c_n, reserve = _core.layer_forward(code, x, h0, c0, weight_ih, weight_hh, bias_ih,
                                                bias_hh, weight_hr, lengths, reverse, training)
-    state = None
+    state: Optional[LayerState] = None
     if training:
         state = LayerState(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                           lengths, reverse, reserve)
+                           lengths, reverse, cast(np.ndarray, reserve))  # not None: training
     return y, h_n, c_n, state
 
 
-def layer_backward(state: LayerState, dy, dh_n=None, dc_n=None):
+def layer_backward(state: LayerState, dy: _FloatArray, dh_n: Optional[_FloatArray] = None,
+                   dc_n: Optional[_FloatArray] = None) -> LayerGradients:
     """Backward through time for a :func:`layer_forward` call made with ``training=True``.
 
     ``dy (T, B, R)`` (entries at padded steps are ignored: those outputs are constant zeros),
@@ -110,3 +162,37 @@ def layer_backward(state: LayerState, dy, dh_n=None, dc_n=None):
         _contiguous(dc_n))
     return {"input": dx, "h0": dh0, "c0": dc0, "weight_ih": dw_ih, "weight_hh": dw_hh,
             "bias_ih": db_ih, "bias_hh": db_hh, "weight_hr": dw_hr}
+
+
+def workspace_bytes(mode: str, seq_len: int, batch: int, input_size: int, hidden_size: int, *,
+                    proj_size: int = 0, dtype=np.float32, training: bool = True) -> dict:
+    """Memory one :func:`layer_forward` / :func:`layer_backward` pair of this size allocates, in
+    bytes, besides its inputs and outputs:
+
+    - ``"reserve"``: what a training-mode forward keeps for backward (inside the returned
+      ``state``; 0 when ``training=False``);
+    - ``"forward_scratch"``, ``"backward_scratch"``: temporary space during each call
+      (``backward_scratch`` is 0 when ``training=False``). Scratch is cached per calling thread
+      and reused by the next call (up to 1 GiB; larger scratch is freed after its call), so a
+      thread's resident scratch is its largest call's.
+    """
+    code = _CELL_CODES[check_mode(mode)]
+    itemsize = _validate.as_float_dtype(dtype).itemsize
+    T, B, I, H = (_validate.positive_int(value, name) for name, value in (
+        ("seq_len", seq_len), ("batch", batch), ("input_size", input_size),
+        ("hidden_size", hidden_size)))
+    for name, value in (("seq_len", T), ("batch", B), ("input_size", I), ("hidden_size", H)):
+        if value >= 2**31:
+            raise ValueError(f"{name}: expected a size < 2^31, got {value}")
+    if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, numbers.Integral):
+        raise TypeError(f"proj_size: expected an int, got {type(proj_size).__name__}")
+    if proj_size < 0 or proj_size >= H or (proj_size and mode != "lstm"):
+        raise ValueError(f"proj_size: expected 0 (or 0 < proj_size < hidden_size={H} for an "
+                         f"LSTM), got {proj_size}")
+    P = int(proj_size)
+    training = _validate.flag(training, "training")
+    fwd_train, fwd_infer, bwd = _core.workspace_sizes(code, T, B, I, H, P)
+    if not training:
+        return {"reserve": 0, "forward_scratch": fwd_infer * itemsize, "backward_scratch": 0}
+    return {"reserve": _core.reserve_size(code, T, B, I, H, P) * itemsize,
+            "forward_scratch": fwd_train * itemsize, "backward_scratch": bwd * itemsize}

@@ -10,24 +10,50 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, List, Optional
+from types import ModuleType
+from typing import Any, Dict, Generic, List, Mapping, Optional, Tuple, TypeVar, cast
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _validate, functional
 
 _GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
+# Arrays in and out of the modules: float32 or float64, as the module's dtype says (a type
+# checker cannot follow a dtype chosen at run time, hence np.floating).
+_Array = NDArray[np.floating[Any]]
+# The hidden state a module takes as hx and returns after y: h for RNN and GRU, (h, c) for LSTM.
+_State = TypeVar("_State")
+_Self = TypeVar("_Self", bound="_RNNBase[Any]")
 
-class _RNNBase:
+
+class _RNNBase(Generic[_State]):
     """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU`."""
 
-    _backend = functional
+    # Any module with layer_forward / layer_backward: functional, or reference (see there).
+    _backend: ModuleType = functional
+
+    # The attributes __init__ sets, declared for type checkers: mypy takes its isinstance checks
+    # against numbers.Integral / numbers.Real as always failing for an int / a float ("subclass
+    # of int and Integral cannot exist"), so it never reaches the assignments to infer them.
+    mode: str
+    input_size: int
+    hidden_size: int
+    proj_size: int
+    num_layers: int
+    bias: bool
+    batch_first: bool
+    bidirectional: bool
+    dropout: float
+    dtype: np.dtype[Any]
+    training: bool
+    _rng: np.random.Generator
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, dtype=np.float32, seed: Optional[int] = None,
-                 proj_size: int = 0):
+                 bidirectional: bool = False, dtype: DTypeLike = np.float32,
+                 seed: Optional[int] = None, proj_size: int = 0) -> None:
         self.mode = mode
         self.input_size = _validate.positive_int(input_size, "input_size")
         self.hidden_size = _validate.positive_int(hidden_size, "hidden_size")
@@ -50,8 +76,9 @@ class _RNNBase:
         self.dtype = _validate.as_float_dtype(dtype)
         self.training = True
         self._rng = np.random.default_rng(seed)
-        self._saved = None  # what the last training-mode call keeps for backward
-        self.params: Dict[str, np.ndarray] = {}
+        # what the last training-mode call keeps for backward
+        self._saved: Optional[Dict[str, Any]] = None
+        self.params: Dict[str, _Array] = {}
         bound = 1.0 / math.sqrt(self.hidden_size)  # PyTorch's default initialisation
         for name, shape in self._param_shapes().items():
             self.params[name] = self._rng.uniform(-bound, bound, shape).astype(self.dtype)
@@ -78,7 +105,7 @@ class _RNNBase:
 
     def _param_shapes(self) -> Dict[str, tuple]:
         gh, H = _GATES[self.mode] * self.hidden_size, self.hidden_size
-        shapes = {}
+        shapes: Dict[str, tuple] = {}
         for layer in range(self.num_layers):
             for direction in range(self.num_directions):
                 names = self._param_names(layer, direction)
@@ -104,11 +131,11 @@ class _RNNBase:
         return self.mode == "lstm"
 
     # ---- weights in and out, as torch's modules do --------------------------------------------
-    def state_dict(self) -> Dict[str, np.ndarray]:
+    def state_dict(self) -> Dict[str, _Array]:
         """A copy of every parameter under PyTorch's names."""
         return {name: np.array(value, copy=True) for name, value in self.params.items()}
 
-    def load_state_dict(self, state_dict, strict: bool = True) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
         """Copy weights in from a mapping of PyTorch's names to arrays (or CPU torch tensors,
         e.g. ``torch_module.state_dict()``), cast to this module's dtype. With ``strict``, the
         names must match exactly; shapes must always match."""
@@ -135,14 +162,14 @@ class _RNNBase:
         self.params.update(loaded)
 
     # ---- modes -----------------------------------------------------------------------------
-    def train(self, mode: bool = True):
+    def train(self: _Self, mode: bool = True) -> _Self:
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self: _Self) -> _Self:
         return self.train(False)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         extra = ", nonlinearity='relu'" if self.mode == "rnn_relu" else ""
         extra += f", proj_size={self.proj_size}" if self.proj_size else ""
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
@@ -194,7 +221,8 @@ class _RNNBase:
             raise TypeError("hx: expected both h0 and c0 (or hx=None for zeros), got a None")
         return hx[0], hx[1]
 
-    def __call__(self, input, hx=None, lengths=None):
+    def __call__(self, input: _Array, hx: Optional[_State] = None,
+                 lengths: Optional[ArrayLike] = None) -> Tuple[_Array, _State]:
         self._saved = None  # a failed call must not leave an older call's state for backward
         x, unbatched = self._time_major_input(input)
         T, B, _ = x.shape
@@ -245,7 +273,9 @@ class _RNNBase:
         if unbatched:
             h_n = h_n[:, 0]
             c_n = c_n[:, 0] if c_n is not None else None
-        return (y, (h_n, c_n)) if self._has_cell_state else (y, h_n)
+        # _State is (h, c) exactly when the cell has a cell state (see the subclasses' bases).
+        return cast("Tuple[_Array, _State]",
+                    (y, (h_n, c_n)) if self._has_cell_state else (y, h_n))
 
     def _layer_params(self, params: Dict[str, np.ndarray], layer: int, direction: int) -> dict:
         """One layer and direction's parameters keyed by their layer_forward argument name."""
@@ -258,8 +288,27 @@ class _RNNBase:
             return seq[:, 0]
         return np.ascontiguousarray(seq.transpose(1, 0, 2)) if self.batch_first else seq
 
+    def workspace_bytes(self, seq_len: int, batch: int) -> Dict[str, int]:
+        """Memory a call on ``(seq_len, batch)`` input allocates in the native core, in bytes:
+        ``"reserve"``, what a training-mode forward keeps for :meth:`backward` (all layers and
+        directions; 0 in eval mode), and ``"scratch"``, the largest temporary space of one
+        layer's forward or backward (cached per thread, see
+        :func:`fastrnn.functional.workspace_bytes`)."""
+        if self._backend is not functional:
+            raise NotImplementedError(f"workspace_bytes: {type(self).__module__}."
+                                      f"{type(self).__name__} does not run on the native core")
+        reserve = scratch = 0
+        for layer in range(self.num_layers):
+            sizes = functional.workspace_bytes(
+                self.mode, seq_len, batch, self._layer_input_size(layer), self.hidden_size,
+                proj_size=self.proj_size, dtype=self.dtype, training=self.training)
+            reserve += sizes["reserve"] * self.num_directions
+            scratch = max(scratch, sizes["forward_scratch"], sizes["backward_scratch"])
+        return {"reserve": reserve, "scratch": scratch}
+
     # ---- backward --------------------------------------------------------------------------
-    def backward(self, dy, dh_n=None, dc_n=None) -> Dict[str, np.ndarray]:
+    def backward(self, dy: _Array, dh_n: Optional[_Array] = None,
+                 dc_n: Optional[_Array] = None) -> Dict[str, _Array]:
         """Gradients of the last training-mode call, given the gradients of its outputs.
 
         ``dy`` has the output's shape; ``dh_n``/``dc_n`` the final states' shape (None: zeros).
@@ -272,6 +321,7 @@ class _RNNBase:
                                "eval(), or after a previous backward, nothing is saved)")
         T, B, unbatched = saved["steps"], saved["batch"], saved["unbatched"]
         D, H, L, R = self.num_directions, self.hidden_size, self.num_layers, self.state_size
+        out_shape: Tuple[int, ...]
         if unbatched:
             out_shape = (T, D * R)
         else:
@@ -294,7 +344,7 @@ class _RNNBase:
             mask = saved["masks"][layer]
             if mask is not None:
                 d_out = d_out * mask
-            d_in = None
+            d_in: Any = None  # summed over the directions (D >= 1, so set when the loop ends)
             for direction in range(D):
                 idx = layer * D + direction
                 dy_dir = np.ascontiguousarray(d_out[:, :, direction * R:(direction + 1) * R])
@@ -326,7 +376,7 @@ class _RNNBase:
         return _validate.array(value, name, self.dtype, expected).reshape(shape)
 
 
-class RNN(_RNNBase):
+class RNN(_RNNBase[_Array]):
     """Elman RNN, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)`` with ``act`` tanh or relu.
 
     Same arguments as ``torch.nn.RNN`` plus ``dtype`` (float32 or float64) and ``seed``.
@@ -335,8 +385,8 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False, dtype=np.float32,
-                 seed: Optional[int] = None):
+                 dropout: float = 0.0, bidirectional: bool = False, dtype: DTypeLike = np.float32,
+                 seed: Optional[int] = None) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
@@ -344,7 +394,7 @@ class RNN(_RNNBase):
                          batch_first, dropout, bidirectional, dtype, seed)
 
 
-class LSTM(_RNNBase):
+class LSTM(_RNNBase[Tuple[_Array, _Array]]):
     """LSTM, gate order i, f, g, o, as ``torch.nn.LSTM``, including ``proj_size``.
 
     ``y, (h_n, c_n) = lstm(x, (h0, c0)=None, lengths=None)``. With ``proj_size = P > 0`` the
@@ -354,12 +404,13 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, dtype=np.float32, seed: Optional[int] = None):
+                 proj_size: int = 0, dtype: DTypeLike = np.float32,
+                 seed: Optional[int] = None) -> None:
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, proj_size=proj_size)
 
 
-class GRU(_RNNBase):
+class GRU(_RNNBase[_Array]):
     """GRU, gate order r, z, n, reset applied after the hidden matmul, as ``torch.nn.GRU``.
 
     ``y, h_n = gru(x, h0=None, lengths=None)``.
@@ -367,6 +418,6 @@ class GRU(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 dtype=np.float32, seed: Optional[int] = None):
+                 dtype: DTypeLike = np.float32, seed: Optional[int] = None) -> None:
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed)
