@@ -10,15 +10,24 @@ import os as _os
 import warnings as _warnings
 from importlib import metadata as _metadata
 
+import numpy as _np
+
 from . import _blas_loader  # noqa: F401  (makes the BLAS library visible before _core loads)
 from . import _core
 from . import functional, reference
 from .errors import DtypeError, LengthsError
+from .functional import workspace_bytes
 from .modules import GRU, LSTM, RNN
 
 if _os.environ.get("FASTRNN_ISA", "") not in ("", "baseline", "avx2", "avx512"):
     _warnings.warn(f"FASTRNN_ISA={_os.environ['FASTRNN_ISA']!r} is not one of baseline, avx2, "
                    f"avx512; ignored (running {_core.active_isa()})", RuntimeWarning)
+
+if _os.environ.get("FASTRNN_DETERMINISTIC", "") not in ("", "0"):
+    if _os.environ["FASTRNN_DETERMINISTIC"] != "1":
+        _warnings.warn(f"FASTRNN_DETERMINISTIC={_os.environ['FASTRNN_DETERMINISTIC']!r} is "
+                       f"not 0 or 1; taken as 1", RuntimeWarning)
+    _core.set_deterministic(True)
 
 try:
     __version__ = _metadata.version("fastrnn")
@@ -26,7 +35,8 @@ except _metadata.PackageNotFoundError:  # running from a source tree without ins
     __version__ = "0.0.0+unknown"
 
 __all__ = ["RNN", "LSTM", "GRU", "functional", "reference", "build_info", "set_num_threads",
-           "get_num_threads", "DtypeError", "LengthsError", "__version__"]
+           "get_num_threads", "set_deterministic", "get_deterministic", "workspace_bytes",
+           "DtypeError", "LengthsError", "__version__"]
 
 
 def set_num_threads(n: int) -> None:
@@ -48,6 +58,27 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
+def set_deterministic(enabled: bool) -> None:
+    """Make results bitwise identical for any thread count (process-wide; off by default).
+
+    For a fixed thread count fastrnn's results are always bitwise reproducible, and its own
+    kernels give the same bits for any thread count (threads split hidden units, never a sum).
+    The BLAS library's products (the input projection below batch 8, the input and weight
+    gradients, batch-1 steps on GEMV) may round differently with another thread count. With
+    ``enabled=True`` every such product is computed as a fixed grid of blocks, each by the BLAS
+    library on one thread, so the thread count only decides who computes which block; the
+    large GEMMs may run somewhat slower. ``FASTRNN_DETERMINISTIC=1`` turns it on at import.
+    """
+    if not isinstance(enabled, (bool, _np.bool_)):
+        raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
+    _core.set_deterministic(bool(enabled))
+
+
+def get_deterministic() -> bool:
+    """Whether :func:`set_deterministic` mode is on."""
+    return bool(_core.get_deterministic())
+
+
 def build_info() -> dict:
     """What this build contains: version, compiler, BLAS, SIMD paths compiled in, backends.
 
@@ -65,5 +96,6 @@ def build_info() -> dict:
         "simd_active": _core.active_isa(),
         "num_threads": get_num_threads(),
         "thread_pool": _core.thread_pool(),
+        "deterministic": get_deterministic(),
         "cuda": False,
     }
