@@ -982,3 +982,33 @@ def test_core_reserve_size_projection_only_for_lstm():
         _core.reserve_size(0, 5, 3, 1, 4, 3)
     with pytest.raises(ValueError):
         _core.reserve_size(2, 1_300_000_000, 1, 1, 2**30, 2**30 - 1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_read_only_arrays_are_accepted_and_outputs_are_fresh(mode):
+    """fastrnn takes no output buffers: it never writes into an argument, so read-only inputs,
+    parameters, gradients and reserves work, and every result is a new writable array."""
+    def frozen(a):
+        a = a.copy()
+        a.setflags(write=False)
+        return a
+
+    a = {k: None if v is None else frozen(v) for k, v in
+         make_layer_inputs(mode, T, B, I, H, dtype=np.float32, seed=3).items()}
+    y, h_n, c_n, state = functional.layer_forward(
+        mode, a["x"], a["h0"], a["c0"], a["weight_ih"], a["weight_hh"], a["bias_ih"], a["bias_hh"])
+    state.reserve.setflags(write=False)
+    grads = functional.layer_backward(state, frozen(np.ones_like(y)), frozen(np.ones_like(h_n)))
+    for out in [y, h_n, c_n] + list(grads.values()):
+        assert out is None or out.flags.writeable
+    core = _core_backward_args(mode)
+    core = {k: frozen(v) if isinstance(v, np.ndarray) else v for k, v in core.items()}
+    assert all(g is None or g.flags.writeable for g in _core.layer_backward(**core))
+    cls = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU}.get(mode)
+    model = cls(I, H) if cls else fastrnn.RNN(I, H, nonlinearity=mode[4:])
+    for name in model.params:
+        model.params[name] = frozen(model.params[name])
+    out = model(a["x"])
+    y = out[0]
+    grads = model.backward(frozen(np.ones_like(y)))
+    assert all(g.flags.writeable for g in grads.values())

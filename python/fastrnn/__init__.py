@@ -9,6 +9,8 @@ through time, with PyTorch's conventions and a NumPy reference to check them aga
 import os as _os
 import warnings as _warnings
 from importlib import metadata as _metadata
+from typing import Any as _Any
+from typing import Dict as _Dict
 
 import numpy as _np
 
@@ -79,7 +81,7 @@ def get_deterministic() -> bool:
     return bool(_core.get_deterministic())
 
 
-def build_info() -> dict:
+def build_info() -> _Dict[str, _Any]:
     """What this build contains: version, compiler, BLAS, SIMD paths compiled in, backends.
 
     ``simd`` lists the instruction sets the pointwise kernels are compiled for; ``simd_active``

@@ -40,7 +40,7 @@ def array(value, name: str, dtype: np.dtype, shape: tuple) -> np.ndarray:
         raise DtypeError(f"{name}: expected dtype {dtype}, got {value.dtype}")
     if value.shape != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {value.shape}")
-    return np.require(value, requirements="CA")
+    return np.require(value, requirements=["C", "A"])
 
 
 def flag(value, name: str) -> bool:
@@ -65,4 +65,4 @@ def lengths(value, batch: int, steps: int) -> Optional[np.ndarray]:
         b = int(bad[0])
         raise LengthsError(
             f"lengths: expected every value in [1, T={steps}], got lengths[{b}] = {int(arr[b])}")
-    return np.require(arr, dtype=np.int64, requirements="CA")
+    return np.require(arr, dtype=np.int64, requirements=["C", "A"])

@@ -98,6 +98,8 @@ def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
                   training: Literal[True] = True,
                   ) -> Tuple[NDArray[_FloatT], NDArray[_FloatT], Optional[NDArray[_FloatT]],
                              LayerState]: ...
+
+
 @overload
 def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
                   c0: Optional[NDArray[_FloatT]], weight_ih: NDArray[_FloatT],
@@ -108,6 +110,7 @@ def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
                   training: bool,
                   ) -> Tuple[NDArray[_FloatT], NDArray[_FloatT], Optional[NDArray[_FloatT]],
                              Optional[LayerState]]: ...
+
 
 def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
                   c0: Optional[NDArray[_FloatT]], weight_ih: NDArray[_FloatT],
@@ -165,7 +168,8 @@ def layer_backward(state: LayerState, dy: _FloatArray, dh_n: Optional[_FloatArra
 
 
 def workspace_bytes(mode: str, seq_len: int, batch: int, input_size: int, hidden_size: int, *,
-                    proj_size: int = 0, dtype=np.float32, training: bool = True) -> dict:
+                    proj_size: int = 0, dtype: DTypeLike = np.float32,
+                    training: bool = True) -> Dict[str, int]:
     """Memory one :func:`layer_forward` / :func:`layer_backward` pair of this size allocates, in
     bytes, besides its inputs and outputs:
 
