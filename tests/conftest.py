@@ -175,3 +175,38 @@ def random_lengths(rng: np.random.Generator, T: int, B: int) -> np.ndarray:
 def layer_inputs():
     """The :func:`make_layer_inputs` factory, as a fixture."""
     return make_layer_inputs
+
+
+# ---------------------------------------------------------------------------------------------
+# Malformed-call fuzzing in a child process (test_fuzz.py, test_torch_malformed.py)
+# ---------------------------------------------------------------------------------------------
+
+def run_fuzz_child(script: str, count: int, seed: int, timeout: float = 600) -> dict:
+    """Runs ``python script COUNT SEED`` -- a fuzzing script that prints each case before calling
+    it and ends with one ``FUZZ-SUMMARY {json}`` line -- and returns the summary. A crash fails
+    the calling test with the signal and the last case printed, instead of ending the run."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    # Under AddressSanitizer (CI preloads it), let a failed huge malloc return NULL, as glibc's
+    # does, so that the allocation raises MemoryError instead of ASan aborting the process.
+    env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS"),
+                                                 "allocator_may_return_null=1"]))
+    proc = subprocess.run([sys.executable, os.path.abspath(script), str(count), str(seed)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    tail = "\n".join(proc.stdout.splitlines()[-20:] + proc.stderr.splitlines()[-40:])
+    rerun = f"python tests/{os.path.basename(script)} 1 {seed} CASE"
+    if proc.returncode < 0:
+        pytest.fail(f"the fuzzing process was killed by signal {-proc.returncode} during the "
+                    f"last case it printed (rerun one with: {rerun}; a heap corruption can "
+                    f"abort a few cases after the one that caused it: then rerun the cases "
+                    f"before it, COUNT > 1):\n{tail}")
+    assert proc.returncode == 0, f"the fuzzing process exited with {proc.returncode}:\n{tail}"
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("FUZZ-SUMMARY ")]
+    assert lines, f"no summary line:\n{tail}"
+    summary = json.loads(lines[-1][len("FUZZ-SUMMARY "):])
+    assert summary["cases"] == count
+    summary["rerun"] = rerun
+    return summary

@@ -28,8 +28,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import os
-import subprocess
 import sys
 import types
 
@@ -41,7 +39,7 @@ from hypothesis import strategies as st
 import fastrnn
 from fastrnn import _core, reference
 from fastrnn import functional as F
-from conftest import assert_close
+from conftest import assert_close, run_fuzz_child
 
 MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 _GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
@@ -940,30 +938,12 @@ MALFORMED_SEED = 20240
 
 
 def test_malformed_calls_raise():
-    env = dict(os.environ)
-    # Under AddressSanitizer (CI preloads it), let a failed huge malloc return NULL, as glibc's
-    # does, so that NumPy raises MemoryError instead of ASan aborting the process.
-    env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS"),
-                                                 "allocator_may_return_null=1"]))
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), str(MALFORMED_CASES), str(MALFORMED_SEED)],
-        capture_output=True, text=True, timeout=600, env=env)
-    tail = "\n".join(proc.stdout.splitlines()[-20:] + proc.stderr.splitlines()[-40:])
-    if proc.returncode < 0:
-        pytest.fail(f"the fuzzing process was killed by signal {-proc.returncode} during the "
-                    f"last case it printed (rerun one with: python tests/test_fuzz.py 1 "
-                    f"{MALFORMED_SEED} CASE):\n{tail}")
-    assert proc.returncode == 0, f"the fuzzing process exited with {proc.returncode}:\n{tail}"
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("FUZZ-SUMMARY ")]
-    assert lines, f"no summary line:\n{tail}"
-    summary = json.loads(lines[-1][len("FUZZ-SUMMARY "):])
+    summary = run_fuzz_child(__file__, MALFORMED_CASES, MALFORMED_SEED)
     print(json.dumps(summary["by_exception"]))
-    assert summary["cases"] == MALFORMED_CASES
     problems = (summary["not_raised"] + summary["disallowed"] + summary["wrong_kind"]
                 + summary["post_check"])
     assert not problems, (f"{len(problems)} of {MALFORMED_CASES} malformed calls misbehaved "
-                          f"(rerun one with: python tests/test_fuzz.py 1 {MALFORMED_SEED} "
-                          f"CASE):\n" + "\n".join(problems[:30]))
+                          f"(rerun one with: {summary['rerun']}):\n" + "\n".join(problems[:30]))
 
 
 if __name__ == "__main__":

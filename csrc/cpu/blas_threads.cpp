@@ -31,6 +31,7 @@ namespace {
 
 std::string g_openmp_path;          // "" while the team runs on fastrnn's own threads
 std::mutex g_switch_mutex;
+std::mutex* g_jobs_mutex = new std::mutex();  // never destroyed (see run_jobs_in_team)
 
 struct BlasJobs {
   openblas_dojob_callback dojob;
@@ -52,6 +53,11 @@ void run_jobs_in_team(int /*sync: always 1*/, openblas_dojob_callback dojob, int
     if (numjobs == 1) jobs.run(0);
     return;
   }
+  // One call's jobs at a time. With a threads callback installed, OpenBLAS (0.3.34) hands job i
+  // of every call the same per-position scratch, so two Python threads' parallel GEMM/GEMV calls
+  // at once overwrote each other's (wrong results, tests/test_stress.py; also reproduced in plain
+  // C against the library). OpenBLAS's own thread server serialises its calls in the same way.
+  std::lock_guard<std::mutex> one_call_at_a_time(*g_jobs_mutex);
   cpu::run_team(numjobs, [&jobs](int member, int team) {
     std::vector<std::thread> extra;
     if (member == 0)
@@ -61,9 +67,11 @@ void run_jobs_in_team(int /*sync: always 1*/, openblas_dojob_callback dojob, int
   });
 }
 
-// Installed once, before the first GEMM (the extension module's initialisation).
+// Installed once, before the first GEMM (the extension module's initialisation). A forked child
+// gets a fresh mutex: another thread of the parent may have held it at the fork.
 const bool g_callback_installed = [] {
   scipy_openblas_set_threads_callback_function(run_jobs_in_team);
+  pthread_atfork(nullptr, nullptr, [] { g_jobs_mutex = new std::mutex(); });
   return true;
 }();
 

@@ -76,10 +76,13 @@ struct VanillaMath {
     if constexpr (kCell == Cell::RnnTanh) return fast_tanh(a);
     else return a < T(0) ? T(0) : a;  // NaN propagates, as in NumPy and PyTorch
   }
+  // d(pre-activation) from dh and the output y. relu's is a select, as torch applies it: exactly
+  // 0 where y <= 0 (so an Inf or NaN dh there gives 0, not 0 * Inf = NaN), dh elsewhere (a NaN y
+  // included).
   template <typename T>
-  static FASTRNN_INLINE T derivative_from_output(T y) {
-    if constexpr (kCell == Cell::RnnTanh) return T(1) - y * y;
-    else return y > T(0) ? T(1) : T(0);
+  static FASTRNN_INLINE T gradient_through(T y, T dh) {
+    if constexpr (kCell == Cell::RnnTanh) return dh * (T(1) - y * y);
+    else return y <= T(0) ? T(0) : dh;
   }
 
   template <typename T>
@@ -97,7 +100,7 @@ struct VanillaMath {
     const T* FASTRNN_RESTRICT h_new = g.h_new;
     T* FASTRNN_RESTRICT dgx = g.dgx;
     FASTRNN_IVDEP
-    for (int64_t j = 0; j < n; ++j) dgx[j] = dh[j] * derivative_from_output(h_new[j]);
+    for (int64_t j = 0; j < n; ++j) dgx[j] = gradient_through(h_new[j], dh[j]);
   }
 };
 

@@ -97,7 +97,11 @@ class Pool {
 // Never destroyed: detached workers may still be waiting on it at exit. A forked child has none
 // of the parent's threads, so it starts a new pool (the old one's mutexes may be held, too).
 Pool* g_pool = new Pool();
-OpenMpEntryPoints g_openmp;  // parallel == nullptr: fastrnn's own pool
+// The host runtime's entry points, or nullptr for fastrnn's own pool. Published whole through an
+// atomic pointer, so a call reads one consistent set even while another thread switches;
+// replaced sets are never freed (a call in flight may still be reading one, and a process
+// switches a handful of times at most).
+std::atomic<const OpenMpEntryPoints*> g_openmp{nullptr};
 
 int default_threads() {
   if (const char* v = std::getenv("OMP_NUM_THREADS")) {
@@ -117,7 +121,7 @@ std::atomic<int> g_threads{0};  // 0: not decided yet
 
 void after_fork_in_child() {
   g_pool = new Pool();
-  g_openmp = OpenMpEntryPoints{};
+  g_openmp.store(nullptr, std::memory_order_relaxed);
 }
 
 // Registered when the library loads, before any pool or runtime can be in use: a child forked
@@ -142,10 +146,9 @@ void openmp_trampoline(void* data) {
 void run_team(int size, TeamBody body, void* context) {
   (void)g_atfork_registered;
   if (size <= 1) return body(context, 0, 1);
-  const OpenMpEntryPoints rt = g_openmp;
-  if (rt.parallel != nullptr) {
-    OpenMpCall call{body, context, rt};
-    rt.parallel(openmp_trampoline, &call, static_cast<unsigned>(size), 0);
+  if (const OpenMpEntryPoints* rt = g_openmp.load(std::memory_order_acquire)) {
+    OpenMpCall call{body, context, *rt};
+    rt->parallel(openmp_trampoline, &call, static_cast<unsigned>(size), 0);
     return;
   }
   if (!g_pool->run(size, body, context)) body(context, 0, 1);
@@ -165,6 +168,9 @@ void set_team_threads(int n) {
   g_threads.store(n, std::memory_order_relaxed);
 }
 
-void use_openmp_runtime(const OpenMpEntryPoints& rt) { g_openmp = rt; }
+void use_openmp_runtime(const OpenMpEntryPoints& rt) {
+  g_openmp.store(rt.parallel != nullptr ? new OpenMpEntryPoints(rt) : nullptr,
+                 std::memory_order_release);
+}
 
 }  // namespace fastrnn::cpu

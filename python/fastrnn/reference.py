@@ -49,7 +49,7 @@ MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 # the gradients of xp and hp, the gradient of h through paths other than hp (only the GRU has
 # one, through z*h; None otherwise) and the gradient of c (None for cells without a c).
 # Derivatives are written from saved activations: tanh' = 1 - y^2, sigmoid' = s*(1 - s),
-# relu' = (y > 0).
+# relu' = (y > 0), applied as a select (see _rnn_relu_backward).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -77,7 +77,9 @@ def _rnn_relu_forward(xp, hp, h, c):
 
 def _rnn_relu_backward(cache, dh, dc):
     h_new = cache
-    da = dh * (h_new > 0)
+    # A select, as torch applies relu's derivative: exactly 0 where h_new <= 0 (no 0 * Inf = NaN),
+    # dh elsewhere, at a NaN h_new too.
+    da = np.where(h_new <= 0, np.zeros_like(dh), dh)
     return da, da, None, None
 
 

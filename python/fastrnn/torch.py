@@ -23,6 +23,12 @@ autocast, ``torch.func`` transforms, forward-mode AD, a double backward, ``torch
 ONNX export (so that the recorded graph holds torch's portable operators) -- the module runs
 ``torch.nn``'s own implementation instead and warns once, saying why. Calls torch.nn refuses go to
 torch.nn too, so they raise exactly its errors; empty inputs (B = 0) give its empty results.
+What torch.nn does not check, the module checks itself and refuses with a RuntimeError naming
+it: parameters whose shapes no longer fit the module (replaced, or its attributes changed after
+construction), and a ``PackedSequence`` whose batch sizes are not non-increasing and
+non-negative, do not add up to its data's rows, or whose indices are no permutation (torch's
+unpacking writes out of bounds, and its LSTM kernel reads past states and data it never
+checks on packed input).
 
 ``torch.compile``: the layer kernels are registered as the custom operators
 ``fastrnn::layer_forward`` and ``fastrnn::layer_backward`` with shape functions, so compiled models
@@ -40,6 +46,8 @@ import sys
 import threading
 import warnings
 from typing import List, Optional, Tuple
+
+import numpy as np
 
 try:
     import torch
@@ -84,7 +92,12 @@ def _warn_once(reason: str) -> None:
 def _np(t: Optional[Tensor]):
     if t is None:
         return None
-    return t.detach().numpy() if t.requires_grad else t.numpy()
+    if t.requires_grad:
+        t = t.detach()
+    try:
+        return t.numpy()
+    except RuntimeError:  # a negative-bit view (torch._neg_view) must be resolved first
+        return t.resolve_neg().numpy()
 
 
 _threads_lock = threading.Lock()
@@ -330,8 +343,13 @@ class _FastRNNMixin:
         if not isinstance(data, Tensor):
             return ""
         dtype, device = data.dtype, data.device
+        strided = torch.strided  # not sparse or mkldnn: those get torch's result or error
         for w in self._flat_weights:
-            if not isinstance(w, Tensor) or w.dtype != dtype or w.device != device:
+            if (not isinstance(w, Tensor) or w.dtype != dtype or w.device != device
+                    or w.layout != strided):
+                return ""
+        for t in [data] + _state_tensors(hx):
+            if t.layout != strided or t.is_nested:
                 return ""
         if data.device.type != "cpu":
             return f"no kernels for device '{data.device.type}' in this build"
@@ -352,6 +370,9 @@ class _FastRNNMixin:
 
     def forward(self, input, hx=None):
         self._update_flat_weights()
+        mode = _TORCH_MODES.get(self.mode)
+        if mode not in self._cells:  # a mode attribute changed after construction: torch.nn's
+            return super().forward(input, hx)  # forward decides (by the class, or it refuses)
         packed = isinstance(input, PackedSequence)
         reason = self._fallback_reason(input.data if packed else input, hx)
         if reason is not None:
@@ -362,7 +383,6 @@ class _FastRNNMixin:
 
         # torch.nn's input handling and checks. Malformed calls go to torch.nn itself, so that
         # they raise exactly what it raises.
-        mode = _TORCH_MODES[self.mode]
         is_lstm = mode == "lstm"
         D = 2 if self.bidirectional else 1
         sorted_indices = unsorted_indices = batch_sizes = None
@@ -370,6 +390,11 @@ class _FastRNNMixin:
             data, batch_sizes, sorted_indices, unsorted_indices = input
             max_batch_size = batch_sizes[0]
             if hx is not None and not _well_formed_hx(hx, is_lstm, rank=3):
+                if is_lstm and _well_formed_hx(hx, True, rank=None):
+                    # torch.nn's LSTM checks no packed call: its kernel reads past such states
+                    raise RuntimeError(f"{type(self).__name__}: for a PackedSequence input, hx "
+                                       f"and cx should be 3-D but got ({hx[0].dim()}-D, "
+                                       f"{hx[1].dim()}-D) tensors")
                 return super().forward(orig_input, orig_hx)
         else:
             if input.dim() not in (2, 3) or input.numel() == 0:  # torch errors, or empty results
@@ -391,10 +416,17 @@ class _FastRNNMixin:
                                   device=data.device)) if is_lstm else h0
         else:
             hx = self.permute_hidden(hx, sorted_indices)
+        if packed and is_lstm:  # torch.nn's LSTM checks no packed call: this comes first
+            self._check_packed(input)
         self.check_forward_args(data, hx, batch_sizes)
+        if packed and not is_lstm:  # after torch.nn's checks, which RNN and GRU make
+            self._check_packed(input)
+        if packed and batch_sizes[0] == 0:  # no sequences at all: torch.nn's empty results
+            return super().forward(orig_input, orig_hx)
         states = hx if is_lstm else (hx,)
         if not all(h.dtype == data.dtype and h.device == data.device for h in states):
             return super().forward(orig_input, orig_hx)  # torch raises its own error for this
+        self._check_weights(mode)
 
         # Time-major padded input for the core.
         lengths = None
@@ -417,10 +449,52 @@ class _FastRNNMixin:
             hidden = (h_n.squeeze(1), c_n.squeeze(1)) if is_lstm else h_n.squeeze(1)
         return y, hidden
 
+    def _check_packed(self, packed: PackedSequence) -> None:
+        problem = _packed_problem(*packed)
+        if problem:  # torch's unpacking writes out of bounds for some of them
+            raise RuntimeError(f"{type(self).__name__}: PackedSequence: {problem}")
+
+    def _check_weights(self, mode: str) -> None:
+        """The parameters fit the module's sizes. torch.nn does not check them (its kernels
+        raise, broadcast a bias, or read past a weight), so neither would the fallback: a
+        RuntimeError, as torch's kernels raise, naming the first parameter that does not fit."""
+        D = 2 if self.bidirectional else 1
+        H, P = self.hidden_size, self.proj_size
+        R = P if P > 0 else H
+        GH = num_gates(mode) * H
+        per = 2 + (2 if self.bias else 0) + (1 if P > 0 else 0)  # tensors per layer, direction
+        weights, names = self._flat_weights, self._flat_weights_names
+        if len(weights) != self.num_layers * D * per:
+            raise RuntimeError(
+                f"{type(self).__name__}: the module has the parameters {names}, but its "
+                f"attributes (num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
+                f"bias={self.bias}, proj_size={P}) want {self.num_layers * D * per}; were they "
+                f"changed after construction?")
+        for i, w in enumerate(weights):  # in torch.nn's order: ih, hh, [b_ih, b_hh], [hr]
+            k = i % per
+            if k == 0:
+                shape = (GH, self.input_size if i < D * per else R * D)
+            elif k == 1:
+                shape = (GH, R)
+            elif P > 0 and k == per - 1:
+                shape = (P, H)
+            else:
+                shape = (GH,)
+            if w.shape != shape:
+                raise RuntimeError(
+                    f"{type(self).__name__}: parameter {names[i]}: expected shape {shape} "
+                    f"(input_size={self.input_size}, hidden_size={H}, proj_size={P}, "
+                    f"num_layers={self.num_layers}, bidirectional={self.bidirectional}), "
+                    f"got {tuple(w.shape)}")
+
     def _run_layers(self, mode, x, h0, c0, lengths, batch_sizes):
         """Every layer and direction, time-major; dropout between layers as torch applies it
         (on the packed data when the input was packed, so the masks are torch's)."""
         D = 2 if self.bidirectional else 1
+        if self.training and self.num_layers > 1 and self.dropout != 0 \
+                and not 0 <= self.dropout <= 1:  # an attribute changed after construction
+            raise RuntimeError(f"{type(self).__name__}: dropout probability has to be between 0 "
+                               f"and 1, but got {self.dropout}")
         weights = self._flat_weights
         per_direction = len(weights) // (self.num_layers * D)
         layer_input = x
@@ -441,7 +515,7 @@ class _FastRNNMixin:
                 if c is not None:
                     c_n.append(c)
             layer_output = outputs[0] if D == 1 else torch.cat(outputs, 2)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+            if self.dropout != 0 and self.training and layer < self.num_layers - 1:
                 if batch_sizes is None:
                     layer_output = torch.nn.functional.dropout(layer_output, self.dropout, True)
                 else:
@@ -465,6 +539,41 @@ def _padded_to_packed(padded: Tensor, lengths: Tensor) -> Tensor:
     return pack_padded_sequence(padded, lengths, enforce_sorted=True).data
 
 
+def _packed_problem(data: Tensor, batch_sizes: Tensor, sorted_indices: Optional[Tensor],
+                    unsorted_indices: Optional[Tensor]) -> str:
+    """What is wrong with a PackedSequence ('' if nothing) that torch.nn's packed path does not
+    check: batch_sizes a 1-D CPU int64 tensor of non-increasing, non-negative sizes (as
+    pack_padded_sequence makes them) that add up to the rows of data; sorted_indices (if any) a
+    permutation of the batch, unsorted_indices its inverse (PackedSequence inverts whatever
+    it is given, leaving entries of a non-permutation uninitialised)."""
+    if (batch_sizes.dtype != torch.int64 or batch_sizes.dim() != 1
+            or batch_sizes.device.type != "cpu" or batch_sizes.layout != torch.strided):
+        return (f"batch_sizes: expected a 1-D CPU int64 tensor, got a {batch_sizes.dim()}-D "
+                f"{batch_sizes.device.type} {batch_sizes.dtype} tensor")
+    sizes = _np(batch_sizes)  # NumPy's small-array operations cost less than torch's
+    if sizes[-1] < 0 or (sizes[1:] > sizes[:-1]).any():
+        return (f"batch_sizes: expected non-increasing, non-negative sizes, got "
+                f"{sizes[:10].tolist()}{' ...' if sizes.size > 10 else ''}")
+    total = int(sizes.sum())
+    if data.dim() == 2 and data.size(0) != total:  # another rank: check_forward_args says so
+        return f"data has {data.size(0)} rows, but batch_sizes add up to {total}"
+    if sorted_indices is None and unsorted_indices is None:
+        return ""
+    B = int(sizes[0])
+    for name, t in (("sorted_indices", sorted_indices), ("unsorted_indices", unsorted_indices)):
+        if (not isinstance(t, Tensor) or t.dtype != torch.int64 or t.shape != (B,)
+                or t.device.type != "cpu" or t.layout != torch.strided):
+            got = (f"a {tuple(t.shape)} {t.dtype} tensor on {t.device}"
+                   if isinstance(t, Tensor) else type(t).__name__)
+            return f"{name}: expected a ({B},) CPU int64 tensor (B = batch_sizes[0]), got {got}"
+    order, inverse = _np(sorted_indices), _np(unsorted_indices)
+    if B and not (0 <= order.min() and order.max() < B
+                  and (inverse[order] == np.arange(B)).all()):
+        return ("sorted_indices: expected a permutation of the batch, with unsorted_indices "
+                f"its inverse, got {order[:10].tolist()} and {inverse[:10].tolist()}")
+    return ""
+
+
 def _in_onnx_export() -> bool:
     onnx = sys.modules.get("torch.onnx")  # never imported by us: it costs time
     return onnx is not None and onnx.is_in_onnx_export()
@@ -479,24 +588,31 @@ def _state_tensors(hx) -> list:
     return [h for h in hx if isinstance(h, Tensor)] if isinstance(hx, (tuple, list)) else []
 
 
-def _well_formed_hx(hx, is_lstm: bool, rank: int) -> bool:
-    """hx is what torch.nn accepts: a tensor of the given rank, or for an LSTM a pair of them."""
+def _well_formed_hx(hx, is_lstm: bool, rank: Optional[int]) -> bool:
+    """hx is what torch.nn accepts: a tensor of the given rank (None: any), or for an LSTM a
+    pair of them."""
     if is_lstm:
         return (isinstance(hx, (tuple, list)) and len(hx) == 2
-                and all(isinstance(h, Tensor) and h.dim() == rank for h in hx))
-    return isinstance(hx, Tensor) and hx.dim() == rank
+                and all(isinstance(h, Tensor) and rank in (None, h.dim()) for h in hx))
+    return isinstance(hx, Tensor) and rank in (None, hx.dim())
 
 
 class RNN(_FastRNNMixin, torch.nn.RNN):
     """``torch.nn.RNN`` (tanh or relu) with fastrnn's kernels; same arguments and results."""
 
+    _cells = ("rnn_tanh", "rnn_relu")  # the modes this class runs in the core
+
 
 class LSTM(_FastRNNMixin, torch.nn.LSTM):
     """``torch.nn.LSTM`` (``proj_size`` included) with fastrnn's kernels; same arguments and results."""
 
+    _cells = ("lstm",)
+
 
 class GRU(_FastRNNMixin, torch.nn.GRU):
     """``torch.nn.GRU`` with fastrnn's kernels; same arguments and results."""
+
+    _cells = ("gru",)
 
 
 _TWINS = {torch.nn.RNN: RNN, torch.nn.LSTM: LSTM, torch.nn.GRU: GRU}
