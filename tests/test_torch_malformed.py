@@ -941,6 +941,25 @@ def test_relu_gradient_through_non_finite_values_is_torchs(where):
     assert problem is None, problem
 
 
+@pytest.mark.parametrize("which", ["sorted_indices", "unsorted_indices"])
+def test_packed_sequence_with_one_index_tensor_is_accepted(which):
+    """A PackedSequence may hold only one of its index tensors; torch.nn accepts that, and so
+    does fastrnn.torch, with torch.nn's results."""
+    from torch.nn.utils.rnn import PackedSequence
+    torch.manual_seed(0)
+    m = torch.nn.GRU(3, 4)
+    f = ft.GRU(3, 4)
+    f.load_state_dict(m.state_dict())
+    packed = pack_padded_sequence(torch.randn(5, 3, 3), torch.tensor([5, 4, 2]))
+    order = torch.tensor([2, 0, 1])
+    indices = (order, None) if which == "sorted_indices" else (None, order)
+    seq = PackedSequence(packed.data, packed.batch_sizes, *indices)
+    h0 = torch.randn(1, 3, 4)
+    (want_y, want_h), (got_y, got_h) = m(seq, h0), f(seq, h0)
+    assert torch.allclose(got_y.data, want_y.data, atol=1e-6)
+    assert torch.allclose(got_h, want_h, atol=1e-6)
+
+
 if __name__ == "__main__":
     import faulthandler
 

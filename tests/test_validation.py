@@ -1012,3 +1012,16 @@ def test_read_only_arrays_are_accepted_and_outputs_are_fresh(mode):
     y = out[0]
     grads = model.backward(frozen(np.ones_like(y)))
     assert all(g.flags.writeable for g in grads.values())
+
+
+@pytest.mark.parametrize("what", ["x: T*B", "x: I"])
+def test_core_refuses_sizes_beyond_32_bit_blas_indices(what):
+    """Sizes the BLAS library's 32-bit indices cannot address: a ValueError naming them, before
+    anything is allocated. The input is an untouched zero-filled mapping (no memory used)."""
+    shape = (2**16, 2**15 + 1, 1) if what == "x: T*B" else (1, 1, 2**31)
+    x = np.zeros(shape, np.float32)
+    I = shape[2]
+    with pytest.raises(ValueError, match=re.escape(what) + r" = \d+ exceeds the BLAS library"):
+        _core.layer_forward(0, x, np.zeros((shape[1], 1), np.float32), None,
+                            np.zeros((1, I), np.float32), np.zeros((1, 1), np.float32), None, None,
+                            None, None, False, False)

@@ -15,6 +15,7 @@
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <unistd.h>
@@ -171,6 +172,15 @@ struct LayerInputs {
                              "] = " + std::to_string(lengths[b]));
       }
     }
+    // Every BLAS product's dimensions are among T*B, G*H, I and R (<= H): refuse, before
+    // anything is allocated, sizes the library's 32-bit indices cannot address.
+    const int64_t blas_max = std::numeric_limits<int>::max();
+    for (auto [what, v] : {std::pair<const char*, int64_t>{"x: T*B", T * B}, {"x: I", I},
+                           {"weight_hh: G*H", G * H}})
+      if (v > blas_max)
+        throw py::value_error(std::string(what) + " = " + std::to_string(v) +
+                              " exceeds the BLAS library's 32-bit index range (at most " +
+                              std::to_string(blas_max) + ")");
     // Every dtype must agree; checked<> above enforces scalar_t everywhere.
   }
 

@@ -88,8 +88,8 @@ void gemm_in_fixed_blocks(bool trans_a, bool trans_b, int64_t M, int64_t N, int6
                           scalar_t alpha, const scalar_t* A, int64_t lda, const scalar_t* B,
                           int64_t ldb, scalar_t beta, scalar_t* C, int64_t ldc) {
   // Checked here, before any team member runs: a member must not throw.
-  for (auto [v, what] : {std::pair<int64_t, const char*>{K, "K"}, {lda, "lda"}, {ldb, "ldb"},
-                         {ldc, "ldc"}})
+  for (auto [v, what] : {std::pair<int64_t, const char*>{M, "M"}, {N, "N"}, {K, "K"},
+                         {lda, "lda"}, {ldb, "ldb"}, {ldc, "ldc"}})
     blas_int(v, what);
   const int64_t row_blocks = (M + kFixedBlockRows - 1) / kFixedBlockRows;
   const int64_t col_blocks = (N + kFixedBlockCols - 1) / kFixedBlockCols;

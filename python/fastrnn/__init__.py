@@ -25,11 +25,11 @@ if _os.environ.get("FASTRNN_ISA", "") not in ("", "baseline", "avx2", "avx512"):
     _warnings.warn(f"FASTRNN_ISA={_os.environ['FASTRNN_ISA']!r} is not one of baseline, avx2, "
                    f"avx512; ignored (running {_core.active_isa()})", RuntimeWarning)
 
-if _os.environ.get("FASTRNN_DETERMINISTIC", "") not in ("", "0"):
-    if _os.environ["FASTRNN_DETERMINISTIC"] != "1":
-        _warnings.warn(f"FASTRNN_DETERMINISTIC={_os.environ['FASTRNN_DETERMINISTIC']!r} is "
-                       f"not 0 or 1; taken as 1", RuntimeWarning)
+if _os.environ.get("FASTRNN_DETERMINISTIC", "") == "1":
     _core.set_deterministic(True)
+elif _os.environ.get("FASTRNN_DETERMINISTIC", "") not in ("", "0"):
+    _warnings.warn(f"FASTRNN_DETERMINISTIC={_os.environ['FASTRNN_DETERMINISTIC']!r} is not 0 or "
+                   f"1; ignored (deterministic mode stays off)", RuntimeWarning)
 
 try:
     __version__ = _metadata.version("fastrnn")

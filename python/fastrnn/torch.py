@@ -543,9 +543,10 @@ def _packed_problem(data: Tensor, batch_sizes: Tensor, sorted_indices: Optional[
                     unsorted_indices: Optional[Tensor]) -> str:
     """What is wrong with a PackedSequence ('' if nothing) that torch.nn's packed path does not
     check: batch_sizes a 1-D CPU int64 tensor of non-increasing, non-negative sizes (as
-    pack_padded_sequence makes them) that add up to the rows of data; sorted_indices (if any) a
-    permutation of the batch, unsorted_indices its inverse (PackedSequence inverts whatever
-    it is given, leaving entries of a non-permutation uninitialised)."""
+    pack_padded_sequence makes them) that add up to the rows of data; sorted_indices and
+    unsorted_indices (each may be None) permutations of the batch, and one the other's inverse
+    when both are given (PackedSequence inverts whatever it is given, leaving entries of a
+    non-permutation uninitialised)."""
     if (batch_sizes.dtype != torch.int64 or batch_sizes.dim() != 1
             or batch_sizes.device.type != "cpu" or batch_sizes.layout != torch.strided):
         return (f"batch_sizes: expected a 1-D CPU int64 tensor, got a {batch_sizes.dim()}-D "
@@ -557,20 +558,25 @@ def _packed_problem(data: Tensor, batch_sizes: Tensor, sorted_indices: Optional[
     total = int(sizes.sum())
     if data.dim() == 2 and data.size(0) != total:  # another rank: check_forward_args says so
         return f"data has {data.size(0)} rows, but batch_sizes add up to {total}"
-    if sorted_indices is None and unsorted_indices is None:
-        return ""
     B = int(sizes[0])
+    given = {}  # torch.nn accepts either index tensor alone (a PackedSequence may hold only one)
     for name, t in (("sorted_indices", sorted_indices), ("unsorted_indices", unsorted_indices)):
+        if t is None:
+            continue
         if (not isinstance(t, Tensor) or t.dtype != torch.int64 or t.shape != (B,)
                 or t.device.type != "cpu" or t.layout != torch.strided):
             got = (f"a {tuple(t.shape)} {t.dtype} tensor on {t.device}"
                    if isinstance(t, Tensor) else type(t).__name__)
             return f"{name}: expected a ({B},) CPU int64 tensor (B = batch_sizes[0]), got {got}"
-    order, inverse = _np(sorted_indices), _np(unsorted_indices)
-    if B and not (0 <= order.min() and order.max() < B
-                  and (inverse[order] == np.arange(B)).all()):
-        return ("sorted_indices: expected a permutation of the batch, with unsorted_indices "
-                f"its inverse, got {order[:10].tolist()} and {inverse[:10].tolist()}")
+        given[name] = _np(t)
+        if not np.array_equal(np.sort(given[name]), np.arange(B)):
+            return (f"{name}: expected a permutation of the batch, got "
+                    f"{given[name][:10].tolist()}{' ...' if B > 10 else ''}")
+    if len(given) == 2:
+        order, inverse = given["sorted_indices"], given["unsorted_indices"]
+        if not (inverse[order] == np.arange(B)).all():
+            return ("unsorted_indices: expected the inverse of sorted_indices, got "
+                    f"{inverse[:10].tolist()} for {order[:10].tolist()}")
     return ""
 
 
