@@ -382,11 +382,14 @@ def scenario_numpy_fixed_threads():
     _check_serial_again(jobs, references)
 
 
-def scenario_numpy_thread_count_churn():
-    """fastrnn's own pool; one more thread sets 1, 2, 3 threads back and forth meanwhile."""
+def _thread_count_churn(deterministic):
+    """fastrnn's own pool; one more thread sets 1, 3, 2 threads back and forth meanwhile. In
+    deterministic mode every result must stay bitwise the serial one; otherwise within
+    summation-order tolerance (bitwise where no BLAS is involved)."""
     import fastrnn
 
     assert "torch" not in sys.modules
+    fastrnn.set_deterministic(deterministic)
     fastrnn.set_num_threads(FIXED_THREADS)
     jobs = _numpy_jobs()
     references = _serial_references(jobs)
@@ -402,12 +405,20 @@ def scenario_numpy_thread_count_churn():
             time.sleep(0.0005)
 
     t0 = time.perf_counter()
-    calls = _hammer(jobs, references, exact=False, background=churn)
+    calls = _hammer(jobs, references, exact=deterministic, background=churn)
     print(f"{calls} concurrent calls, {changes[0]} thread-count changes, "
           f"{time.perf_counter() - t0:.1f} s")
     assert changes[0] > 10, "the churn thread hardly ran"
     fastrnn.set_num_threads(FIXED_THREADS)
     _check_serial_again(jobs, references)
+
+
+def scenario_numpy_thread_count_churn():
+    _thread_count_churn(deterministic=False)
+
+
+def scenario_deterministic_thread_count_churn():
+    _thread_count_churn(deterministic=True)
 
 
 def scenario_torch_and_numpy():
@@ -450,7 +461,8 @@ def scenario_gemv_next_to_gemm():
 
 
 SCENARIOS = {f.__name__[len("scenario_"):]: f for f in (
-    scenario_numpy_fixed_threads, scenario_numpy_thread_count_churn, scenario_torch_and_numpy,
+    scenario_numpy_fixed_threads, scenario_numpy_thread_count_churn,
+    scenario_deterministic_thread_count_churn, scenario_torch_and_numpy,
     scenario_gemv_next_to_gemm)}
 
 
@@ -492,6 +504,12 @@ def test_threads_with_thread_count_changing_underneath():
     within summation-order tolerance (bitwise where no BLAS is involved), nothing crashes or
     hangs, and a serial re-run afterwards gives the original bits."""
     _run_scenario("numpy_thread_count_churn")
+
+
+def test_deterministic_mode_with_thread_count_changing_underneath_is_bitwise():
+    """In deterministic mode the thread count changing between and during calls changes no bit:
+    every concurrent result equals the serial one exactly."""
+    _run_scenario("deterministic_thread_count_churn")
 
 
 def test_torch_modules_and_numpy_calls_in_threads_match_serial_bitwise():
