@@ -32,6 +32,18 @@ def positive_int(value, name: str) -> int:
     return int(value)
 
 
+def proj_size(value, hidden_size: int, mode: str) -> int:
+    """An LSTM projection size: 0 (none) or 0 < P < hidden_size, and 0 for other cells."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"proj_size: expected an int, got {type(value).__name__}")
+    if value < 0 or value >= hidden_size:
+        raise ValueError(f"proj_size: expected 0 <= proj_size < hidden_size={hidden_size}, "
+                         f"got {value}")
+    if value and mode != "lstm":
+        raise ValueError("proj_size: only LSTM supports a projection")
+    return int(value)
+
+
 def array(value, name: str, dtype: np.dtype, shape: tuple) -> np.ndarray:
     """An ndarray of exactly ``dtype`` and ``shape`` (C-contiguous: copied if it is not)."""
     if not isinstance(value, np.ndarray):

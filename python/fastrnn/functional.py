@@ -16,7 +16,6 @@ lengths.
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any, Dict, Literal, Optional, Tuple, TypedDict, TypeVar, cast, overload
 
@@ -188,12 +187,7 @@ def workspace_bytes(mode: str, seq_len: int, batch: int, input_size: int, hidden
     for name, value in (("seq_len", T), ("batch", B), ("input_size", I), ("hidden_size", H)):
         if value >= 2**31:
             raise ValueError(f"{name}: expected a size < 2^31, got {value}")
-    if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, numbers.Integral):
-        raise TypeError(f"proj_size: expected an int, got {type(proj_size).__name__}")
-    if proj_size < 0 or proj_size >= H or (proj_size and mode != "lstm"):
-        raise ValueError(f"proj_size: expected 0 (or 0 < proj_size < hidden_size={H} for an "
-                         f"LSTM), got {proj_size}")
-    P = int(proj_size)
+    P = _validate.proj_size(proj_size, H, mode)
     training = _validate.flag(training, "training")
     fwd_train, fwd_infer, bwd = _core.workspace_sizes(code, T, B, I, H, P)
     if not training:

@@ -57,14 +57,7 @@ class _RNNBase(Generic[_State]):
         self.mode = mode
         self.input_size = _validate.positive_int(input_size, "input_size")
         self.hidden_size = _validate.positive_int(hidden_size, "hidden_size")
-        if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, numbers.Integral):
-            raise TypeError(f"proj_size: expected an int, got {type(proj_size).__name__}")
-        if proj_size < 0 or proj_size >= self.hidden_size:
-            raise ValueError(f"proj_size: expected 0 <= proj_size < hidden_size="
-                             f"{self.hidden_size}, got {proj_size}")
-        if proj_size and mode != "lstm":
-            raise ValueError("proj_size: only LSTM supports a projection")
-        self.proj_size = int(proj_size)
+        self.proj_size = _validate.proj_size(proj_size, self.hidden_size, mode)
         self.num_layers = _validate.positive_int(num_layers, "num_layers")
         self.bias = _validate.flag(bias, "bias")
         self.batch_first = _validate.flag(batch_first, "batch_first")
