@@ -16,7 +16,7 @@ import numpy as _np
 
 from . import _blas_loader  # noqa: F401  (makes the BLAS library visible before _core loads)
 from . import _core
-from . import functional, reference
+from . import cuda, functional, reference
 from .errors import DtypeError, LengthsError
 from .functional import workspace_bytes
 from .modules import GRU, LSTM, RNN
@@ -36,7 +36,8 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
-__all__ = ["RNN", "LSTM", "GRU", "functional", "reference", "build_info", "set_num_threads",
+__all__ = ["RNN", "LSTM", "GRU", "functional", "reference", "cuda", "cuda_available",
+           "build_info", "set_num_threads",
            "get_num_threads", "set_deterministic", "get_deterministic", "workspace_bytes",
            "DtypeError", "LengthsError", "__version__"]
 
@@ -81,6 +82,12 @@ def get_deterministic() -> bool:
     return bool(_core.get_deterministic())
 
 
+def cuda_available() -> bool:
+    """Whether fastrnn can run on a GPU here: this build has the CUDA backend, it loads (cuBLAS
+    found), and a CUDA device is visible. ``fastrnn.cuda.unavailable_reason()`` says why not."""
+    return cuda.is_available()
+
+
 def build_info() -> _Dict[str, _Any]:
     """What this build contains: version, compiler, BLAS, SIMD paths compiled in, backends.
 
@@ -88,6 +95,8 @@ def build_info() -> _Dict[str, _Any]:
     is the one this CPU runs (the environment variable ``FASTRNN_ISA`` can lower it).
     ``thread_pool`` says whose threads run fastrnn's parallel work (its kernels' teams and the
     BLAS library's jobs): fastrnn's own, or (after ``import fastrnn.torch``) torch's OpenMP pool.
+    ``cuda`` says whether the CUDA backend is built in (``cuda_available()`` whether it can run
+    here); when it is, the ``cuda_*`` keys say what it was built for and what it finds.
     """
     return {
         "version": __version__,
@@ -99,5 +108,5 @@ def build_info() -> _Dict[str, _Any]:
         "num_threads": get_num_threads(),
         "thread_pool": _core.thread_pool(),
         "deterministic": get_deterministic(),
-        "cuda": False,
+        **cuda.build_details(),
     }

@@ -10,7 +10,9 @@ Shapes (time-major): ``x (T, B, I)``, ``h0, c0 (B, H)``, ``weight_ih (G*H, I)``,
 untouched and give zero outputs; ``reverse=True`` walks ``t = T-1 .. 0``.
 
 Arrays must share one floating dtype (float32 or float64); non-contiguous arrays are copied to
-C order. Errors name the argument: ``TypeError`` (``fastrnn.DtypeError``) for dtypes,
+C order. Arrays on a CUDA device that expose ``__dlpack__`` (torch tensors, CuPy arrays) run on
+fastrnn's CUDA backend instead (float32, float16, bfloat16; see ``fastrnn.cuda``), and the
+results are arrays of the same library on the same device; ``algo`` picks the GPU algorithm. Errors name the argument: ``TypeError`` (``fastrnn.DtypeError``) for dtypes,
 ``ValueError`` for shapes, ``fastrnn.LengthsError`` (a ``ValueError`` and an ``IndexError``) for
 lengths.
 """
@@ -22,7 +24,8 @@ from typing import Any, Dict, Literal, Optional, Tuple, TypedDict, TypeVar, cast
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from . import _core, _validate
+from . import _core, _device_arrays, _validate
+from . import cuda as _cuda_api
 
 MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 _CELL_CODES = {mode: code for code, mode in enumerate(MODES)}
@@ -94,7 +97,7 @@ def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
                   bias_hh: Optional[NDArray[_FloatT]], *,
                   weight_hr: Optional[NDArray[_FloatT]] = None,
                   lengths: Optional[ArrayLike] = None, reverse: bool = False,
-                  training: Literal[True] = True,
+                  training: Literal[True] = True, algo: str = "auto",
                   ) -> Tuple[NDArray[_FloatT], NDArray[_FloatT], Optional[NDArray[_FloatT]],
                              LayerState]: ...
 
@@ -106,7 +109,7 @@ def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
                   bias_hh: Optional[NDArray[_FloatT]], *,
                   weight_hr: Optional[NDArray[_FloatT]] = None,
                   lengths: Optional[ArrayLike] = None, reverse: bool = False,
-                  training: bool,
+                  training: bool, algo: str = "auto",
                   ) -> Tuple[NDArray[_FloatT], NDArray[_FloatT], Optional[NDArray[_FloatT]],
                              Optional[LayerState]]: ...
 
@@ -117,7 +120,7 @@ def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
                   bias_hh: Optional[NDArray[_FloatT]], *,
                   weight_hr: Optional[NDArray[_FloatT]] = None,
                   lengths: Any = None,  # ArrayLike or None; an int64 array once checked below
-                  reverse: bool = False, training: bool = True,
+                  reverse: bool = False, training: bool = True, algo: str = "auto",
                   ) -> Tuple[NDArray[_FloatT], NDArray[_FloatT], Optional[NDArray[_FloatT]],
                              Optional[LayerState]]:
     """Run one layer in one direction over the whole sequence.
@@ -129,8 +132,22 @@ def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
     Returns ``(y (T, B, R), h_n (B, R), c_n (B, H) or None, state)``; ``h_n``/``c_n`` are each
     sequence's state after its own last valid step. ``state`` is None when ``training=False``
     (nothing is saved), else the object :func:`layer_backward` takes.
+
+    ``algo`` (``"auto"``, ``"standard"``, ``"persistent"``) chooses the GPU algorithm for arrays on
+    a CUDA device (see ``fastrnn.cuda``); the CPU core has one algorithm and accepts ``"auto"`` and
+    ``"standard"``.
     """
     code = _CELL_CODES[check_mode(mode)]
+    _cuda_api.check_algo(algo)
+    if _device_arrays.is_cuda_array(x):
+        reverse = _validate.flag(reverse, "reverse")
+        training = _validate.flag(training, "training")
+        return _device_arrays.layer_forward(  # type: ignore[return-value]
+            mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=weight_hr,
+            lengths=lengths, reverse=reverse, training=training, algo=algo)
+    if algo == "persistent":
+        raise ValueError("algo: 'persistent' is a CUDA algorithm; the CPU core takes 'auto' or "
+                         "'standard'")
     x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = map(
         _contiguous, (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
     if isinstance(x, np.ndarray) and x.ndim == 3:
@@ -154,6 +171,8 @@ def layer_backward(state: LayerState, dy: _FloatArray, dh_n: Optional[_FloatArra
     ``c0`` (None unless LSTM), ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (None
     without bias), ``weight_hr`` (None without projection).
     """
+    if isinstance(state, _device_arrays.CudaLayerState):
+        return _device_arrays.layer_backward(state, dy, dh_n, dc_n)  # type: ignore[return-value]
     if not isinstance(state, LayerState):
         raise TypeError(f"state: expected the LayerState returned by a training-mode "
                         f"layer_forward, got {type(state).__name__}")

@@ -58,6 +58,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _core
+from . import cuda as _cuda_api
 from .functional import MODES, num_gates
 
 __all__ = ["RNN", "LSTM", "GRU", "convert", "FallbackWarning"]
@@ -65,6 +66,8 @@ __all__ = ["RNN", "LSTM", "GRU", "convert", "FallbackWarning"]
 _CELL_CODES = {mode: code for code, mode in enumerate(MODES)}
 _TORCH_MODES = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
 _CORE_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_ALGO_CODES = {name: code for code, name in enumerate(_cuda_api.ALGOS)}
 
 
 class FallbackWarning(RuntimeWarning):
@@ -115,7 +118,10 @@ def _follow_torch_threads() -> None:
 
 
 def _core_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell: int, reverse: bool,
-                  save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                  save: bool, algo: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    if x.is_cuda:
+        return _cuda_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse,
+                             save, algo)
     _follow_torch_threads()
     y, h_n, c_n, reserve = _core.layer_forward(
         cell, _np(x), _np(h0), _np(c0), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(w_hr),
@@ -126,12 +132,84 @@ def _core_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell: int, r
 
 
 def _core_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy, dh_n, dc_n,
-                   cell: int, reverse: bool) -> List[Tensor]:
+                   cell: int, reverse: bool, algo: int) -> List[Tensor]:
+    if x.is_cuda:
+        return _cuda_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy,
+                              dh_n, dc_n, cell, reverse, algo)
     _follow_torch_threads()
     grads = _core.layer_backward(
         cell, _np(x), _np(h0), _np(c0), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(w_hr),
         _np(lengths), reverse, _np(reserve), _np(dy), _np(dh_n), _np(dc_n))
     return [x.new_empty(0) if g is None else torch.from_numpy(g) for g in grads]
+
+
+# ---- the same on CUDA tensors: fastrnn's CUDA kernels (fastrnn.cuda) --------------------------
+# Zero-copy: the kernels read the tensors' storage and write outputs torch allocated, all on
+# torch's current stream of the tensors' device; float32 GEMMs use TF32 only when torch allows it.
+# The reserve is raw bytes (uint8); scratch comes from torch's caching allocator for each call.
+
+def _cuda_empty(shape, dtype, device) -> Tensor:
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if _cuda_api.poisoning() and t.numel():  # tests: unwritten elements show as NaN
+        t.view(torch.uint8).fill_(0xFF)
+    return t
+
+
+def _addr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else int(t.data_ptr())
+
+
+def _cuda_problem(x, w_hh, w_hr, cell: int):
+    T, B, I = x.shape
+    H = w_hh.shape[0] // num_gates(MODES[cell])
+    P = w_hr.shape[0] if w_hr is not None else 0
+    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    return (T, B, I, H, P), device, _CUDA_DTYPE_CODES[x.dtype]
+
+
+def _cuda_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, save, algo):
+    shape, device, dtype = _cuda_problem(x, w_hh, w_hr, cell)
+    T, B, I, H, P = shape
+    R = P if P else H
+    plan = _cuda_api.plan(cell, dtype, T, B, I, H, P, _cuda_api.ALGOS[algo], device, save)
+    y = _cuda_empty((T, B, R), x.dtype, x.device)
+    h_n = _cuda_empty((B, R), x.dtype, x.device)
+    c_n = _cuda_empty((B, H), x.dtype, x.device) if c0 is not None else x.new_empty(0)
+    reserve = (_cuda_empty((plan.reserve_bytes,), torch.uint8, x.device) if save
+               else x.new_empty(0))
+    workspace = _cuda_empty((plan.forward_scratch,), torch.uint8, x.device)
+    lengths_dev = lengths.to(x.device, torch.int64) if lengths is not None else None
+    _cuda_api.forward(cell, dtype, shape, reverse, plan, _cuda_api.torch_allows_tf32(), device,
+                      torch.cuda.current_stream(x.device).cuda_stream,
+                      {"x": _addr(x), "h0": _addr(h0), "c0": _addr(c0), "w_ih": _addr(w_ih),
+                       "w_hh": _addr(w_hh), "b_ih": _addr(b_ih), "b_hh": _addr(b_hh),
+                       "w_hr": _addr(w_hr), "lengths": _addr(lengths_dev), "y": _addr(y),
+                       "h_n": _addr(h_n), "c_n": _addr(c_n) if c0 is not None else 0,
+                       "reserve": _addr(reserve) if save else 0, "workspace": _addr(workspace)})
+    return y, h_n, c_n, reserve
+
+
+def _cuda_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy, dh_n, dc_n,
+                   cell, reverse, algo) -> List[Tensor]:
+    shape, device, dtype = _cuda_problem(x, w_hh, w_hr, cell)
+    T, B, I, H, P = shape
+    plan = _cuda_api.plan(cell, dtype, T, B, I, H, P, _cuda_api.ALGOS[algo], device, True)
+    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    grads = [_cuda_empty(t.shape, x.dtype, x.device) if t is not None else None for t in inputs]
+    workspace = _cuda_empty((plan.backward_scratch,), torch.uint8, x.device)
+    lengths_dev = lengths.to(x.device, torch.int64) if lengths is not None else None
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
+    _cuda_api.backward(cell, dtype, shape, reverse, plan, _cuda_api.torch_allows_tf32(), device,
+                       torch.cuda.current_stream(x.device).cuda_stream,
+                       {"x": _addr(x), "h0": _addr(h0), "c0": _addr(c0), "w_ih": _addr(w_ih),
+                        "w_hh": _addr(w_hh), "b_ih": _addr(b_ih), "b_hh": _addr(b_hh),
+                        "w_hr": _addr(w_hr), "lengths": _addr(lengths_dev),
+                        "reserve": _addr(reserve), "dy": _addr(dy), "dh_n": _addr(dh_n),
+                        "dc_n": _addr(dc_n), "dx": _addr(dx), "dh0": _addr(dh0),
+                        "dc0": _addr(dc0), "dw_ih": _addr(dw_ih), "dw_hh": _addr(dw_hh),
+                        "db_ih": _addr(db_ih), "db_hh": _addr(db_hh), "dw_hr": _addr(dw_hr),
+                        "workspace": _addr(workspace)})
+    return [x.new_empty(0) if g is None else g for g in grads]
 
 
 # Custom operators: what torch.compile sees. Eager calls skip the dispatcher (it costs ~20 us per
@@ -141,21 +219,25 @@ def _core_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy
 def _layer_forward_op(x: Tensor, h0: Tensor, c0: Optional[Tensor], weight_ih: Tensor,
                       weight_hh: Tensor, bias_ih: Optional[Tensor], bias_hh: Optional[Tensor],
                       weight_hr: Optional[Tensor], lengths: Optional[Tensor], cell: int,
-                      reverse: bool, save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                      reverse: bool, save: bool, algo: int
+                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, h_n, c_n or empty, reserve or empty) of one layer and direction."""
     return _core_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths,
-                         cell, reverse, save)
+                         cell, reverse, save, algo)
 
 
 @_layer_forward_op.register_fake
 def _(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, cell, reverse,
-      save):
+      save, algo):
     T, B = x.shape[0], x.shape[1]
     H = weight_hh.shape[0] // num_gates(MODES[cell])
     R = weight_hh.shape[1]
     P = weight_hr.shape[0] if weight_hr is not None else 0
     c_n = x.new_empty((B, H)) if c0 is not None else x.new_empty(0)
-    if save:
+    if save and x.device.type == "cuda":  # bytes (the CUDA reserve mixes float and the dtype)
+        per_slot, per_step = _cuda_api.reserve_widths(cell, H, P, _CUDA_DTYPE_CODES[x.dtype])
+        reserve = x.new_empty(((T + 1) * B * per_slot + T * B * per_step,), dtype=torch.uint8)
+    elif save:
         per_slot, per_step = _core.reserve_widths(cell, H, P)
         reserve = x.new_empty(((T + 1) * B * per_slot + T * B * per_step,))
     else:
@@ -168,15 +250,15 @@ def _layer_backward_op(x: Tensor, h0: Tensor, c0: Optional[Tensor], weight_ih: T
                        weight_hh: Tensor, bias_ih: Optional[Tensor], bias_hh: Optional[Tensor],
                        weight_hr: Optional[Tensor], lengths: Optional[Tensor], reserve: Tensor,
                        dy: Tensor, dh_n: Tensor, dc_n: Optional[Tensor], cell: int,
-                       reverse: bool) -> List[Tensor]:
+                       reverse: bool, algo: int) -> List[Tensor]:
     """Gradients (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr); absent: empty."""
     return _core_backward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths,
-                          reserve, dy, dh_n, dc_n, cell, reverse)
+                          reserve, dy, dh_n, dc_n, cell, reverse, algo)
 
 
 @_layer_backward_op.register_fake
 def _(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reserve, dy, dh_n,
-      dc_n, cell, reverse):
+      dc_n, cell, reverse, algo):
     return [torch.empty_like(t) if t is not None else x.new_empty(0)
             for t in (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)]
 
@@ -185,8 +267,8 @@ def _(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, res
 _NUM_TENSOR_INPUTS = 9  # x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths
 
 
-def _layer_grads(saved: Tuple, reserve: Tensor, cell: int, reverse: bool, dy, dh_n, dc_n,
-                 needs_grad) -> List[Optional[Tensor]]:
+def _layer_grads(saved: Tuple, reserve: Tensor, cell: int, reverse: bool, algo: int, dy, dh_n,
+                 dc_n, needs_grad) -> List[Optional[Tensor]]:
     """Gradients of the nine tensor inputs of a layer call (None where not needed or absent)."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths = saved
     if torch.is_grad_enabled():  # create_graph=True: the core's backward is not differentiable
@@ -200,10 +282,10 @@ def _layer_grads(saved: Tuple, reserve: Tensor, cell: int, reverse: bool, dy, dh
         dc_n = None
     if torch.compiler.is_compiling():
         grads = _layer_backward_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve,
-                                   dy, dh_n, dc_n, cell, reverse)
+                                   dy, dh_n, dc_n, cell, reverse, algo)
     else:
         grads = _core_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy,
-                               dh_n, dc_n, cell, reverse)
+                               dh_n, dc_n, cell, reverse, algo)
     inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     return [g if (t is not None and need) else None
             for g, t, need in zip(grads, inputs, needs_grad)] + [None]
@@ -230,13 +312,14 @@ class _LayerFunction(torch.autograd.Function):
     """Eager autograd node of one layer and direction (the custom operator's twin)."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, save):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, save,
+                algo):
         y, h_n, c_n, reserve = _core_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
-                                             cell, reverse, save)
+                                             cell, reverse, save, algo)
         ctx.saved = save
         if save:  # the reserve too, so that saved-tensor hooks (checkpoint, offload) see it
             ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve)
-            ctx.cell, ctx.reverse = cell, reverse
+            ctx.cell, ctx.reverse, ctx.algo = cell, reverse, algo
         if c0 is None:
             ctx.mark_non_differentiable(c_n)
         return y, h_n, c_n
@@ -246,40 +329,42 @@ class _LayerFunction(torch.autograd.Function):
         if not ctx.saved:
             raise RuntimeError("fastrnn.torch: this layer ran without saving for backward")
         *saved, reserve = ctx.saved_tensors
-        grads = _layer_grads(tuple(saved), reserve, ctx.cell, ctx.reverse, dy, dh_n, dc_n,
-                             ctx.needs_input_grad[:8])
-        return (*grads, None, None, None)
+        grads = _layer_grads(tuple(saved), reserve, ctx.cell, ctx.reverse, ctx.algo, dy, dh_n,
+                             dc_n, ctx.needs_input_grad[:8])
+        return (*grads, None, None, None, None)
 
 
 def _op_setup_context(ctx, inputs, output):
-    *tensors, cell, reverse, save = inputs
-    ctx.cell, ctx.reverse = cell, reverse
+    *tensors, cell, reverse, save, algo = inputs
+    ctx.cell, ctx.reverse, ctx.algo = cell, reverse, algo
     ctx.save_for_backward(*tensors, output[3])
     ctx.has_cell = tensors[2] is not None
 
 
 def _op_backward(ctx, dy, dh_n, dc_n, d_reserve):
     *saved, reserve = ctx.saved_tensors
-    grads = _layer_grads(tuple(saved), reserve, ctx.cell, ctx.reverse, dy, dh_n,
+    grads = _layer_grads(tuple(saved), reserve, ctx.cell, ctx.reverse, ctx.algo, dy, dh_n,
                          dc_n if ctx.has_cell else None, ctx.needs_input_grad[:8])
-    return (*grads, None, None, None)
+    return (*grads, None, None, None, None)
 
 
 _layer_forward_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
-def _layer(mode: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool):
-    """One layer and direction through the core: (y (T,B,R), h_n (B,R), c_n (B,H) or None)."""
+def _layer(mode: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool,
+           algo: int = _ALGO_CODES["auto"]):
+    """One layer and direction through the core: (y (T,B,R), h_n (B,R), c_n (B,H) or None).
+    ``algo`` (a code of fastrnn.cuda.ALGOS) matters on CUDA only."""
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     args = tuple(t.contiguous() if t is not None else None for t in tensors)
     cell = _CELL_CODES[mode]
     if torch.compiler.is_compiling():
-        y, h_n, c_n, _ = _layer_forward_op(*args, lengths, cell, reverse, save)
+        y, h_n, c_n, _ = _layer_forward_op(*args, lengths, cell, reverse, save, algo)
     elif save:
-        y, h_n, c_n = _LayerFunction.apply(*args, lengths, cell, reverse, save)
+        y, h_n, c_n = _LayerFunction.apply(*args, lengths, cell, reverse, save, algo)
     else:  # no gradient wanted: no autograd node either
-        y, h_n, c_n, _ = _core_forward(*args, lengths, cell, reverse, save)
+        y, h_n, c_n, _ = _core_forward(*args, lengths, cell, reverse, save, algo)
     return y, h_n, (c_n if c0 is not None else None)
 
 
@@ -293,8 +378,8 @@ def _reverse_valid_steps(seq: Tensor, lengths: Optional[Tensor]) -> Tensor:
     if lengths is None:
         return seq.flip(0)
     T = seq.shape[0]
-    t = torch.arange(T).unsqueeze(1)
-    index = torch.where(t < lengths, lengths - 1 - t, t)  # (T, B)
+    t = torch.arange(T, device=lengths.device).unsqueeze(1)
+    index = torch.where(t < lengths, lengths - 1 - t, t).to(seq.device)  # (T, B)
     return seq.gather(0, index.unsqueeze(2).expand_as(seq))
 
 
@@ -334,7 +419,16 @@ class _FastRNNMixin:
 
     Mixed in before the torch.nn class, so ``super().forward`` is torch's implementation (the
     fallback) and everything else (parameters, state_dict, ``_apply``, repr) is torch's.
+
+    One argument beyond torch.nn's: ``algo`` (keyword; also a plain attribute, so it can be set
+    later, and absent from modules made by :func:`convert`, which run ``"auto"``): the CUDA
+    algorithm, ``"auto"``, ``"standard"`` or ``"persistent"`` (see ``fastrnn.cuda``). The CPU
+    core has one algorithm and ignores it.
     """
+
+    def __init__(self, *args, algo: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.algo = _cuda_api.check_algo(algo)
 
     def _fallback_reason(self, data, hx) -> Optional[str]:
         """Why the core cannot run this call (None: it can). Calls that torch itself would refuse
@@ -351,11 +445,18 @@ class _FastRNNMixin:
         for t in [data] + _state_tensors(hx):
             if t.layout != strided or t.is_nested:
                 return ""
-        if data.device.type != "cpu":
+        if data.device.type == "cuda":
+            why_not = _cuda_api.unavailable_reason()
+            if why_not is not None:
+                return f"no CUDA kernels here ({why_not})"
+            if data.dtype not in _CUDA_DTYPE_CODES:
+                return (f"no CUDA kernels for dtype {data.dtype} (float32, float16 and bfloat16 "
+                        f"only)")
+        elif data.device.type != "cpu":
             return f"no kernels for device '{data.device.type}' in this build"
-        if data.dtype not in _CORE_DTYPES:
+        elif data.dtype not in _CORE_DTYPES:
             return f"no kernels for dtype {data.dtype} (float32 and float64 only)"
-        if torch.is_autocast_enabled("cpu"):
+        if torch.is_autocast_enabled(data.device.type):
             return "autocast is enabled (the core computes in the tensors' own dtype)"
         if torch.jit.is_tracing() or _in_onnx_export():
             return "torch.jit.trace and ONNX export record torch.nn's own operators"
@@ -497,6 +598,7 @@ class _FastRNNMixin:
                                f"and 1, but got {self.dropout}")
         weights = self._flat_weights
         per_direction = len(weights) // (self.num_layers * D)
+        algo = _ALGO_CODES[_cuda_api.check_algo(getattr(self, "algo", "auto"))]
         layer_input = x
         h_n, c_n = [], []
         for layer in range(self.num_layers):
@@ -509,7 +611,7 @@ class _FastRNNMixin:
                 b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
                 w_hr = w[-1] if self.proj_size > 0 else None
                 y, h, c = _layer(mode, layer_input, h0[idx], c0[idx] if c0 is not None else None,
-                                 w_ih, w_hh, b_ih, b_hh, w_hr, lengths, direction == 1)
+                                 w_ih, w_hh, b_ih, b_hh, w_hr, lengths, direction == 1, algo)
                 outputs.append(y)
                 h_n.append(h)
                 if c is not None:

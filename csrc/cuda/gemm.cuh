@@ -1,0 +1,42 @@
+// The GEMMs of the CUDA backend, all through cuBLAS, in row-major terms (the layouts of
+// fastrnn.h). Operands in the layer's dtype, products accumulated in float32; C in float32 (the
+// pre-activations and the carried gradients) or in the dtype (the gradients returned).
+// Tensor cores serve the half types; float32 uses TF32 tensor cores only when the caller allows
+// it (Problem::allow_tf32, torch's allow_tf32), otherwise true float32 arithmetic.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/check.cuh"
+
+namespace fastrnn::cuda {
+
+template <typename T> constexpr cudaDataType_t data_type();
+template <> constexpr cudaDataType_t data_type<float>() { return CUDA_R_32F; }
+template <> constexpr cudaDataType_t data_type<__half>() { return CUDA_R_16F; }
+template <> constexpr cudaDataType_t data_type<__nv_bfloat16>() { return CUDA_R_16BF; }
+
+// A cuBLAS handle for `device`, bound to `stream`, for the calling thread. Handles are pooled
+// per device and reused across threads (a thread returns its handles when it exits); they are
+// never destroyed, because at process exit the CUDA context may already be gone.
+cublasHandle_t cublas_handle(int device, cudaStream_t stream);
+
+// One operand: a row-major matrix at `ptr` with leading dimension `ld`, used as stored
+// (trans = false) or transposed.
+struct Operand {
+  const void* ptr;
+  cudaDataType_t type;
+  int64_t ld;
+  bool trans;
+};
+
+// Row-major C (M x N) = op(A) (M x K) * op(B) (K x N) + beta * C.
+void gemm(cublasHandle_t handle, int64_t M, int64_t N, int64_t K, Operand a, Operand b,
+          float beta, void* c, cudaDataType_t c_type, int64_t ldc, bool allow_tf32);
+
+}  // namespace fastrnn::cuda

@@ -1,0 +1,86 @@
+// Byte layouts of the reserve (kept from a training forward for backward) and of each call's
+// workspace. Host-side arithmetic only; sizes.cu reports the totals through fastrnn_cuda.h.
+//
+// Reserve, float32 sections first so that every section is aligned for its type:
+//   cs    (T+1, B, H)    float  LSTM cell state before/after every step (slot 0 = c0 forward,
+//                               slot T = c0 reverse), carried through padded steps
+//   acts  (T, B, S*H)    float  saved activations (cell_math.cuh: LSTM i,f,g,o; GRU r,z,n,hg_n)
+//   hs    (T+1, B, R)    dtype  hidden state before/after every step, h0 in the first slot
+//   ms    (T, B, H)      dtype  LSTM with projection: o * tanh(c) before W_hr (0 at padded steps)
+// Step t reads slot t and writes slot t+1 (forward), or reads t+1 and writes t (reverse).
+#pragma once
+
+#include <cstdint>
+
+#include "fastrnn/fastrnn_cuda.h"
+
+namespace fastrnn::cuda {
+
+inline int64_t saved_per_unit(Cell cell) {
+  return (cell == Cell::Lstm || cell == Cell::Gru) ? 4 : 0;
+}
+
+struct ReserveLayout {
+  int64_t cs, acts, hs, ms, total;  // byte offsets
+  ReserveLayout(const LayerShape& s, DType dtype) {
+    const int64_t es = static_cast<int64_t>(dtype_size(dtype)), B = s.B, H = s.H, T = s.T;
+    int64_t at = 0;
+    cs = at;
+    at += has_cell_state(s.cell) ? (T + 1) * B * H * 4 : 0;
+    acts = at;
+    at += T * B * saved_per_unit(s.cell) * H * 4;
+    hs = at;
+    at += (T + 1) * B * s.R() * es;
+    ms = at;
+    at += s.P > 0 ? T * B * H * es : 0;
+    total = at;
+  }
+};
+
+constexpr int64_t kWorkspaceAlign = 256;
+inline int64_t take_bytes(int64_t& at, int64_t n) {
+  const int64_t here = (at + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
+  at = here + n;
+  return here;
+}
+
+// Forward scratch (byte offsets). Inference keeps the state in two ping-pong buffers; training
+// keeps it in the reserve.
+struct ForwardScratch {
+  int64_t xp, hp, h_pingpong, c_pingpong, m, h_proj, total;
+  ForwardScratch(const LayerShape& s, DType dtype, bool training, Algo algo) {
+    const int64_t es = static_cast<int64_t>(dtype_size(dtype)), B = s.B, H = s.H, R = s.R();
+    const int64_t GH = s.gate_width();
+    int64_t at = 0;
+    xp = take_bytes(at, s.T * B * GH * 4);                                // X W_ih^T, all steps
+    hp = take_bytes(at, algo == Algo::Standard ? B * GH * 4 : 0);         // h W_hh^T, one step
+    h_pingpong = take_bytes(at, training ? 0 : 2 * B * R * es);
+    // the float cell state: inference ping-pong; training keeps it in the reserve, but the
+    // first step reads c0 converted to float from here
+    c_pingpong = take_bytes(at, has_cell_state(s.cell) ? 2 * B * H * 4 : 0);
+    m = take_bytes(at, s.P > 0 && !training ? B * H * es : 0);
+    h_proj = take_bytes(at, s.P > 0 ? B * s.P * 4 : 0);
+    total = at;
+  }
+};
+
+// Backward scratch: the pre-activation gradients of every step (the weight gradients are GEMMs
+// over all steps after the loop), the carried state gradients, and for the projection the
+// gradient of every step's output before W_hr.
+struct BackwardScratch {
+  int64_t dgx, dgh, dh_carry, dc_carry, dh_out, dm, total;
+  BackwardScratch(const LayerShape& s, DType dtype) {
+    const int64_t es = static_cast<int64_t>(dtype_size(dtype)), B = s.B, H = s.H, T = s.T;
+    const int64_t GH = s.gate_width();
+    int64_t at = 0;
+    dgx = take_bytes(at, T * B * GH * es);
+    dgh = s.cell == Cell::Gru ? take_bytes(at, T * B * GH * es) : dgx;  // GRU: n gate differs
+    dh_carry = take_bytes(at, B * s.R() * 4);
+    dc_carry = take_bytes(at, has_cell_state(s.cell) ? B * H * 4 : 0);
+    dh_out = take_bytes(at, s.P > 0 ? T * B * s.P * es : 0);
+    dm = take_bytes(at, s.P > 0 ? B * H * 4 : 0);
+    total = at;
+  }
+};
+
+}  // namespace fastrnn::cuda

@@ -1,0 +1,233 @@
+// The standard algorithm's kernels: one fused pointwise pass per step (forward and backward),
+// the projection's per-step helpers, and the small conversions and reductions around the loop.
+// One thread per (batch row, hidden unit); the cell's math is cell_math.cuh.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/cell_math.cuh"
+#include "cuda/layout.cuh"
+
+namespace fastrnn::cuda {
+
+constexpr int kPointwiseThreads = 256;
+
+inline unsigned blocks_for(int64_t n, int threads = kPointwiseThreads) {
+  return static_cast<unsigned>((n + threads - 1) / threads);
+}
+
+__device__ __forceinline__ bool step_valid(const int64_t* lengths, int64_t t, int64_t b) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+// Where the recurrent state of each step lives. Training: the reserve's slots (T+1 of them, in
+// time order; step k of the walk goes from slot index(k) to index(k+1)). Inference: a ring of
+// two buffers.
+template <typename T>
+struct StateSlots {
+  T* h;          // slot i at h + i * B * R
+  float* c;      // slot i at c + i * B * H (LSTM), else nullptr
+  int64_t steps;
+  bool reverse;
+  bool ring;
+  __host__ __device__ int64_t index(int64_t k) const {
+    return ring ? (k & 1) : (reverse ? steps - k : k);
+  }
+};
+
+// ---- forward ----------------------------------------------------------------------------------
+
+template <typename T>
+struct StepForwardArgs {
+  int64_t B, H, R, t;
+  const float* xp;      // (B, G*H) this step's X W_ih^T
+  const float* hp;      // (B, G*H) this step's h W_hh^T
+  const T* b_ih;        // (G*H) or nullptr
+  const T* b_hh;
+  const T* h_prev;      // (B, R)
+  const float* c_prev;  // (B, H) LSTM
+  T* out;               // (B, R) the new state; with projection (B, H): m = o * tanh(c)
+  T* y;                 // (B, R) this step's output; nullptr with projection
+  float* c_new;         // (B, H) LSTM
+  float* acts;          // (B, S*H) saved activations, or nullptr
+  const int64_t* lengths;
+  bool projected;
+};
+
+template <typename T, Cell kCell>
+__global__ void __launch_bounds__(kPointwiseThreads) forward_step_kernel(StepForwardArgs<T> a) {
+  using Math = UnitMath<kCell>;
+  constexpr int G = Math::kGates, S = Math::kSaved;
+  constexpr bool kC = has_cell_state(kCell);
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= a.B * a.H) return;
+  const int64_t b = idx / a.H, j = idx % a.H, GH = G * a.H;
+  const int64_t out_at = a.projected ? b * a.H + j : b * a.R + j;
+  if (step_valid(a.lengths, a.t, b)) {
+    float xg[G], hg[G], saved[S > 0 ? S : 1];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const int64_t n = g * a.H + j;
+      xg[g] = a.xp[b * GH + n] + (a.b_ih ? to_float(a.b_ih[n]) : 0.0f);
+      hg[g] = a.hp[b * GH + n] + (a.b_hh ? to_float(a.b_hh[n]) : 0.0f);
+    }
+    const float h_prev = kCell == Cell::Gru ? to_float(a.h_prev[b * a.R + j]) : 0.0f;
+    const float c_prev = kC ? a.c_prev[b * a.H + j] : 0.0f;
+    float out, c_new = 0.0f;
+    Math::forward(xg, hg, h_prev, c_prev, out, c_new, saved);
+    const T out_t = from_float<T>(out);
+    a.out[out_at] = out_t;
+    if (a.y) a.y[b * a.R + j] = out_t;
+    if constexpr (kC) a.c_new[b * a.H + j] = c_new;
+    if constexpr (S > 0) {
+      if (a.acts) {
+#pragma unroll
+        for (int s = 0; s < S; ++s) a.acts[b * S * a.H + s * a.H + j] = saved[s];
+      }
+    }
+  } else {  // padded step: the state carries over, the output is zero
+    a.out[out_at] = a.projected ? from_float<T>(0.0f) : a.h_prev[b * a.R + j];
+    if (a.y) a.y[b * a.R + j] = from_float<T>(0.0f);
+    if constexpr (kC) a.c_new[b * a.H + j] = a.c_prev[b * a.H + j];
+    if constexpr (S > 0) {
+      if (a.acts) {
+#pragma unroll
+        for (int s = 0; s < S; ++s) a.acts[b * S * a.H + s * a.H + j] = 0.0f;
+      }
+    }
+  }
+}
+
+// LSTM with projection, after h_proj = m W_hr^T: the new state and the output (B, P).
+template <typename T>
+__global__ void __launch_bounds__(kPointwiseThreads)
+commit_projection_kernel(int64_t B, int64_t P, int64_t t, const float* h_proj, const T* h_prev,
+                         T* h_new, T* y, const int64_t* lengths) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= B * P) return;
+  const int64_t b = idx / P;
+  if (step_valid(lengths, t, b)) {
+    const T v = from_float<T>(h_proj[idx]);
+    h_new[idx] = v;
+    y[idx] = v;
+  } else {
+    h_new[idx] = h_prev[idx];
+    y[idx] = from_float<T>(0.0f);
+  }
+}
+
+// ---- backward ---------------------------------------------------------------------------------
+
+template <typename T>
+struct StepBackwardArgs {
+  int64_t B, H, R, t;
+  const T* dy;          // (B, R) this step's output gradient; nullptr with projection
+  const float* dm;      // (B, H) with projection: gradient of m (= dh_out W_hr)
+  float* dh_carry;      // (B, R) gradient of the state after this step; becomes the part of
+                        // the gradient of the state before it that bypasses W_hh
+  float* dc_carry;      // (B, H) LSTM: gradient of c after this step -> before it
+  const float* acts;    // (B, S*H)
+  const T* h_prev;      // (B, R)
+  const T* h_new;       // (B, R)
+  const float* c_prev;  // (B, H)
+  const float* c_new;   // (B, H)
+  T* dgx;               // (B, G*H) out
+  T* dgh;               // (B, G*H) out (== dgx except for GRU)
+  const int64_t* lengths;
+};
+
+template <typename T, Cell kCell>
+__global__ void __launch_bounds__(kPointwiseThreads) backward_step_kernel(StepBackwardArgs<T> a) {
+  using Math = UnitMath<kCell>;
+  constexpr int G = Math::kGates, S = Math::kSaved, kDistinct = distinct_dgh_gate<kCell>();
+  constexpr bool kC = has_cell_state(kCell);
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= a.B * a.H) return;
+  const int64_t b = idx / a.H, j = idx % a.H, GH = G * a.H;
+  T* dgx = a.dgx + b * GH;
+  T* dgh = a.dgh + b * GH;
+  if (step_valid(a.lengths, a.t, b)) {
+    const float dh = a.dm ? a.dm[b * a.H + j]
+                          : to_float(a.dy[b * a.R + j]) + a.dh_carry[b * a.R + j];
+    float saved[S > 0 ? S : 1];
+#pragma unroll
+    for (int s = 0; s < S; ++s) saved[s] = a.acts[b * S * a.H + s * a.H + j];
+    float dg[G], dgh_n, direct, dc_prev = 0.0f;
+    Math::backward(dh, kC ? a.dc_carry[b * a.H + j] : 0.0f, saved,
+                   kCell == Cell::Gru ? to_float(a.h_prev[b * a.R + j]) : 0.0f,
+                   kC ? a.c_prev[b * a.H + j] : 0.0f,
+                   S == 0 ? to_float(a.h_new[b * a.R + j]) : 0.0f,
+                   kC ? a.c_new[b * a.H + j] : 0.0f, dg, dgh_n, direct, dc_prev);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      dgx[g * a.H + j] = from_float<T>(dg[g]);
+      if constexpr (kDistinct >= 0) dgh[g * a.H + j] = from_float<T>(g == kDistinct ? dgh_n : dg[g]);
+    }
+    if (!a.dm) a.dh_carry[b * a.R + j] = direct;  // the GEMM adds dgh W_hh next
+    if constexpr (kC) a.dc_carry[b * a.H + j] = dc_prev;
+  } else {  // padded step: no gradient into the gates; the state's gradient passes through
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      dgx[g * a.H + j] = from_float<T>(0.0f);
+      if constexpr (kDistinct >= 0) dgh[g * a.H + j] = from_float<T>(0.0f);
+    }
+  }
+}
+
+// LSTM with projection, before the pointwise pass: dh_out = dy + dh_carry (the gradient of this
+// step's projected output, kept for dW_hr), and the carry restarts at 0 for valid rows (the GEMM
+// after the pointwise pass adds dgh W_hh).
+template <typename T>
+__global__ void __launch_bounds__(kPointwiseThreads)
+projection_grad_kernel(int64_t B, int64_t P, int64_t t, const T* dy, float* dh_carry, T* dh_out,
+                       const int64_t* lengths) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= B * P) return;
+  const int64_t b = idx / P;
+  if (step_valid(lengths, t, b)) {
+    dh_out[idx] = from_float<T>(to_float(dy[idx]) + dh_carry[idx]);
+    dh_carry[idx] = 0.0f;
+  } else {
+    dh_out[idx] = from_float<T>(0.0f);
+  }
+}
+
+// ---- around the loop --------------------------------------------------------------------------
+
+// out[i] = float(in[i]), or 0 where in is nullptr.
+template <typename T>
+__global__ void __launch_bounds__(kPointwiseThreads) widen_kernel(const T* in, float* out, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = in ? to_float(in[i]) : 0.0f;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kPointwiseThreads) narrow_kernel(const float* in, T* out, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = from_float<T>(in[i]);
+}
+
+// Column sums of a (rows, cols) matrix, accumulated in float in a fixed order (deterministic):
+// a block takes 32 columns; its 8 thread rows stride over the matrix rows, then add up.
+constexpr int kSumColumns = 32, kSumRows = 8;
+template <typename T>
+__global__ void __launch_bounds__(kSumColumns * kSumRows)
+column_sum_kernel(const T* m, int64_t rows, int64_t cols, T* out) {
+  __shared__ float partial[kSumRows][kSumColumns];
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kSumColumns + threadIdx.x;
+  float sum = 0.0f;
+  if (col < cols)
+    for (int64_t r = threadIdx.y; r < rows; r += kSumRows) sum += to_float(m[r * cols + col]);
+  partial[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < cols) {
+    float total = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kSumRows; ++k) total += partial[k][threadIdx.x];
+    out[col] = from_float<T>(total);
+  }
+}
+
+}  // namespace fastrnn::cuda
