@@ -204,7 +204,7 @@ def test_nothing_saved_without_grad(monkeypatch):
     real = ft._core_forward
 
     def spy(*args):
-        calls.append(args[-1])  # `save`
+        calls.append(args[-2])  # `save` (the last argument is `algo`)
         return real(*args)
 
     monkeypatch.setattr(ft, "_core_forward", spy)

@@ -2,6 +2,8 @@
 // the build and the machine have.
 #include <cuda_runtime.h>
 
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -22,6 +24,20 @@ extern template void backward_typed<__nv_bfloat16>(const Problem&, const Backwar
 extern template PersistentPlan plan_typed<float>(const Problem&);
 extern template PersistentPlan plan_typed<__half>(const Problem&);
 extern template PersistentPlan plan_typed<__nv_bfloat16>(const Problem&);
+
+const cudaDeviceProp& device_properties(int device) {
+  static std::mutex mutex;
+  static std::vector<std::unique_ptr<cudaDeviceProp>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (device < 0) throw Error("fastrnn CUDA: device index " + std::to_string(device) + " < 0");
+  if (cache.size() <= static_cast<size_t>(device)) cache.resize(device + 1);
+  if (!cache[device]) {
+    auto prop = std::make_unique<cudaDeviceProp>();
+    FASTRNN_CUDA_CHECK(cudaGetDeviceProperties(prop.get(), device));
+    cache[device] = std::move(prop);
+  }
+  return *cache[device];
+}
 
 size_t dtype_size(DType dtype) {
   switch (dtype) {
@@ -147,8 +163,7 @@ int device_count() {
 }
 
 DeviceInfo device_info(int device) {
-  cudaDeviceProp prop{};
-  FASTRNN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  const cudaDeviceProp& prop = device_properties(device);
   DeviceInfo info;
   info.name = prop.name;
   info.major = prop.major;

@@ -42,6 +42,9 @@ T* at_bytes(void* base, int64_t offset) {
   return reinterpret_cast<T*>(static_cast<char*>(base) + offset);
 }
 
+// The device's properties, read once per device (cudaGetDeviceProperties is slow). api.cu.
+const cudaDeviceProp& device_properties(int device);
+
 // ---- the persistent kernel's fit ---------------------------------------------------------------
 
 struct PersistentPlan {
@@ -64,8 +67,7 @@ PersistentPlan plan_persistent(const Problem& p) {
                ", got " + std::to_string(s.B);
     return plan;
   }
-  cudaDeviceProp prop{};
-  FASTRNN_CUDA_CHECK(cudaGetDeviceProperties(&prop, p.device));
+  const cudaDeviceProp& prop = device_properties(p.device);
   if (!prop.cooperativeLaunch) {
     plan.why = std::string("device ") + prop.name + " has no cooperative launch";
     return plan;
@@ -97,8 +99,7 @@ void launch_cooperative(Kernel kernel, int64_t blocks, int64_t smem, void* args,
   FASTRNN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
       &per_sm, kernel, kPersistentThreads, static_cast<size_t>(smem)));
   FASTRNN_CUDA_CHECK(cudaGetDevice(&device));
-  int sms = 0;
-  FASTRNN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int sms = device_properties(device).multiProcessorCount;
   if (static_cast<int64_t>(per_sm) * sms < blocks)
     throw Error(std::string("fastrnn CUDA: ") + what + ": " + std::to_string(blocks) +
                 " blocks cannot all be resident (" + std::to_string(per_sm) + " per "

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import abc
 import argparse
+import contextlib
 import ctypes
 import dataclasses
 import datetime
@@ -58,6 +59,7 @@ import shlex
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -1115,6 +1117,939 @@ def _json_safe(value):
 
 
 # ---------------------------------------------------------------------------------------------
+# GPU mode (--device cuda): fastrnn.torch against torch.nn (cuDNN) on one CUDA device
+# ---------------------------------------------------------------------------------------------
+# Each row runs a fastrnn.torch module and a torch.nn module with the same weights on the same
+# device and dtype: forward (under torch.no_grad()) and forward+backward (y, _ = m(x);
+# y.backward(dy)), timed with CUDA events. The floor of a row uses the FLOP and byte conventions
+# above (Config) with the row's element size, the HBM bandwidth of a large device-to-device copy
+# and the GEMM peak of a large torch.matmul in the row's dtype, both measured at start-up.
+
+GPU_JSON_SCHEMA = 1
+GPU_DTYPES = ("float32", "bfloat16", "float16")
+GPU_DEFAULT_DTYPES = ("float32", "bfloat16")
+_GPU_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+_GPU_DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}  # fastrnn.cuda's dtype codes
+_CELL_CODES = {cell: code for code, cell in enumerate(MODES)}  # rnn_tanh 0 .. gru 3
+_ALGO_NAMES = {0: "standard", 1: "persistent"}
+GPU_SETTINGS = Settings(repeats=30, min_repeats=5, warmup=3, warmup_s=0.05, budget=0.25)
+GPU_GEMM_N = 8192            # the square torch.matmul of the GEMM peak
+GPU_GEMM_REPS = 10
+GPU_COPY_BYTES = 1 << 30     # the device-to-device copy of the bandwidth ceiling (read + write)
+GPU_COPY_REPS = 20
+GPU_ROTATE_BYTES = 64 << 20  # input sets (x and dy) up to this size rotate 4 ways, larger 2 ways
+# Relative max-norm error against torch.nn in float64 beyond which a row is flagged (not failed).
+GPU_TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
+TARGET_TRAINING = 1.0        # fwd+bwd: cuDNN time / fastrnn time on every row
+TARGET_NO_PERSISTENT = 2.0   # where cuDNN has no persistent kernel, at batch <= 16
+TARGET_NO_PERSISTENT_MAX_B = 16
+TARGET_RULE = ("fwd+bwd ratio >= 1.0 on every row; ratio >= 2.0 (fwd and fwd+bwd, each checked) "
+               "at B <= 16 where cuDNN has no persistent kernel: GRU, float32 or packed input "
+               "(torch only picks cuDNN's persistent algorithm for unpacked float16)")
+GPU_FLOOR_CONVENTION = (
+    "floor = max(FLOPs / GEMM peak of the row's dtype, bytes / HBM bandwidth), both measured "
+    "at start-up on this device (torch.matmul n^3, float32 with TF32 off; device-to-device "
+    "copy, bytes read + written); floor% = floor / median time (above 100%: the bytes came from "
+    "L2, not HBM); FLOPs and bytes as above with the row's element size; packed rows count "
+    "sum(lengths) rows instead of T*B (W_hh is still re-read T = max length times)")
+GPU_ACCURACY_CONVENTION = (
+    "relative max-norm error max|a - b| / max|b| (a NaN or inf anywhere: NON-FINITE): fastrnn's "
+    "forward output against torch.nn's, and both implementations' output y, training output, "
+    "input gradient dx and dW_hh (layer 0) against torch.nn in float64 on the same (rounded) "
+    "weights, input and dy")
+
+
+@dataclass(frozen=True)
+class GpuRow:
+    """One GPU benchmark row: the sizes (a float32 :class:`Config`: the FLOP and element counts),
+    the dtype it runs in, whether the input is a PackedSequence of varied lengths, its group."""
+    config: Config
+    dtype: str = "float32"
+    packed: bool = False
+    group: str = "custom"
+
+    def __post_init__(self):
+        if self.dtype not in GPU_DTYPES:
+            raise ValueError(f"dtype: expected one of {GPU_DTYPES}, got {self.dtype!r}")
+        if self.config.dtype != "float32":
+            raise ValueError("config: expected a float32 Config (its sizes only)")
+
+    @property
+    def label(self) -> str:
+        return f"{self.config.label} {self.dtype}" + (" packed" if self.packed else "")
+
+    def to_dict(self) -> Dict[str, object]:
+        d = {k: v for k, v in self.config.to_dict().items() if k not in ("dtype", "label")}
+        d.update(dtype=self.dtype, packed=self.packed, group=self.group, label=self.label)
+        return d
+
+
+def _gpu_suite_full() -> List[GpuRow]:
+    """DESIGN.md section 5 GPU rows, then batch 1-8 latency rows, then packed-input rows."""
+    out = [GpuRow(c, group="deepbench") for c in _cpu_suite_full()]
+    out += [GpuRow(Config("lstm", 50, b, h, h), group="deepbench")
+            for h in (1536, 2048, 4096) for b in (8, 32, 128)]
+    out += [GpuRow(Config(cell, 100, b, h, h), group="latency")
+            for cell in ("lstm", "gru") for h in (512, 1024) for b in (1, 2, 4, 8)]
+    out += [GpuRow(Config(cell, 100, b, 512, 512), packed=True, group="packed")
+            for cell in ("gru", "lstm") for b in (8, 16)]
+    return out
+
+
+# Shapes only: each runs once per dtype of --dtypes.
+GPU_SUITES: Dict[str, List[GpuRow]] = {
+    "gpu": _gpu_suite_full(),
+    "gpu-quick": [
+        GpuRow(Config("lstm", 25, 64, 1024, 1024), group="deepbench"),
+        GpuRow(Config("gru", 187, 1, 512, 512), group="deepbench"),
+        GpuRow(Config("lstm", 100, 4, 512, 512), group="latency"),
+        GpuRow(Config("gru", 100, 8, 512, 512), packed=True, group="packed"),
+        GpuRow(Config("lstm", 50, 32, 2048, 2048), group="deepbench"),
+    ],
+}
+
+
+def _parse_gpu_dtypes(text: str) -> List[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in GPU_DTYPES]
+    if unknown or not names:
+        raise ValueError(f"--dtypes: unknown {unknown}; expected some of {', '.join(GPU_DTYPES)}")
+    return list(dict.fromkeys(names))
+
+
+def select_gpu_rows(args) -> List[GpuRow]:
+    """The rows of --config, or of the suite (a CPU suite's configurations become GPU rows),
+    filtered by --cells, each in every dtype of --dtypes (adjacent)."""
+    if args.config:
+        shapes = [GpuRow(dataclasses.replace(c, dtype="float32")) for c in args.config]
+    elif args.suite in GPU_SUITES:
+        shapes = list(GPU_SUITES[args.suite])
+    else:
+        shapes = [GpuRow(dataclasses.replace(c, dtype="float32"), group=args.suite)
+                  for c in SUITES[args.suite]]
+    if args.cells:
+        shapes = [r for r in shapes if r.config.cell in args.cells]
+    return [dataclasses.replace(r, dtype=dt) for r in shapes for dt in args.dtypes]
+
+
+def packed_lengths(T: int, B: int, seed: int = 0) -> List[int]:
+    """Varied sequence lengths of a packed row, from T/4 to T (the first is T), fixed by seed."""
+    rng = np.random.default_rng(seed + 7)
+    lengths = rng.integers(max(1, T // 4), T + 1, size=B)
+    lengths[0] = T
+    return [int(v) for v in lengths]
+
+
+def gpu_counts(row: GpuRow, rows: Optional[int] = None) -> Dict[str, Dict[str, int]]:
+    """FLOPs and bytes of a row's forward and forward+backward by the conventions above, with
+    ``rows`` (sum of lengths of a packed row; default T*B) sequence steps of work."""
+    cfg, item = row.config, _GPU_ITEMSIZE[row.dtype]
+    full = cfg.T * cfg.B
+    rows = full if rows is None else rows
+    if rows == full:  # Config's own counts, at the row's element size
+        fwd_flops = cfg.forward_flops()
+        fwd_bytes = cfg.forward_bytes() // cfg.itemsize * item
+        fb_bytes = cfg.forward_backward_bytes() // cfg.itemsize * item
+    else:  # the same conventions with ``rows`` in place of T*B (W_hh still re-read T times)
+        g, h, d = GATES[cfg.cell], cfg.H, cfg.directions
+        fwd_flops = sum(d * 2 * g * h * (i + h) * rows for i in cfg._layer_inputs())
+        elements = sum(d * (cfg.T * g * h * h + g * h * i + rows * (i + h))
+                       for i in cfg._layer_inputs())
+        fwd_bytes = elements * item
+        fb_bytes = 2 * fwd_bytes + cfg.layers * d * rows * g * h * item
+    return {"forward": {"flops": fwd_flops, "bytes": fwd_bytes},
+            "forward_backward": {"flops": 3 * fwd_flops, "bytes": fb_bytes}}
+
+
+def gpu_floor_times(counts: Dict[str, Dict[str, int]], ceilings: Dict[str, object],
+                    dtype: str) -> Dict[str, Dict[str, object]]:
+    """Per phase: the time at the GEMM peak, at the HBM bandwidth, and the larger (the floor)."""
+    tflops = ceilings["gemm"][dtype]["tflops"]
+    gbs = ceilings["hbm"]["gbs"]
+    out = {}
+    for kind, c in counts.items():
+        compute_s, memory_s = c["flops"] / (tflops * 1e12), c["bytes"] / (gbs * 1e9)
+        out[kind] = {**c, "gemm_tflops": tflops, "hbm_gbs": gbs, "compute_s": compute_s,
+                     "memory_s": memory_s, "floor_s": max(compute_s, memory_s),
+                     "bound": "compute" if compute_s >= memory_s else "memory"}
+    return out
+
+
+def gpu_unavailable_reason() -> Optional[str]:
+    """None when the GPU mode can run here, else one line saying why not."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed (the GPU mode times fastrnn.torch against torch.nn)"
+    reasons = []
+    if not torch.cuda.is_available():
+        build = (f"built for CUDA {torch.version.cuda}" if torch.version.cuda
+                 else "a CPU-only build")
+        reasons.append(f"torch.cuda.is_available() is False (torch {torch.__version__}, {build})")
+    try:
+        from fastrnn import cuda as fastrnn_cuda
+    except ImportError:
+        reasons.append("this fastrnn has no fastrnn.cuda module (a build from before the CUDA "
+                       "backend)")
+    else:
+        why = fastrnn_cuda.unavailable_reason()
+        if why is not None:
+            reasons.append(f"fastrnn.cuda: {why}")
+    if not reasons and not torch.backends.cudnn.is_available():
+        reasons.append("torch has no cuDNN (torch.backends.cudnn.is_available() is False)")
+    return "; ".join(reasons) or None
+
+
+@contextlib.contextmanager
+def _tf32_off():
+    """TF32 off for torch's float32 matrix products and cuDNN (fastrnn follows the former)."""
+    import torch
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (matmul.allow_tf32, cudnn.allow_tf32)
+    matmul.allow_tf32 = False
+    cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
+def _tf32_state() -> Dict[str, bool]:
+    import torch
+    return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn": bool(torch.backends.cudnn.allow_tf32)}
+
+
+def _event_times_ms(fn: Callable[[], object], reps: int, warmup: int) -> List[float]:
+    """Back-to-back CUDA-event times (ms) of ``fn`` after ``warmup`` runs (a ceiling's probe)."""
+    import torch
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(reps)]
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in events]
+
+
+def measure_gpu_ceilings(dtypes: Sequence[str], gemm_n: int = GPU_GEMM_N,
+                         copy_bytes: int = GPU_COPY_BYTES) -> Dict[str, object]:
+    """HBM bandwidth (a device-to-device copy of ``copy_bytes``: bytes read + written over the
+    best time) and the GEMM peak of each dtype (torch.matmul of two random n x n matrices; TF32
+    off for float32), on random data, once per run."""
+    import torch
+    device = torch.device("cuda", torch.cuda.current_device())
+    gen = torch.Generator(device=device).manual_seed(12345)
+    times = _copy_times_ms(device, gen, copy_bytes)
+    moved = 2 * (copy_bytes // 4) * 4
+    hbm = {"gbs": moved / (min(times) / 1e3) / 1e9,
+           "gbs_median": moved / (statistics.median(times) / 1e3) / 1e9,
+           "bytes_moved": moved, "reps": GPU_COPY_REPS,
+           "method": f"torch copy_ of {_fmt_bytes(copy_bytes)} float32 device to device, "
+                     "bytes read + written over the best of the CUDA-event times"}
+    gemm = {}
+    for dtype in sorted(set(dtypes) | {"float32"}, key=GPU_DTYPES.index):
+        with _tf32_off() if dtype == "float32" else contextlib.nullcontext():
+            times = _matmul_times_ms(device, gen, getattr(torch, dtype), gemm_n)
+            tf32 = _tf32_state()["matmul"]
+        flops = 2 * gemm_n ** 3
+        gemm[dtype] = {"tflops": flops / (min(times) / 1e3) / 1e12,
+                       "tflops_median": flops / (statistics.median(times) / 1e3) / 1e12,
+                       "n": gemm_n, "reps": GPU_GEMM_REPS, "tf32": tf32,
+                       "method": "torch.matmul, best of the CUDA-event times"}
+    torch.cuda.empty_cache()
+    return {"hbm": hbm, "gemm": gemm}
+
+
+def _copy_times_ms(device, gen, copy_bytes: int) -> List[float]:
+    import torch
+    src = torch.randn(copy_bytes // 4, generator=gen, device=device)
+    dst = torch.empty_like(src)
+    return _event_times_ms(lambda: dst.copy_(src), GPU_COPY_REPS, warmup=3)
+
+
+def _matmul_times_ms(device, gen, dtype, n: int) -> List[float]:
+    import torch
+    a = torch.randn(n, n, generator=gen, device=device).to(dtype)
+    b = torch.randn(n, n, generator=gen, device=device).to(dtype)
+    c = torch.empty_like(a)
+    return _event_times_ms(lambda: torch.matmul(a, b, out=c), GPU_GEMM_REPS, warmup=3)
+
+
+def measure_cuda(run: Callable[[int], object], settings: Settings,
+                 prepare: Optional[Callable[[int], object]] = None) -> Dict[str, object]:
+    """Time ``run(k)`` (k counts the runs: it picks the input set) with CUDA events.
+
+    Every run starts on an idle GPU (synchronize, then record the start event), so host-side
+    launch overhead counts as it does for one call; ``prepare(k)`` runs before, untimed (zeroing
+    gradients). Warm-up as :func:`measure`: at least ``warmup`` runs and ``warmup_s`` seconds,
+    stopping early after ``max(warmup_s, budget / 4)``. Then up to ``repeats`` timed runs, at
+    least ``min_repeats``, stopping once ``budget`` seconds have passed. Same keys as
+    :func:`measure`.
+    """
+    import torch
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        k = 0
+        start = time.perf_counter()
+        warmups = 0
+        while True:
+            if prepare is not None:
+                prepare(k)
+            run(k)
+            torch.cuda.synchronize()
+            k += 1
+            warmups += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= max(settings.warmup_s, 0.25 * settings.budget):
+                break
+            if warmups >= settings.warmup and elapsed >= settings.warmup_s:
+                break
+        events = []
+        start = time.perf_counter()
+        while len(events) < settings.repeats:
+            if prepare is not None:
+                prepare(k)
+            torch.cuda.synchronize()
+            begin, end = (torch.cuda.Event(enable_timing=True),
+                          torch.cuda.Event(enable_timing=True))
+            begin.record()
+            run(k)
+            end.record()
+            events.append((begin, end))
+            k += 1
+            if (len(events) >= settings.min_repeats
+                    and time.perf_counter() - start >= settings.budget):
+                break
+        torch.cuda.synchronize()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    times = [begin.elapsed_time(end) / 1e3 for begin, end in events]
+    median = statistics.median(times)
+    if len(times) >= 2:
+        q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    else:
+        q1 = q3 = times[0]
+    return {"times_s": times, "n": len(times), "warmup": warmups, "median_s": median,
+            "min_s": min(times), "q1_s": q1, "q3_s": q3, "spread": (q3 - q1) / median}
+
+
+class _GpuInputs:
+    """Random input sets of one row on the device (rotated among runs, so no run finds its
+    input in L2 from the run before): x (T, B, I) -- a PackedSequence for a packed row --, the
+    leaf tensor its gradient lands in, and dy, all in the row's dtype."""
+
+    def __init__(self, row: GpuRow, lengths: Optional[List[int]], seed: int, device):
+        import torch
+        from torch.nn.utils.rnn import pack_padded_sequence
+        cfg = row.config
+        dtype = getattr(torch, row.dtype)
+        gen = torch.Generator(device=device).manual_seed(seed + 1)
+        set_bytes = (cfg.T * cfg.B * (cfg.I + cfg.directions * cfg.H)
+                     * _GPU_ITEMSIZE[row.dtype])
+        self.n = 4 if set_bytes <= GPU_ROTATE_BYTES else 2
+        self.xs, self.leaves, self.dys = [], [], []
+        for _ in range(self.n):
+            x = torch.randn(cfg.T, cfg.B, cfg.I, generator=gen, device=device).to(dtype)
+            if lengths is None:
+                leaf = x.requires_grad_(True)
+                xin = leaf
+            else:
+                packed = pack_padded_sequence(x, torch.tensor(lengths, dtype=torch.int64),
+                                              enforce_sorted=False)
+                leaf = packed.data.detach().requires_grad_(True)
+                xin = _packed_like(packed, leaf)
+            rows = leaf.shape[0] if lengths is not None else None
+            dy_shape = ((rows, cfg.directions * cfg.H) if lengths is not None
+                        else (cfg.T, cfg.B, cfg.directions * cfg.H))
+            dy = torch.randn(dy_shape, generator=gen, device=device).to(dtype)
+            self.xs.append(xin)
+            self.leaves.append(leaf)
+            self.dys.append(dy)
+
+    def first_as(self, dtype):
+        """Input set 0 converted to ``dtype`` (the float64 reference's copy): x, leaf, dy."""
+        leaf = self.leaves[0].detach().to(dtype).requires_grad_(True)
+        x0 = self.xs[0]
+        xin = leaf if x0 is self.leaves[0] else _packed_like(x0, leaf)
+        return xin, leaf, self.dys[0].to(dtype)
+
+
+def _packed_like(packed, data):
+    """A PackedSequence with ``packed``'s batch sizes and order around ``data``."""
+    from torch.nn.utils.rnn import PackedSequence
+    return PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
+                          packed.unsorted_indices)
+
+
+def _gpu_module(namespace, cfg: Config, device, dtype, **extra):
+    """``namespace.RNN/LSTM/GRU`` (torch.nn or fastrnn.torch) of ``cfg`` on ``device``."""
+    kwargs = dict(num_layers=cfg.layers, bidirectional=cfg.bidirectional, device=device,
+                  dtype=dtype, **extra)
+    if cfg.cell in ("rnn_tanh", "rnn_relu"):
+        module = namespace.RNN(cfg.I, cfg.H, nonlinearity=cfg.cell[4:], **kwargs)
+    else:
+        module = getattr(namespace, cfg.cell.upper())(cfg.I, cfg.H, **kwargs)
+    return module.to(device=device, dtype=dtype)
+
+
+def _output_tensor(out):
+    """The tensor of a module's output (a PackedSequence's data)."""
+    return out.data if hasattr(out, "batch_sizes") else out
+
+
+def _check_outputs(module, x, leaf, dy) -> Dict[str, object]:
+    """One inference forward (y), one training forward (y_train) and its backward (dx, dW_hh of
+    layer 0), detached copies."""
+    import torch
+    with torch.no_grad():
+        y = _output_tensor(module(x)[0]).clone()
+    module.zero_grad(set_to_none=True)
+    leaf.grad = None
+    out = _output_tensor(module(x)[0])
+    out.backward(dy)
+    return {"y": y, "y_train": out.detach().clone(), "dx": leaf.grad.detach().clone(),
+            "dw_hh": module.weight_hh_l0.grad.detach().clone()}
+
+
+def _rel_err(a, b) -> float:
+    """max|a - b| / max|b| in float64; NaN when ``a`` is not all finite."""
+    import torch
+    a, b = a.detach().to(torch.float64), b.detach().to(torch.float64)
+    if not bool(torch.isfinite(a).all()):
+        return float("nan")
+    scale = float(b.abs().max())
+    diff = float((a - b).abs().max())
+    return diff / scale if scale > 0 else diff
+
+
+def _ops_run(fn) -> Optional[set]:
+    """Names of the torch operators ``fn`` ran (torch.profiler, CPU side), or None."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        return {event.key for event in prof.key_averages()}
+    except Exception:
+        return None
+
+
+_TORCH_RNN_OPS = ("aten::lstm", "aten::gru", "aten::rnn_tanh", "aten::rnn_relu",
+                  "aten::_cudnn_rnn")
+
+
+def _fastrnn_fallbacks(ftorch, fn) -> List[str]:
+    """The FallbackWarnings of fastrnn.torch while ``fn`` runs (its warn-once memory cleared
+    first, so every row is checked): what makes a module run torch.nn instead of fastrnn."""
+    warned, lock = getattr(ftorch, "_warned", None), getattr(ftorch, "_warned_lock", None)
+    if warned is not None and lock is not None:
+        with lock:
+            warned.clear()
+    category = getattr(ftorch, "FallbackWarning", RuntimeWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", category)
+        fn()
+    return [str(w.message) for w in caught if issubclass(w.category, category)]
+
+
+def _plan_algo(row: GpuRow, algo: str, device_index: int, training: bool) -> str:
+    """The algo fastrnn's CUDA backend picks for layer 0 of the row (fastrnn.cuda.plan)."""
+    from fastrnn import cuda as fastrnn_cuda
+    cfg = row.config
+    try:
+        code = fastrnn_cuda.plan(_CELL_CODES[cfg.cell], _GPU_DTYPE_CODES[row.dtype], cfg.T, cfg.B,
+                                 cfg.I, cfg.H, 0, algo, device_index, training).algo
+    except Exception as exc:
+        return f"unknown ({type(exc).__name__}: {exc})"
+    return _ALGO_NAMES.get(int(code), str(code))
+
+
+def _gpu_accuracy(checks: Dict[str, Dict[str, object]], dtype: str) -> Dict[str, object]:
+    """Errors of fastrnn against cuDNN and of both against the float64 reference, and a flag."""
+    names = ("y", "y_train", "dx", "dw_hh")
+    acc: Dict[str, object] = {"tolerance": GPU_TOLERANCE[dtype], "finite": {}}
+    for impl in ("fastrnn", "cudnn"):
+        if impl in checks:
+            acc["finite"][impl] = all(math.isfinite(_rel_err(checks[impl][n], checks[impl][n]))
+                                      for n in names)
+    if "fastrnn" in checks and "cudnn" in checks:
+        acc["fastrnn_vs_cudnn"] = {n: _rel_err(checks["fastrnn"][n], checks["cudnn"][n])
+                                   for n in names}
+    ref = checks.get("float64")
+    if ref is not None:
+        for impl in ("fastrnn", "cudnn"):
+            if impl in checks:
+                acc[f"{impl}_vs_f64"] = {n: _rel_err(checks[impl][n], ref[n]) for n in names}
+    flags = []
+    for impl, name in (("fastrnn", "fastrnn"), ("cudnn", "torch.nn")):
+        if acc["finite"].get(impl) is False:
+            flags.append(f"NON-FINITE {name} output or gradient")
+    mine, theirs = acc.get("fastrnn_vs_f64"), acc.get("cudnn_vs_f64")
+    if mine and acc["finite"].get("fastrnn"):
+        worst = max(mine, key=lambda n: mine[n])
+        # Beyond the dtype's tolerance and clearly worse than torch.nn on the same problem.
+        if mine[worst] > GPU_TOLERANCE[dtype] and not (
+                theirs and math.isfinite(theirs[worst]) and mine[worst] <= 2 * theirs[worst]):
+            flags.append(f"fastrnn {worst} error {mine[worst]:.1e} > {GPU_TOLERANCE[dtype]:g}")
+    acc["flags"] = flags
+    return acc
+
+
+def _row_targets(row: GpuRow, ratio: Dict[str, float]) -> Dict[str, object]:
+    cfg = row.config
+    applies = cfg.B <= TARGET_NO_PERSISTENT_MAX_B and (
+        cfg.cell == "gru" or row.dtype == "float32" or row.packed)
+    fb = ratio.get("forward_backward")
+    out: Dict[str, object] = {"training_1x": {"required": TARGET_TRAINING, "ratio": fb,
+                                              "met": fb is not None and fb >= TARGET_TRAINING}}
+    out["no_persistent_2x"] = {"applies": applies, "required": TARGET_NO_PERSISTENT}
+    if applies:
+        for kind in ("forward", "forward_backward"):
+            r = ratio.get(kind)
+            out["no_persistent_2x"][kind] = {"ratio": r,
+                                             "met": r is not None and r >= TARGET_NO_PERSISTENT}
+    return out
+
+
+def run_gpu_row(row: GpuRow, settings: Settings, ceilings: Dict[str, object], seed: int = 0,
+                algo: str = "auto", check_accuracy: bool = True) -> Dict[str, object]:
+    """Check, then time one row on both implementations; failures are recorded, not raised."""
+    import torch
+    import fastrnn.torch as ftorch
+    cfg = row.config
+    device_index = torch.cuda.current_device()
+    device = torch.device("cuda", device_index)
+    lengths = packed_lengths(cfg.T, cfg.B, seed) if row.packed else None
+    rows = sum(lengths) if lengths is not None else cfg.T * cfg.B
+    counts = gpu_counts(row, rows)
+    result: Dict[str, object] = {
+        "row": row.to_dict(), "lengths": lengths, "rows": rows,
+        "floor": gpu_floor_times(counts, ceilings, row.dtype),
+        "algo": {"requested": algo,
+                 "forward": _plan_algo(row, algo, device_index, training=False),
+                 "forward_backward": _plan_algo(row, algo, device_index, training=True)},
+    }
+    entries: Dict[str, Dict[str, object]] = {"fastrnn": {}, "cudnn": {}}
+    result["fastrnn"], result["cudnn"] = entries["fastrnn"], entries["cudnn"]
+    with _tf32_off() if row.dtype == "float32" else contextlib.nullcontext():
+        result["tf32"] = _tf32_state()
+        _check_and_time(row, settings, result, entries, lengths, device, seed, algo,
+                        check_accuracy)
+    torch.cuda.empty_cache()  # what the row allocated went with _check_and_time's frame
+    ratio = {}
+    if "error" not in result and all("error" not in e for e in entries.values()):
+        ratio = {kind: entries["cudnn"][kind]["median_s"] / entries["fastrnn"][kind]["median_s"]
+                 for kind in ("forward", "forward_backward")}
+    result["ratio"] = ratio
+    result["targets"] = _row_targets(row, ratio)
+    return result
+
+
+def _check_and_time(row: GpuRow, settings: Settings, result: Dict[str, object],
+                    entries: Dict[str, Dict[str, object]], lengths: Optional[List[int]], device,
+                    seed: int, algo: str, check_accuracy: bool) -> None:
+    """The device work of :func:`run_gpu_row`, filling ``result`` and ``entries``."""
+    import torch
+    import fastrnn.torch as ftorch
+    cfg = row.config
+    try:
+        tdt = getattr(torch, row.dtype)
+        torch.manual_seed(seed)
+        modules = {"fastrnn": _gpu_module(ftorch, cfg, device, tdt, algo=algo)}
+        modules["fastrnn"].algo = algo
+        peer = _gpu_module(torch.nn, cfg, device, tdt)
+        peer.load_state_dict(modules["fastrnn"].state_dict())
+        peer.flatten_parameters()
+        modules["cudnn"] = peer
+        data = _GpuInputs(row, lengths, seed, device)
+    except Exception as exc:
+        result["error"] = f"setup: {type(exc).__name__}: {exc}"
+        return
+    result["input_sets"] = data.n
+    x0, leaf0, dy0 = data.xs[0], data.leaves[0], data.dys[0]
+
+    # Which path each side takes, and the accuracy check (inputs of set 0, once).
+    checks: Dict[str, Dict[str, object]] = {}
+    for name, module in modules.items():
+        try:
+            def check(module=module):
+                if check_accuracy:
+                    checks[name] = _check_outputs(module, x0, leaf0, dy0)
+                else:  # still one call of each kind: the fallback check below needs them
+                    _check_outputs(module, x0, leaf0, dy0)
+            if name == "fastrnn":
+                fell_back = _fastrnn_fallbacks(ftorch, check)
+                with torch.no_grad():
+                    ops = _ops_run(lambda: module(x0))
+                if ops is not None and ops & set(_TORCH_RNN_OPS):
+                    fell_back.append("torch.nn's operators ran: " + ", ".join(
+                        sorted(ops & set(_TORCH_RNN_OPS))))
+                if fell_back:
+                    raise RuntimeError("fastrnn.torch ran torch.nn's implementation, not "
+                                       "fastrnn's kernels: " + "; ".join(fell_back))
+            else:
+                check()
+                with torch.no_grad():
+                    ops = _ops_run(lambda: module(x0))
+                result["torch_nn_path"] = (
+                    "unknown" if ops is None else "cudnn"
+                    if any("cudnn_rnn" in op for op in ops) else "native (not cuDNN)")
+        except Exception as exc:
+            entries[name]["error"] = f"{type(exc).__name__}: {exc}"
+            checks.pop(name, None)
+    if check_accuracy and checks:
+        try:
+            ref = _gpu_module(torch.nn, cfg, device, torch.float64)
+            ref.load_state_dict({k: v.to(torch.float64)
+                                 for k, v in modules["fastrnn"].state_dict().items()})
+            checks["float64"] = _check_outputs(ref, *data.first_as(torch.float64))
+            del ref
+        except Exception as exc:
+            result["reference_error"] = f"{type(exc).__name__}: {exc}"
+        result["accuracy"] = _gpu_accuracy(checks, row.dtype)
+        checks.clear()
+
+    # Timing: forward for both, then forward+backward for both.
+    n = data.n
+    for kind in ("forward", "forward_backward"):
+        for name, module in modules.items():
+            entry = entries[name]
+            if "error" in entry:
+                continue
+            if kind == "forward":
+                def run(k, module=module):
+                    with torch.no_grad():
+                        module(data.xs[k % n])
+                prepare = None
+            else:
+                def run(k, module=module):
+                    _output_tensor(module(data.xs[k % n])[0]).backward(data.dys[k % n])
+
+                def prepare(k, module=module):
+                    module.zero_grad(set_to_none=True)
+                    data.leaves[k % n].grad = None
+            try:
+                m = measure_cuda(run, settings, prepare)
+            except Exception as exc:
+                entry.clear()
+                entry["error"] = f"{kind}: {type(exc).__name__}: {exc}"
+                continue
+            floor = result["floor"][kind]
+            m["tflops"] = floor["flops"] / m["median_s"] / 1e12
+            m["floor_fraction"] = floor["floor_s"] / m["median_s"]
+            entry[kind] = m
+
+
+def _gpu_row_failed(r: Dict[str, object]) -> Optional[str]:
+    """Why a row counts as failed (an error on either side, or a non-finite result), or None."""
+    if "error" in r:
+        return r["error"]
+    for name in ("fastrnn", "cudnn"):
+        if "error" in r[name]:
+            return f"{'torch.nn' if name == 'cudnn' else name}: {r[name]['error']}"
+    flags = [f for f in (r.get("accuracy") or {}).get("flags", []) if f.startswith("NON-FINITE")]
+    return "; ".join(flags) or None
+
+
+def collect_gpu_meta(argv: Sequence[str]) -> Dict[str, object]:
+    import torch
+    index = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    device = {"index": index, "name": props.name, "capability": f"{props.major}.{props.minor}",
+              "multiprocessors": props.multi_processor_count,
+              "memory_bytes": props.total_memory,
+              "l2_bytes": getattr(props, "L2_cache_size", None)}
+    return {
+        "fastrnn_version": fastrnn.__version__,
+        "build_info": fastrnn.build_info(),
+        "device": device,
+        "torch_version": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version(),
+        "cudnn_enabled": bool(torch.backends.cudnn.enabled),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "argv": list(argv),
+        "tf32": "off for both sides on float32 rows (torch.backends.cuda.matmul.allow_tf32 = "
+                "torch.backends.cudnn.allow_tf32 = False): true float32 arithmetic",
+    }
+
+
+def _gpu_timing_text(settings: Settings) -> str:
+    return (f"CUDA events around each call, each started on an idle GPU (synchronize first: "
+            f"host launch overhead counts); warm-up >= {settings.warmup} runs and "
+            f">= {settings.warmup_s:g} s; median of up to {settings.repeats} runs (at least "
+            f"{settings.min_repeats}; {settings.budget:g} s budget); inputs rotate among 4 random "
+            f"sets (2 when large); fwd = module(x) under torch.no_grad(); fwd+bwd = y, _ = "
+            f"module(x); y.backward(dy), gradients set to None before each run, untimed")
+
+
+def format_gpu_header(meta: Dict[str, object], suite: str, rows: Sequence[GpuRow],
+                      settings: Settings, algo: str) -> List[str]:
+    """(title, text) pairs become 'title: text' lines (stdout) or Markdown bullets."""
+    d, info, ceil = meta["device"], meta["build_info"], meta["ceilings"]
+    cuda_keys = {k: v for k, v in info.items() if k.startswith("cuda") or k == "cublas"}
+    return [
+        ("device", f"{d['name']} (sm_{d['capability'].replace('.', '')}, {d['multiprocessors']} "
+                   f"SMs, {d['memory_bytes'] / 2**30:.0f} GiB), cuda:{d['index']}"),
+        ("software", f"torch {meta['torch_version']} (CUDA {meta['torch_cuda']}), cuDNN "
+                     f"{meta['cudnn_version']}, fastrnn {meta['fastrnn_version']} "
+                     + ", ".join(f"{k}={v}" for k, v in cuda_keys.items())),
+        ("run", f"suite {suite!r}, {len(rows)} row(s); fastrnn.torch algo={algo!r} (column "
+                f"algo: what fastrnn.cuda.plan picks for layer 0, fwd/fwd+bwd)"),
+        ("peer", "cuDNN = torch.nn.RNN/LSTM/GRU on the same device and dtype with the same "
+                 "weights (state_dict copied); notes say where torch.nn did not run cuDNN"),
+        ("TF32", meta["tf32"]),
+        ("HBM", f"{ceil['hbm']['gbs']:.0f} GB/s ({ceil['hbm']['method']})"),
+        ("GEMM peak", ", ".join(f"{dt} {m['tflops']:.1f} TFLOP/s" for dt, m in
+                                ceil["gemm"].items())
+         + f" (torch.matmul {next(iter(ceil['gemm'].values()))['n']}^3, best of "
+           f"{GPU_GEMM_REPS}; float32 with TF32 off)"),
+        ("FLOPs", FLOP_CONVENTION),
+        ("bytes", BYTES_CONVENTION),
+        ("floor", GPU_FLOOR_CONVENTION),
+        ("timing", _gpu_timing_text(settings)),
+        ("ratio", "cuDNN median time / fastrnn median time (> 1: fastrnn is faster)"),
+        ("accuracy", GPU_ACCURACY_CONVENTION),
+        ("targets", TARGET_RULE),
+    ]
+
+
+def _fmt_err(value: Optional[float]) -> str:
+    if value is None:
+        return ""
+    return "NON-FINITE" if not math.isfinite(value) else f"{value:.1e}"
+
+
+def _fmt_errs(errs: Optional[Dict[str, float]]) -> str:
+    return "" if not errs else "/".join(_fmt_err(errs[n]) for n in ("y", "dx", "dw_hh"))
+
+
+def _gpu_table(results: List[Dict[str, object]]) -> List[str]:
+    header = ["cell", "H", "B", "T", "dtype", "packed", "algo", "fastrnn fwd ms", "cuDNN fwd ms",
+              "fwd ratio", "fastrnn f+b ms", "cuDNN f+b ms", "f+b ratio", "floor% fwd",
+              "floor% f+b", "err y vs cuDNN", "err vs f64 fastrnn y/dx/dW",
+              "err vs f64 cuDNN y/dx/dW", "targets", "notes"]
+    table = [header]
+    for r in results:
+        row = r["row"]
+        algo = r["algo"]
+        algo_text = (algo["forward"] if algo["forward"] == algo["forward_backward"]
+                     else f"{algo['forward']}/{algo['forward_backward']}")
+        cells = [row["cell"], str(row["H"]), str(row["B"]), str(row["T"]), row["dtype"],
+                 "yes" if row["packed"] else "", algo_text]
+        fr, cu, ratio = r.get("fastrnn", {}), r.get("cudnn", {}), r.get("ratio", {})
+        for kind in ("forward", "forward_backward"):
+            for entry in (fr, cu):
+                m = entry.get(kind)
+                cells.append(_fmt_ms(m) + _noise(m) if m else "error" if "error" in entry else "")
+            cells.append(_fmt_x(ratio.get(kind)))
+        for kind in ("forward", "forward_backward"):
+            m = fr.get(kind)
+            cells.append(f"{_fmt_floor(m)} {r['floor'][kind]['bound'][:3]}" if m else "")
+        acc = r.get("accuracy") or {}
+        vs = acc.get("fastrnn_vs_cudnn")
+        cells += [_fmt_err(vs["y"]) if vs else "", _fmt_errs(acc.get("fastrnn_vs_f64")),
+                  _fmt_errs(acc.get("cudnn_vs_f64"))]
+        t = r.get("targets") or {}
+        missed = []
+        if ratio:
+            if not t["training_1x"]["met"]:
+                missed.append("f+b<1x")
+            two = t["no_persistent_2x"]
+            if two["applies"]:
+                missed += [f"{k}<2x" for k, label in (("fwd", "forward"),
+                                                      ("f+b", "forward_backward"))
+                           if not two[label]["met"]]
+        cells.append(("MISS " + ", ".join(missed)) if missed else "ok" if ratio else "")
+        notes = list(acc.get("flags", []))
+        failed = _gpu_row_failed(r)
+        if failed and failed not in notes:
+            notes.append(failed)
+        if r.get("torch_nn_path", "cudnn") != "cudnn":
+            notes.append(f"torch.nn path: {r.get('torch_nn_path')}")
+        if r.get("reference_error"):
+            notes.append(f"float64 reference failed: {r['reference_error']}")
+        cells.append("; ".join(n.replace("|", "/") for n in notes))
+        table.append(cells)
+    return _md_table(table, right_from=1)
+
+
+def gpu_targets_summary(results: List[Dict[str, object]]) -> Dict[str, object]:
+    measured = [r for r in results if r.get("ratio")]
+    training = [r for r in measured if not r["targets"]["training_1x"]["met"]]
+    two = [r for r in measured if r["targets"]["no_persistent_2x"]["applies"]]
+    summary: Dict[str, object] = {
+        "rule": TARGET_RULE, "rows_measured": len(measured), "rows_total": len(results),
+        "training_1x": {"met": len(measured) - len(training), "of": len(measured),
+                        "missed": [r["row"]["label"] for r in training]},
+        "no_persistent_2x": {"of": len(two)}}
+    for kind in ("forward", "forward_backward"):
+        missed = [r for r in two if not r["targets"]["no_persistent_2x"][kind]["met"]]
+        summary["no_persistent_2x"][kind] = {"met": len(two) - len(missed),
+                                             "missed": [r["row"]["label"] for r in missed]}
+    return summary
+
+
+def _gpu_summary_lines(summary: Dict[str, object]) -> List[str]:
+    t1, t2 = summary["training_1x"], summary["no_persistent_2x"]
+    lines = [f"target fwd+bwd >= {TARGET_TRAINING:g}x cuDNN: {t1['met']}/{t1['of']} rows met"
+             + (f"; missed: {', '.join(t1['missed'])}" if t1["missed"] else "")]
+    for kind, label in (("forward", "fwd"), ("forward_backward", "fwd+bwd")):
+        k = t2[kind]
+        lines.append(f"target {label} >= {TARGET_NO_PERSISTENT:g}x cuDNN at B <= "
+                     f"{TARGET_NO_PERSISTENT_MAX_B} without a cuDNN persistent kernel: "
+                     f"{k['met']}/{t2['of']} rows met"
+                     + (f"; missed: {', '.join(k['missed'])}" if k["missed"] else ""))
+    if summary["rows_measured"] < summary["rows_total"]:
+        lines.append(f"{summary['rows_total'] - summary['rows_measured']} row(s) not measured "
+                     "on both sides (errors): not counted above")
+    return lines
+
+
+def write_gpu_json(path: str, meta: Dict[str, object], settings: Settings, suite: str,
+                   results: List[Dict[str, object]], complete: bool) -> None:
+    doc = {"schema": GPU_JSON_SCHEMA, "mode": "cuda", "complete": complete, "suite": suite,
+           "meta": meta, "ceilings": meta["ceilings"], "settings": dataclasses.asdict(settings),
+           "conventions": {"flops": FLOP_CONVENTION, "bytes": BYTES_CONVENTION,
+                           "floor": GPU_FLOOR_CONVENTION, "timing": _gpu_timing_text(settings),
+                           "ratio": "cuDNN median time / fastrnn median time",
+                           "accuracy": GPU_ACCURACY_CONVENTION, "targets": TARGET_RULE},
+           "results": results, "targets": gpu_targets_summary(results),
+           "failed": [f"{r['row']['label']}: {why}" for r in results
+                      for why in [_gpu_row_failed(r)] if why]}
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(_json_safe(doc), f, indent=1, allow_nan=False, default=_json_default)
+            f.write("\n")
+    _write_atomically(path, write)
+
+
+def gpu_main(args, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    """``--device cuda``: check and time every row, print a Markdown table and the targets."""
+    cpu_only = [name for name, value in (("--peers", args.peers), ("--plot", args.plot),
+                                         ("--dtype", args.dtype)) if value]
+    if cpu_only:
+        parser.error(f"{', '.join(cpu_only)}: not with --device cuda (the peers are fastrnn.torch "
+                     "and torch.nn; dtypes go in --dtypes)")
+    _fill_defaults(args, GPU_SETTINGS, GPU_GEMM_N, "gpu")
+    args.dtypes = args.dtypes or list(GPU_DEFAULT_DTYPES)
+    args.algo = args.algo or "auto"
+    if (args.repeats < 1 or args.min_repeats < 1 or args.warmup < 0 or args.budget < 0
+            or args.warmup_s < 0 or args.gemm_n < 1):
+        parser.error("--repeats, --min-repeats and --gemm-n must be >= 1; --warmup, --warmup-s "
+                     "and --budget >= 0")
+    settings = Settings(repeats=args.repeats, min_repeats=min(args.min_repeats, args.repeats),
+                        warmup=args.warmup, warmup_s=args.warmup_s, budget=args.budget)
+    rows = select_gpu_rows(args)
+    suite = "custom" if args.config else args.suite
+    if not rows:
+        parser.error("no row left to run (check --cells)")
+    if args.list:
+        for r in rows:
+            lengths = packed_lengths(r.config.T, r.config.B, args.seed) if r.packed else None
+            c = gpu_counts(r, sum(lengths) if lengths else None)["forward"]
+            print(f"{r.label:52s} {r.group:9s} forward {c['flops'] / 1e9:10.2f} GFLOP "
+                  f"{c['bytes'] / 1e6:9.2f} MB")
+        return 0
+    why = gpu_unavailable_reason()
+    if why is not None:
+        print(f"python -m fastrnn.bench: error: --device cuda: no usable GPU here: {why}",
+              file=sys.stderr)
+        return 2
+
+    import torch
+    import fastrnn.torch  # noqa: F401  (before any measurement, as in the CPU mode)
+
+    meta = collect_gpu_meta(argv)
+    print("measuring the HBM bandwidth and GEMM peaks ...", file=sys.stderr, flush=True)
+    meta["ceilings"] = measure_gpu_ceilings(args.dtypes, args.gemm_n)
+    header = format_gpu_header(meta, suite, rows, settings, args.algo)
+    print(f"fastrnn {meta['fastrnn_version']} GPU benchmark against torch.nn (cuDNN)")
+    print("\n".join(f"{title:9s}: {text}" for title, text in header), flush=True)
+    start = time.perf_counter()
+    results: List[Dict[str, object]] = []
+    for i, row in enumerate(rows, 1):
+        t0 = time.perf_counter()
+        result = _json_safe(run_gpu_row(row, settings, meta["ceilings"], seed=args.seed,
+                                        algo=args.algo, check_accuracy=not args.no_accuracy))
+        results.append(result)
+        print(_gpu_progress(i, len(rows), result, time.perf_counter() - t0), file=sys.stderr,
+              flush=True)
+        flags = [f for f in (result.get("accuracy") or {}).get("flags", [])
+                 if f.startswith("NON-FINITE")]
+        if flags:
+            print(f"!!! {row.label}: {'; '.join(flags)} !!!", file=sys.stderr, flush=True)
+        if args.json:  # after every row, so a run cut short still leaves its rows
+            write_gpu_json(args.json, meta, settings, suite, results, complete=False)
+    meta["wall_s"] = round(time.perf_counter() - start, 3)
+    meta["torch_max_memory_bytes"] = torch.cuda.max_memory_allocated()
+    summary = gpu_targets_summary(results)
+    table = _gpu_table(results)
+    lines = [""] + table + [""] + _gpu_summary_lines(summary)
+    failed = [f"{r['row']['label']}: {why}" for r in results
+              for why in [_gpu_row_failed(r)] if why]
+    flagged = [f"{r['row']['label']}: {f}" for r in results
+               for f in (r.get("accuracy") or {}).get("flags", []) if not f.startswith("NON")]
+    if flagged:
+        lines.append("ACCURACY WARNING: " + "; ".join(flagged))
+    lines.append(f"{len(rows)} row(s) in {meta['wall_s']:.1f} s")
+    print("\n".join(lines), flush=True)
+    if args.json:
+        write_gpu_json(args.json, meta, settings, suite, results, complete=True)
+        print(f"wrote {args.json}")
+    if args.markdown:
+        md = [f"### fastrnn {meta['fastrnn_version']} on {meta['device']['name']}, suite "
+              f"{suite!r}, {meta['date_utc']}", "",
+              f"- command: `{shlex.join(['python', '-m', 'fastrnn.bench', *meta['argv']])}`",
+              *(f"- {title}: {text}" for title, text in header)]
+        write_text(args.markdown, "\n".join(md + lines[:-1]) + "\n")
+        print(f"wrote {args.markdown}")
+    if failed:
+        print("FAILED (error, or non-finite output or gradient): " + "; ".join(failed),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _gpu_progress(i: int, n: int, r: Dict[str, object], seconds: float) -> str:
+    head = f"[{i:>{len(str(n))}}/{n}] {r['row']['label']} ({seconds:.1f} s)"
+    failed = _gpu_row_failed(r)
+    if failed and not r.get("ratio"):
+        return f"{head}: FAILED {failed}"
+    algo, ratio, fr, cu = r["algo"], r["ratio"], r["fastrnn"], r["cudnn"]
+    parts = [f"algo {algo['forward']}/{algo['forward_backward']}"]
+    for kind, label in (("forward", "fwd"), ("forward_backward", "f+b")):
+        parts.append(f"{label} {fr[kind]['median_s'] * 1e3:.3f} ms vs cuDNN "
+                     f"{cu[kind]['median_s'] * 1e3:.3f} ({ratio[kind]:.2f}x)")
+    vs = (r.get("accuracy") or {}).get("fastrnn_vs_cudnn")
+    if vs:
+        parts.append(f"err y {_fmt_err(vs['y'])}")
+    return f"{head}: " + "; ".join(parts) + (f"; {failed}" if failed else "")
+
+
+def _fill_defaults(args, settings: Settings, gemm_n: int, suite: str) -> None:
+    """Options left unset take the mode's defaults (the CPU's are Settings()'s)."""
+    for field in ("repeats", "min_repeats", "warmup", "warmup_s", "budget"):
+        if getattr(args, field) is None:
+            setattr(args, field, getattr(settings, field))
+    if args.gemm_n is None:
+        args.gemm_n = gemm_n
+    if args.suite is None:
+        args.suite = suite
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
 
@@ -1123,9 +2058,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m fastrnn.bench",
         description="Time fastrnn against its peers (forward, forward+backward), per cell.",
         epilog=FLOP_CONVENTION + ". " + FLOOR_CONVENTION + ". Peers: " + ", ".join(PEERS) + ".")
-    p.add_argument("--suite", default="quick", choices=sorted(SUITES),
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cpu (default): the C++ core against its CPU peers; cuda: fastrnn.torch "
+                        "modules against torch.nn on the GPU (cuDNN), float32 and bfloat16 (needs "
+                        "a GPU, torch with CUDA and fastrnn's CUDA backend)")
+    p.add_argument("--suite", choices=sorted(SUITES) + sorted(GPU_SUITES),
                    help="configurations to run (default: quick, under a minute on 2 cores; "
-                        "full: DESIGN.md section 5 CPU rows, takes long; smoke: tiny sizes)")
+                        "full: DESIGN.md section 5 CPU rows, takes long; smoke: tiny sizes; "
+                        "with --device cuda: gpu (its default), the GPU rows of DESIGN.md "
+                        "section 5 plus batch 1-8 latency and packed-input rows, or gpu-quick, "
+                        "a few of them)")
     p.add_argument("--config", action="append", metavar="SPEC", type=_arg(parse_config),
                    help="run this configuration instead of a suite (repeatable), e.g. "
                         "'lstm:T=50,B=16,H=256' or 'gru:T=3,B=2,I=4,H=5,layers=2,bidirectional=1'")
@@ -1136,23 +2078,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", type=_arg(_parse_peers), metavar="LIST",
                    help="comma-separated peers to run (default, whatever the suite: all "
                         f"available of {', '.join(PEERS)}; the torch ones need torch)")
-    p.add_argument("--repeats", type=int, default=Settings.repeats,
-                   help="most timed runs per measurement (default %(default)s)")
-    p.add_argument("--min-repeats", type=int, default=Settings.min_repeats,
-                   help="fewest timed runs per measurement (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=Settings.warmup,
-                   help="untimed warm-up runs per measurement, at least 1 (default %(default)s)")
-    p.add_argument("--warmup-s", type=float, default=Settings.warmup_s,
-                   help="least seconds of warm-up per measurement (default %(default)s)")
-    p.add_argument("--budget", type=float, default=Settings.budget,
+    cpu, gpu = Settings(), GPU_SETTINGS
+    p.add_argument("--repeats", type=int,
+                   help=f"most timed runs per measurement (default {cpu.repeats}; "
+                        f"{gpu.repeats} with --device cuda)")
+    p.add_argument("--min-repeats", type=int,
+                   help=f"fewest timed runs per measurement (default {cpu.min_repeats}; "
+                        f"{gpu.min_repeats} with --device cuda)")
+    p.add_argument("--warmup", type=int,
+                   help=f"untimed warm-up runs per measurement, at least 1 (default {cpu.warmup}; "
+                        f"{gpu.warmup} with --device cuda)")
+    p.add_argument("--warmup-s", type=float,
+                   help=f"least seconds of warm-up per measurement (default {cpu.warmup_s}; "
+                        f"{gpu.warmup_s} with --device cuda)")
+    p.add_argument("--budget", type=float,
                    help="seconds of timed runs per measurement once --min-repeats are done "
-                        "(default %(default)s)")
+                        f"(default {cpu.budget}; {gpu.budget} with --device cuda)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, input and dy")
     p.add_argument("--no-accuracy", action="store_true",
                    help="skip the accuracy check against the float64 reference")
-    p.add_argument("--gemm-n", type=int, default=GEMM_N, metavar="N",
+    p.add_argument("--gemm-n", type=int, metavar="N",
                    help="size of the square GEMM that measures the GFLOP/s ceiling "
-                        "(default %(default)s)")
+                        f"(default {GEMM_N}; {GPU_GEMM_N} with --device cuda)")
+    p.add_argument("--dtypes", type=_arg(_parse_gpu_dtypes), metavar="LIST",
+                   help="--device cuda only: dtypes to run each row in, comma-separated "
+                        f"(default {','.join(GPU_DEFAULT_DTYPES)}; also float16)")
+    p.add_argument("--algo", choices=("auto", "standard", "persistent"),
+                   help="--device cuda only: the algo of the fastrnn.torch modules "
+                        "(default auto)")
     p.add_argument("--json", metavar="PATH", help="also write all numbers to this JSON file")
     p.add_argument("--markdown", metavar="PATH",
                    help="also write a Markdown table of the results (for bench/RESULTS.md)")
@@ -1182,7 +2135,7 @@ def _parse_peers(text: str) -> List[str]:
 
 
 def select_configs(args) -> List[Config]:
-    configs = list(args.config) if args.config else list(SUITES[args.suite])
+    configs = list(args.config) if args.config else list(SUITES[args.suite or "quick"])
     if args.cells:
         configs = [c for c in configs if c.cell in args.cells]
     if args.dtype:
@@ -1194,6 +2147,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        return gpu_main(args, parser, argv)
+    gpu_only = [name for name, value in (("--dtypes", args.dtypes), ("--algo", args.algo))
+                if value is not None]
+    if gpu_only:
+        parser.error(f"{', '.join(gpu_only)}: only with --device cuda")
+    if args.suite in GPU_SUITES:
+        parser.error(f"--suite {args.suite}: only with --device cuda")
+    _fill_defaults(args, Settings(), GEMM_N, "quick")
     if (args.repeats < 1 or args.min_repeats < 1 or args.warmup < 0 or args.budget < 0
             or args.warmup_s < 0 or args.gemm_n < 1):
         parser.error("--repeats, --min-repeats and --gemm-n must be >= 1; --warmup, --warmup-s "
