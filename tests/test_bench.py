@@ -8,6 +8,7 @@ import math
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -258,3 +259,147 @@ def test_bench_runs_without_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "peer torch skipped" in proc.stderr
+
+
+# ---- GPU mode (--device cuda): what runs without a GPU ---------------------------------------
+
+def test_help_lists_device():
+    proc = subprocess.run([sys.executable, "-m", "fastrnn.bench", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--device {cpu,cuda}" in proc.stdout
+    assert "gpu-quick" in proc.stdout and "--dtypes" in proc.stdout and "--algo" in proc.stdout
+
+
+@pytest.mark.skipif(bench.gpu_unavailable_reason() is None,
+                    reason="a GPU is usable here, so --device cuda runs")
+def test_device_cuda_without_gpu_exits_2():
+    """No GPU: one line on stderr saying why, exit code 2, nothing measured."""
+    proc = subprocess.run([sys.executable, "-m", "fastrnn.bench", "--device", "cuda"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("python -m fastrnn.bench: error: --device cuda: no usable GPU here")
+    assert bench.gpu_unavailable_reason() in lines[0]
+
+
+def test_gpu_and_cpu_options_stay_apart(capsys):
+    for argv in (["--suite", "gpu"], ["--algo", "standard"], ["--dtypes", "bfloat16"],
+                 ["--device", "cuda", "--peers", "torch"],
+                 ["--device", "cuda", "--dtype", "float32"],
+                 ["--device", "cuda", "--dtypes", "float64"]):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(argv)
+        assert exc.value.code == 2, argv
+    capsys.readouterr()
+
+
+def test_gpu_suites_list_without_gpu(capsys):
+    full = bench.GPU_SUITES["gpu"]
+    shapes = {(r.config.cell, r.config.H, r.config.B, r.config.T, r.packed) for r in full}
+    assert len(full) == len(shapes) == 17 + 9 + 16 + 4
+    assert {("lstm", 4096, 128, 50, False), ("gru", 1024, 32, 187, False),
+            ("gru", 1024, 8, 100, False), ("lstm", 512, 16, 100, True)} <= shapes
+    assert all(r.config.I == r.config.H and r.dtype == "float32" for r in full)
+    assert 4 <= len(bench.GPU_SUITES["gpu-quick"]) <= 6
+    assert bench.main(["--device", "cuda", "--suite", "gpu-quick", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 * len(bench.GPU_SUITES["gpu-quick"])  # float32 and bfloat16 of each
+    assert [line.split()[5] for line in lines[:2]] == ["float32", "bfloat16"]
+    assert bench.main(["--device", "cuda", "--list", "--cells", "gru", "--dtypes", "float16"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(line.startswith("gru ") and " float16" in line for line in lines)
+
+
+def test_gpu_counts_and_floor():
+    cfg = bench.parse_config("lstm:T=3,B=2,I=4,H=5")
+    counts = bench.gpu_counts(bench.GpuRow(cfg))  # Config's own counts in float32
+    assert counts["forward"] == {"flops": cfg.forward_flops(), "bytes": cfg.forward_bytes()}
+    assert counts["forward_backward"] == {"flops": 3 * cfg.forward_flops(),
+                                          "bytes": cfg.forward_backward_bytes()}
+    half = bench.gpu_counts(bench.GpuRow(cfg, dtype="bfloat16"))
+    assert half["forward"]["bytes"] * 2 == cfg.forward_bytes()
+    # packed, 4 of the 6 steps of work: 2*G*H*(I+H)*4 FLOPs; T*|W_hh| + |W_ih| + 4*(I+H) elements
+    packed = bench.gpu_counts(bench.GpuRow(cfg, packed=True), rows=4)
+    assert packed["forward"] == {"flops": 2 * 4 * 5 * 9 * 4, "bytes": (300 + 80 + 36) * 4}
+    assert packed["forward_backward"]["bytes"] == 2 * 416 * 4 + 4 * 4 * 5 * 4
+    ceilings = {"hbm": {"gbs": 100.0}, "gemm": {"float32": {"tflops": 1e-3}}}
+    floor = bench.gpu_floor_times(counts, ceilings, "float32")
+    assert floor["forward"]["floor_s"] == pytest.approx(max(2160 / 1e9, 1736 / 100e9))
+    assert floor["forward"]["bound"] == "compute"
+    lengths = bench.packed_lengths(100, 16, seed=3)
+    assert lengths == bench.packed_lengths(100, 16, seed=3) and lengths[0] == 100
+    assert len(set(lengths)) > 1 and all(25 <= n <= 100 for n in lengths)
+
+
+class _HostEvent:
+    """torch.cuda.Event's timing interface on the host clock (the GPU mode's harness on a CPU)."""
+
+    def __init__(self, enable_timing=False):
+        self.t = None
+
+    def record(self):
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end):
+        return (end.t - self.t) * 1e3
+
+
+def test_gpu_row_harness_on_the_cpu(tmp_path, monkeypatch):
+    """run_gpu_row with device='cpu' and host-clock events: both modules are checked against
+    float64 and timed, the table and JSON come out; a call fastrnn.torch hands to torch.nn
+    (bfloat16 on the CPU) is caught as an error, not timed as fastrnn."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "Event", _HostEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    settings = bench.Settings(repeats=3, min_repeats=2, warmup=1, warmup_s=0, budget=0)
+    ceilings = {"hbm": {"gbs": 10.0}, "gemm": {dt: {"tflops": 0.01} for dt in bench.GPU_DTYPES}}
+    rows = [bench.GpuRow(bench.parse_config("lstm:T=5,B=3,I=4,H=6")),
+            bench.GpuRow(bench.parse_config("gru:T=6,B=4,I=3,H=5"), packed=True),
+            bench.GpuRow(bench.parse_config("rnn_tanh:T=4,B=2,I=3,H=4,layers=2,bidirectional=1")),
+            bench.GpuRow(bench.parse_config("lstm:T=3,B=2,I=4,H=5"), dtype="bfloat16")]
+    results = [bench._json_safe(bench.run_gpu_row(r, settings, ceilings, device="cpu"))
+               for r in rows]
+    for r in results[:3]:
+        assert bench._gpu_row_failed(r) is None, r
+        assert r["torch_nn_path"] == "native (not cuDNN)"  # no cuDNN on the CPU
+        for name in ("fastrnn", "cudnn"):
+            for kind in ("forward", "forward_backward"):
+                m = r[name][kind]
+                assert m["n"] >= 2 and _positive_finite(m["median_s"])
+                assert m["floor_fraction"] == pytest.approx(r["floor"][kind]["floor_s"]
+                                                            / m["median_s"])
+        assert r["ratio"]["forward"] == pytest.approx(r["cudnn"]["forward"]["median_s"]
+                                                      / r["fastrnn"]["forward"]["median_s"])
+        acc = r["accuracy"]
+        assert acc["flags"] == [] and acc["finite"] == {"fastrnn": True, "cudnn": True}
+        for errs in (acc["fastrnn_vs_cudnn"], acc["fastrnn_vs_f64"], acc["cudnn_vs_f64"]):
+            assert set(errs) == {"y", "y_train", "dx", "dw_hh"}
+            assert all(0 <= e < 1e-5 for e in errs.values()), errs
+        assert r["tf32"] == {"matmul": False, "cudnn": False}
+    packed = results[1]
+    assert packed["rows"] == sum(packed["lengths"]) < 6 * 4
+    assert packed["floor"]["forward"]["flops"] == 2 * 3 * 5 * (3 + 5) * packed["rows"]
+    assert packed["targets"]["no_persistent_2x"]["applies"]
+    fallback = results[3]
+    assert "fastrnn.torch ran torch.nn's implementation" in fallback["fastrnn"]["error"]
+    assert "forward" in fallback["cudnn"] and fallback["ratio"] == {}
+    assert "fastrnn.torch ran torch.nn" in bench._gpu_row_failed(fallback)
+
+    table = bench._gpu_table(results)
+    assert len(table) == 2 + len(rows)
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert {"algo", "fastrnn fwd ms", "cuDNN fwd ms", "fwd ratio", "f+b ratio", "floor% f+b",
+            "err y vs cuDNN"} <= set(header)
+    cells = dict(zip(header, (c.strip() for c in table[2].strip("|").split("|"))))
+    assert cells["fwd ratio"] == f"{results[0]['ratio']['forward']:.2f}x"
+    summary = bench.gpu_targets_summary(results)
+    assert summary["rows_measured"] == 3 and summary["rows_total"] == 4
+    meta = {"ceilings": ceilings, "device": {"name": "cpu"}}
+    path = tmp_path / "gpu.json"
+    bench.write_gpu_json(str(path), meta, settings, "custom", results, complete=True)
+    doc = json.loads(path.read_text())
+    assert doc["mode"] == "cuda" and doc["complete"] and len(doc["results"]) == len(rows)
+    assert doc["meta"]["ceilings"] == ceilings and len(doc["failed"]) == 1

@@ -36,6 +36,13 @@ dtype, and the GB/s of reading, again and again, a buffer the size of one ``W_hh
 power of two), since weights that fit in a cache are re-read from it. A measurement's floor
 fraction is floor / median time: 1 means at the floor, above 1 means the floor is wrong.
 
+``--device cuda`` (see the "GPU mode" section below) times ``fastrnn.torch`` modules against
+``torch.nn`` (cuDNN) with the same weights on one GPU instead, each row in float32 (TF32 off for
+both) and bfloat16: suites ``gpu`` (DESIGN.md section 5 GPU rows, batch 1-8 latency rows,
+packed-input rows) and ``gpu-quick``; CUDA-event times; floors from the HBM bandwidth and GEMM
+peaks measured at start-up; accuracy against torch.nn in float64; a Markdown table and the
+issue's targets (``TARGET_RULE``). Without a usable GPU it exits with code 2 and one line why.
+
 The pieces are meant to grow: configurations are :class:`Config` values grouped in
 :data:`SUITES`; peers are entries of :data:`PEERS` (a name, a description and a function that
 builds a :class:`Runner` for a configuration); results are plain dicts, rendered by
@@ -51,6 +58,7 @@ import ctypes
 import dataclasses
 import datetime
 import gc
+import importlib
 import json
 import math
 import os
@@ -1507,16 +1515,31 @@ def _output_tensor(out):
 
 def _check_outputs(module, x, leaf, dy) -> Dict[str, object]:
     """One inference forward (y), one training forward (y_train) and its backward (dx, dW_hh of
-    layer 0), detached copies."""
+    layer 0), detached copies; ``graph``: the names of the autograd nodes near the output."""
     import torch
     with torch.no_grad():
         y = _output_tensor(module(x)[0]).clone()
     module.zero_grad(set_to_none=True)
     leaf.grad = None
     out = _output_tensor(module(x)[0])
+    graph = _autograd_node_names(out)
     out.backward(dy)
     return {"y": y, "y_train": out.detach().clone(), "dx": leaf.grad.detach().clone(),
-            "dw_hh": module.weight_hh_l0.grad.detach().clone()}
+            "dw_hh": module.weight_hh_l0.grad.detach().clone(), "graph": graph}
+
+
+def _autograd_node_names(tensor, limit: int = 64) -> set:
+    """Names of the first ``limit`` autograd nodes behind ``tensor`` (CudnnRnnBackward0 where
+    cuDNN ran the layer; fastrnn's own function where fastrnn did)."""
+    names, seen, stack = set(), set(), [tensor.grad_fn]
+    while stack and len(seen) < limit:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(node.name())
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
 
 
 def _rel_err(a, b) -> float:
@@ -1530,19 +1553,9 @@ def _rel_err(a, b) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def _ops_run(fn) -> Optional[set]:
-    """Names of the torch operators ``fn`` ran (torch.profiler, CPU side), or None."""
-    try:
-        from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            fn()
-        return {event.key for event in prof.key_averages()}
-    except Exception:
-        return None
-
-
-_TORCH_RNN_OPS = ("aten::lstm", "aten::gru", "aten::rnn_tanh", "aten::rnn_relu",
-                  "aten::_cudnn_rnn")
+# Autograd nodes of torch's own recurrent kernels: cuDNN's, and the fused cells of its native
+# CUDA path (in a fastrnn.torch module's graph they mean it ran torch.nn's implementation).
+_TORCH_RNN_NODES = ("CudnnRnn", "MiopenRnn", "ThnnFused")
 
 
 def _fastrnn_fallbacks(ftorch, fn) -> List[str]:
@@ -1559,16 +1572,17 @@ def _fastrnn_fallbacks(ftorch, fn) -> List[str]:
     return [str(w.message) for w in caught if issubclass(w.category, category)]
 
 
-def _plan_algo(row: GpuRow, algo: str, device_index: int, training: bool) -> str:
-    """The algo fastrnn's CUDA backend picks for layer 0 of the row (fastrnn.cuda.plan)."""
+def _plan_algo(row: GpuRow, algo: str, device_index: int, training: bool) -> Tuple[str, str]:
+    """The algo fastrnn's CUDA backend picks for layer 0 of the row (fastrnn.cuda.plan), and
+    why it is unknown when plan fails ("" otherwise)."""
     from fastrnn import cuda as fastrnn_cuda
     cfg = row.config
     try:
         code = fastrnn_cuda.plan(_CELL_CODES[cfg.cell], _GPU_DTYPE_CODES[row.dtype], cfg.T, cfg.B,
                                  cfg.I, cfg.H, 0, algo, device_index, training).algo
     except Exception as exc:
-        return f"unknown ({type(exc).__name__}: {exc})"
-    return _ALGO_NAMES.get(int(code), str(code))
+        return "unknown", f"{type(exc).__name__}: {exc}"
+    return _ALGO_NAMES.get(int(code), str(code)), ""
 
 
 def _gpu_accuracy(checks: Dict[str, Dict[str, object]], dtype: str) -> Dict[str, object]:
@@ -1577,8 +1591,7 @@ def _gpu_accuracy(checks: Dict[str, Dict[str, object]], dtype: str) -> Dict[str,
     acc: Dict[str, object] = {"tolerance": GPU_TOLERANCE[dtype], "finite": {}}
     for impl in ("fastrnn", "cudnn"):
         if impl in checks:
-            acc["finite"][impl] = all(math.isfinite(_rel_err(checks[impl][n], checks[impl][n]))
-                                      for n in names)
+            acc["finite"][impl] = all(bool(checks[impl][n].isfinite().all()) for n in names)
     if "fastrnn" in checks and "cudnn" in checks:
         acc["fastrnn_vs_cudnn"] = {n: _rel_err(checks["fastrnn"][n], checks["cudnn"][n])
                                    for n in names}
@@ -1619,23 +1632,29 @@ def _row_targets(row: GpuRow, ratio: Dict[str, float]) -> Dict[str, object]:
 
 
 def run_gpu_row(row: GpuRow, settings: Settings, ceilings: Dict[str, object], seed: int = 0,
-                algo: str = "auto", check_accuracy: bool = True) -> Dict[str, object]:
-    """Check, then time one row on both implementations; failures are recorded, not raised."""
+                algo: str = "auto", check_accuracy: bool = True,
+                device=None) -> Dict[str, object]:
+    """Check, then time one row on both implementations; failures are recorded, not raised.
+    ``device``: torch's current CUDA device unless given (tests pass the CPU)."""
     import torch
-    import fastrnn.torch as ftorch
     cfg = row.config
-    device_index = torch.cuda.current_device()
-    device = torch.device("cuda", device_index)
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    device = torch.device(device)
+    device_index = device.index or 0
     lengths = packed_lengths(cfg.T, cfg.B, seed) if row.packed else None
     rows = sum(lengths) if lengths is not None else cfg.T * cfg.B
     counts = gpu_counts(row, rows)
     result: Dict[str, object] = {
         "row": row.to_dict(), "lengths": lengths, "rows": rows,
         "floor": gpu_floor_times(counts, ceilings, row.dtype),
-        "algo": {"requested": algo,
-                 "forward": _plan_algo(row, algo, device_index, training=False),
-                 "forward_backward": _plan_algo(row, algo, device_index, training=True)},
+        "algo": {"requested": algo},
     }
+    for kind, training in (("forward", False), ("forward_backward", True)):
+        name, why = _plan_algo(row, algo, device_index, training)
+        result["algo"][kind] = name
+        if why:
+            result["algo"][f"{kind}_error"] = why
     entries: Dict[str, Dict[str, object]] = {"fastrnn": {}, "cudnn": {}}
     result["fastrnn"], result["cudnn"] = entries["fastrnn"], entries["cudnn"]
     with _tf32_off() if row.dtype == "float32" else contextlib.nullcontext():
@@ -1677,33 +1696,28 @@ def _check_and_time(row: GpuRow, settings: Settings, result: Dict[str, object],
 
     # Which path each side takes, and the accuracy check (inputs of set 0, once).
     checks: Dict[str, Dict[str, object]] = {}
+    # Both run even without the accuracy check: the path checks need one call of each kind.
     for name, module in modules.items():
         try:
-            def check(module=module):
-                if check_accuracy:
-                    checks[name] = _check_outputs(module, x0, leaf0, dy0)
-                else:  # still one call of each kind: the fallback check below needs them
-                    _check_outputs(module, x0, leaf0, dy0)
             if name == "fastrnn":
-                fell_back = _fastrnn_fallbacks(ftorch, check)
-                with torch.no_grad():
-                    ops = _ops_run(lambda: module(x0))
-                if ops is not None and ops & set(_TORCH_RNN_OPS):
-                    fell_back.append("torch.nn's operators ran: " + ", ".join(
-                        sorted(ops & set(_TORCH_RNN_OPS))))
+                outputs: Dict[str, object] = {}
+                fell_back = _fastrnn_fallbacks(ftorch, lambda: outputs.update(
+                    _check_outputs(module, x0, leaf0, dy0)))
+                torch_nodes = sorted(n for n in outputs["graph"]
+                                     if any(k in n for k in _TORCH_RNN_NODES))
+                if torch_nodes:
+                    fell_back.append("torch's autograd nodes " + ", ".join(torch_nodes))
                 if fell_back:
                     raise RuntimeError("fastrnn.torch ran torch.nn's implementation, not "
                                        "fastrnn's kernels: " + "; ".join(fell_back))
             else:
-                check()
-                with torch.no_grad():
-                    ops = _ops_run(lambda: module(x0))
-                result["torch_nn_path"] = (
-                    "unknown" if ops is None else "cudnn"
-                    if any("cudnn_rnn" in op for op in ops) else "native (not cuDNN)")
+                outputs = _check_outputs(module, x0, leaf0, dy0)
+                cudnn = any("CudnnRnn" in n for n in outputs["graph"])
+                result["torch_nn_path"] = "cudnn" if cudnn else "native (not cuDNN)"
+            if check_accuracy:
+                checks[name] = outputs
         except Exception as exc:
             entries[name]["error"] = f"{type(exc).__name__}: {exc}"
-            checks.pop(name, None)
     if check_accuracy and checks:
         try:
             ref = _gpu_module(torch.nn, cfg, device, torch.float64)
@@ -1794,8 +1808,8 @@ def _gpu_timing_text(settings: Settings) -> str:
 
 
 def format_gpu_header(meta: Dict[str, object], suite: str, rows: Sequence[GpuRow],
-                      settings: Settings, algo: str) -> List[str]:
-    """(title, text) pairs become 'title: text' lines (stdout) or Markdown bullets."""
+                      settings: Settings, algo: str) -> List[Tuple[str, str]]:
+    """(title, text) pairs: 'title: text' lines on stdout, Markdown bullets in --markdown."""
     d, info, ceil = meta["device"], meta["build_info"], meta["ceilings"]
     cuda_keys = {k: v for k, v in info.items() if k.startswith("cuda") or k == "cublas"}
     return [
@@ -1810,7 +1824,7 @@ def format_gpu_header(meta: Dict[str, object], suite: str, rows: Sequence[GpuRow
                  "weights (state_dict copied); notes say where torch.nn did not run cuDNN"),
         ("TF32", meta["tf32"]),
         ("HBM", f"{ceil['hbm']['gbs']:.0f} GB/s ({ceil['hbm']['method']})"),
-        ("GEMM peak", ", ".join(f"{dt} {m['tflops']:.1f} TFLOP/s" for dt, m in
+        ("GEMM peak", ", ".join(f"{dt} {m['tflops']:.4g} TFLOP/s" for dt, m in
                                 ceil["gemm"].items())
          + f" (torch.matmul {next(iter(ceil['gemm'].values()))['n']}^3, best of "
            f"{GPU_GEMM_REPS}; float32 with TF32 off)"),
@@ -1825,9 +1839,8 @@ def format_gpu_header(meta: Dict[str, object], suite: str, rows: Sequence[GpuRow
 
 
 def _fmt_err(value: Optional[float]) -> str:
-    if value is None:
-        return ""
-    return "NON-FINITE" if not math.isfinite(value) else f"{value:.1e}"
+    """A relative error; None is how JSON-safe results carry a NaN (a non-finite result)."""
+    return "NON-FINITE" if value is None or not math.isfinite(value) else f"{value:.1e}"
 
 
 def _fmt_errs(errs: Optional[Dict[str, float]]) -> str:
@@ -1919,7 +1932,7 @@ def _gpu_summary_lines(summary: Dict[str, object]) -> List[str]:
 def write_gpu_json(path: str, meta: Dict[str, object], settings: Settings, suite: str,
                    results: List[Dict[str, object]], complete: bool) -> None:
     doc = {"schema": GPU_JSON_SCHEMA, "mode": "cuda", "complete": complete, "suite": suite,
-           "meta": meta, "ceilings": meta["ceilings"], "settings": dataclasses.asdict(settings),
+           "meta": meta, "settings": dataclasses.asdict(settings),
            "conventions": {"flops": FLOP_CONVENTION, "bytes": BYTES_CONVENTION,
                            "floor": GPU_FLOOR_CONVENTION, "timing": _gpu_timing_text(settings),
                            "ratio": "cuDNN median time / fastrnn median time",
@@ -1969,7 +1982,7 @@ def gpu_main(args, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
         return 2
 
     import torch
-    import fastrnn.torch  # noqa: F401  (before any measurement, as in the CPU mode)
+    importlib.import_module("fastrnn.torch")  # before any measurement, as in the CPU mode
 
     meta = collect_gpu_meta(argv)
     print("measuring the HBM bandwidth and GEMM peaks ...", file=sys.stderr, flush=True)
