@@ -402,23 +402,29 @@ def test_layer_matches_reference(mode, dtype, algo, reverse, lengths_kind):
                seed=_seed(mode, dtype, algo, reverse, lengths_kind))
 
 
-# (T, B, I, H): one step, one sequence, tiny hidden sizes, the persistent kernel's two batch
+# (T, B, I, H): one step, one sequence, small hidden sizes, the persistent kernel's two batch
 # instantiations (<= 4, <= 16) and a batch past it, a longer sequence, and a larger layer.
 SIZES = [
     (1, 1, 7, 13),
     (1, 4, 3, 5),
+    (6, 1, 3, 7),
     (6, 1, 2, 3),
     (9, 16, 5, 8),
     (4, 17, 5, 9),
     (40, 2, 3, 7),
     (20, 16, 64, 256),
 ]
+# The 3-unit single sequence in float32 only: in half precision its few, partly cancelling
+# elements (a handful of relu units near 0, say) make a relative error of the whole array
+# measure that cancellation, not the kernels (an emulation of the GPU's roundings put it at up
+# to 5x the tolerance there, and under half of it at every other size here).
+SIZE_CASES = [(dt, s) for dt in DTYPES for s in SIZES if s[3] > 3 or dt == "float32"]
 
 
 @gpu
 @pytest.mark.parametrize("algo", ["standard", "persistent"])
-@pytest.mark.parametrize("size", SIZES, ids=["T%dB%dI%dH%d" % s for s in SIZES])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype,size", SIZE_CASES,
+                         ids=["%s-T%dB%dI%dH%d" % ((dt,) + s) for dt, s in SIZE_CASES])
 @pytest.mark.parametrize("mode", MODES)
 def test_layer_sizes(mode, dtype, size, algo):
     T, B, I, H = size

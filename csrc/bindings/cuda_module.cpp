@@ -124,6 +124,10 @@ struct ExportContext {
 
 void delete_managed(DLManagedTensor* self) {
   auto* ctx = static_cast<ExportContext*>(self->manager_ctx);
+  if (!Py_IsInitialized()) {  // a consumer freeing after interpreter shutdown: leak the context
+    delete self;
+    return;
+  }
   {
     py::gil_scoped_acquire gil;
     delete ctx;
@@ -147,12 +151,14 @@ py::capsule export_dlpack(py::object self_obj) {
   // An unconsumed capsule frees its tensor; a consumer renames it "used_dltensor" and calls the
   // deleter itself when done.
   return py::capsule(managed, "dltensor", [](PyObject* capsule) {
-    if (PyCapsule_IsValid(capsule, "dltensor")) {
-      auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule, "dltensor"));
-      if (m && m->deleter) m->deleter(m);
-    } else {
-      PyErr_Clear();
-    }
+    if (PyCapsule_IsValid(capsule, "used_dltensor")) return;  // the consumer owns it now
+    // Runs during garbage collection, maybe while an exception propagates: keep it intact.
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule, "dltensor"));
+    if (m == nullptr) PyErr_WriteUnraisable(capsule);
+    else if (m->deleter) m->deleter(m);
+    PyErr_Restore(type, value, traceback);
   });
 }
 
@@ -181,6 +187,9 @@ fc::Algo algo_of(int code) {
 LayerShape shape_of(int cell, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, bool reverse) {
   if (T < 1 || B < 1 || I < 1 || H < 1 || P < 0)
     throw py::value_error("sizes: expected T, B, I, H >= 1 and P >= 0");
+  if (P > 0 && (cell_of(cell) != Cell::Lstm || P >= H))
+    throw py::value_error("P: expected a projection only for an LSTM and P < H, got P = " +
+                          std::to_string(P) + " with H = " + std::to_string(H));
   LayerShape s{cell_of(cell), T, B, I, H, reverse, P};
   return s;
 }
@@ -363,8 +372,28 @@ PYBIND11_MODULE(_cuda, m) {
       .def_property_readonly("nbytes", &DeviceArray::nbytes)
       .def_property_readonly("data_ptr", &DeviceArray::data_ptr)
       .def("__dlpack__",
-           [](py::object self, py::object /*stream*/, py::object /*max_version*/,
-              py::object /*dl_device*/, py::object /*copy*/) { return export_dlpack(self); },
+           [](py::object self, py::object stream, py::object /*max_version*/,
+              py::object dl_device, py::object copy) {
+             const DeviceArray& a = self.cast<const DeviceArray&>();
+             if (!copy.is_none() && copy.cast<bool>())
+               throw py::buffer_error("DeviceArray: copy=True is not supported (export shares "
+                                      "the memory)");
+             if (!dl_device.is_none()) {
+               const auto want = dl_device.cast<std::pair<int, int>>();
+               if (want.first != kDLCUDA || want.second != a.device())
+                 throw py::buffer_error("DeviceArray: lives on CUDA device " +
+                                        std::to_string(a.device()) + ", cannot export to (" +
+                                        std::to_string(want.first) + ", " +
+                                        std::to_string(want.second) + ")");
+             }
+             // fastrnn queued the writes on the legacy default stream; a consumer naming its
+             // own stream (the DLPack protocol) must see them finished: wait for the device.
+             if (!stream.is_none() && stream.cast<int64_t>() != -1) {
+               py::gil_scoped_release nogil;
+               fc::synchronize(a.device());
+             }
+             return export_dlpack(self);
+           },
            py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
            py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
       .def("__dlpack_device__", [](const DeviceArray& a) {

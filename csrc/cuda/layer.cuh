@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <mutex>
 #include <string>
 
 #include "cuda/check.cuh"
@@ -90,9 +91,14 @@ PersistentPlan plan_persistent(const Problem& p) {
   return plan;
 }
 
+// The kernel's shared-memory limit is process-wide state of the function: one thread's setting
+// must not change under another's occupancy query and launch, so the three happen under a lock
+// (the launch itself is asynchronous: the lock is held for microseconds).
 template <typename Kernel>
 void launch_cooperative(Kernel kernel, int64_t blocks, int64_t smem, void* args,
                         cudaStream_t stream, const char* what) {
+  static std::mutex launch_mutex;
+  std::lock_guard<std::mutex> lock(launch_mutex);
   FASTRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
   int per_sm = 0, device = 0;

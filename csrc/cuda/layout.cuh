@@ -49,15 +49,15 @@ inline int64_t take_bytes(int64_t& at, int64_t n) {
 struct ForwardScratch {
   int64_t xp, hp, h_pingpong, c_pingpong, m, h_proj, total;
   ForwardScratch(const LayerShape& s, DType dtype, bool training, Algo algo) {
+    if (algo == Algo::Auto)  // the sizes differ by algo: resolve it first (resolve_algo)
+      throw Error("fastrnn CUDA: workspace size asked for algo Auto; resolve it first");
     const int64_t es = static_cast<int64_t>(dtype_size(dtype)), B = s.B, H = s.H, R = s.R();
     const int64_t GH = s.gate_width();
     int64_t at = 0;
     xp = take_bytes(at, s.T * B * GH * 4);                                // X W_ih^T, all steps
     hp = take_bytes(at, algo == Algo::Standard ? B * GH * 4 : 0);         // h W_hh^T, one step
     h_pingpong = take_bytes(at, training ? 0 : 2 * B * R * es);
-    // the float cell state: inference ping-pong; training keeps it in the reserve, but the
-    // first step reads c0 converted to float from here
-    c_pingpong = take_bytes(at, has_cell_state(s.cell) ? 2 * B * H * 4 : 0);
+    c_pingpong = take_bytes(at, has_cell_state(s.cell) && !training ? 2 * B * H * 4 : 0);
     m = take_bytes(at, s.P > 0 && !training ? B * H * es : 0);
     h_proj = take_bytes(at, s.P > 0 ? B * s.P * 4 : 0);
     total = at;

@@ -106,7 +106,8 @@ void layer_backward(const Problem& p, const BackwardPtrs& ptrs);
 // waits for the device's queued work (cudaFree does) and never throws.
 void* device_alloc(int device, int64_t bytes);
 void device_free(int device, void* ptr) noexcept;
-// Synchronous helpers for those arrays: memset, and a copy from host memory.
+// Helpers for those arrays: a memset queued on the legacy default stream, and a synchronous copy
+// from host memory.
 void fill_bytes(int device, void* ptr, int value, int64_t nbytes);
 void copy_from_host(int device, void* dst, const void* src, int64_t nbytes);
 // Wait for all work queued on `device`.

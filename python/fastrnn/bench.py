@@ -1855,9 +1855,9 @@ def _gpu_table(results: List[Dict[str, object]]) -> List[str]:
     table = [header]
     for r in results:
         row = r["row"]
-        algo = r["algo"]
-        algo_text = (algo["forward"] if algo["forward"] == algo["forward_backward"]
-                     else f"{algo['forward']}/{algo['forward_backward']}")
+        algo = r.get("algo") or {}
+        fwd_algo, fb_algo = algo.get("forward", ""), algo.get("forward_backward", "")
+        algo_text = fwd_algo if fwd_algo == fb_algo else f"{fwd_algo}/{fb_algo}"
         cells = [row["cell"], str(row["H"]), str(row["B"]), str(row["T"]), row["dtype"],
                  "yes" if row["packed"] else "", algo_text]
         fr, cu, ratio = r.get("fastrnn", {}), r.get("cudnn", {}), r.get("ratio", {})
@@ -1994,8 +1994,13 @@ def gpu_main(args, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     results: List[Dict[str, object]] = []
     for i, row in enumerate(rows, 1):
         t0 = time.perf_counter()
-        result = _json_safe(run_gpu_row(row, settings, meta["ceilings"], seed=args.seed,
-                                        algo=args.algo, check_accuracy=not args.no_accuracy))
+        try:
+            result = run_gpu_row(row, settings, meta["ceilings"], seed=args.seed, algo=args.algo,
+                                 check_accuracy=not args.no_accuracy)
+        except Exception as exc:  # e.g. a sticky CUDA error: record it, the later rows fail too
+            result = {"row": row.to_dict(), "error": f"{type(exc).__name__}: {exc}",
+                      "fastrnn": {}, "cudnn": {}, "ratio": {}}
+        result = _json_safe(result)
         results.append(result)
         print(_gpu_progress(i, len(rows), result, time.perf_counter() - t0), file=sys.stderr,
               flush=True)
@@ -2006,7 +2011,10 @@ def gpu_main(args, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
         if args.json:  # after every row, so a run cut short still leaves its rows
             write_gpu_json(args.json, meta, settings, suite, results, complete=False)
     meta["wall_s"] = round(time.perf_counter() - start, 3)
-    meta["torch_max_memory_bytes"] = torch.cuda.max_memory_allocated()
+    try:
+        meta["torch_max_memory_bytes"] = torch.cuda.max_memory_allocated()
+    except Exception:  # the context may be gone after a CUDA error; the table still prints
+        meta["torch_max_memory_bytes"] = None
     summary = gpu_targets_summary(results)
     table = _gpu_table(results)
     lines = [""] + table + [""] + _gpu_summary_lines(summary)
