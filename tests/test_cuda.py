@@ -56,18 +56,20 @@ except ImportError:  # the CPU tests below run without torch; the GPU tests need
 # and output gradients rounded to the dtype first), so the difference is the GPU's own rounding:
 # - float32: GEMMs in float32 (TF32 off), pointwise math in float32 with accurate expf/tanhf;
 #   expect 1e-7..1e-6.
-# - tf32 (only where a test turns torch's TF32 switch on): GEMM inputs rounded to 10-bit
-#   mantissas, about 5e-4 per product, carried through the recurrence.
+# - tf32 (only where a test turns torch's TF32 switch on): the cuBLAS GEMMs round their inputs
+#   to 10-bit mantissas (2^-11); an emulation of that on the tested layers gave up to 1e-3 for
+#   outputs and 2e-3 for gradients.
 # - float16 (unit roundoff 2^-11 = 4.9e-4) and bfloat16 (2^-8 = 3.9e-3): the pointwise math is
 #   float32, but the state h is stored in the dtype every step and the error of each step is
-#   carried through the next ones; expect a few units of roundoff for outputs, about twice that
-#   for gradients (the pre-activation gradients are stored in the dtype too).
+#   carried through the next ones; the pre-activation gradients are stored in the dtype too.
+#   A CPU emulation of exactly these roundings, run through this file's tests (same seeds,
+#   sizes and modules), stayed within 0.35x of these bounds.
 # - float64: torch.nn's own float64 implementation against itself (the fallback test).
 # A wrong gate, sign, step, index or a missed element gives 1e-1 .. 1.
 # ---------------------------------------------------------------------------------------------
 TOLERANCES = {
     "float32": {"output": 1e-5, "grad": 1e-4},
-    "tf32": {"output": 2e-3, "grad": 5e-3},
+    "tf32": {"output": 5e-3, "grad": 1e-2},
     "float16": {"output": 5e-3, "grad": 1e-2},
     "bfloat16": {"output": 1e-2, "grad": 2e-2},
     "float64": {"output": 1e-10, "grad": 1e-10},
@@ -125,11 +127,12 @@ if torch is not None:
 
 
 def _tf32_flags():
-    """torch's TF32 switches, legacy and new (torch >= 2.9 has fp32_precision too)."""
+    """torch's TF32 switches, legacy (allow_tf32) and new (fp32_precision, torch >= 2.9, also
+    per cuDNN operation)."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    objs = [matmul, cudnn] + ([cudnn.rnn] if hasattr(cudnn, "rnn") else [])
     return {(obj, name): getattr(obj, name)
-            for obj in (matmul, cudnn) for name in ("allow_tf32", "fp32_precision")
-            if hasattr(obj, name)}
+            for obj in objs for name in ("allow_tf32", "fp32_precision") if hasattr(obj, name)}
 
 
 def _restore_tf32(saved) -> None:
@@ -153,6 +156,9 @@ def _true_float32(request):
     saved = _tf32_flags()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    if hasattr(torch.backends.cudnn, "rnn") and hasattr(torch.backends.cudnn.rnn,
+                                                         "fp32_precision"):
+        torch.backends.cudnn.rnn.fp32_precision = "ieee"  # torch.nn's recurrent layers
     try:
         yield
     finally:
@@ -772,7 +778,7 @@ def test_errors_shapes():
 @gpu
 def test_errors_algo_and_lengths():
     d = _small()
-    T, B = 4, 3
+    T = 4
     for algo in ("bogus", "fast", "", "Standard"):
         with pytest.raises(ValueError, match="algo"):
             _call("lstm", d, algo=algo)
@@ -1001,11 +1007,14 @@ def test_module_matches_torch(config, dtype):
         got = _run_module(ours, inputs, lengths, config)
     want = _run_module(exact, exact_inputs, lengths, config)
     _compare_module(got, want, dtype, label + " vs torch.nn float64")
-    theirs = _run_module(twin, inputs, lengths, config)
     if dtype == "float32":
+        theirs = _run_module(twin, inputs, lengths, config)
         _compare_module(got, theirs, dtype, label + " vs torch.nn float32")
     else:
-        _print_torch_error(theirs, want, dtype, label)
+        try:  # for scale only: no assertion rests on torch.nn's half-precision kernels
+            _print_torch_error(_run_module(twin, inputs, lengths, config), want, dtype, label)
+        except RuntimeError as exc:
+            print(f"{label}: torch.nn in {dtype} on CUDA failed: {exc}")
 
 
 @gpu
@@ -1022,23 +1031,39 @@ def test_module_algos(cell, dtype, algo):
     _compare_module(got, want, dtype, f"{cell} {dtype} {algo}")
 
 
+def _count_kernel_calls(monkeypatch):
+    """Counts of fastrnn.cuda.forward / backward calls (each queues one layer and direction)."""
+    calls = {"forward": 0, "backward": 0}
+    for name in calls:
+        real = getattr(fastrnn.cuda, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(fastrnn.cuda, name, counted)
+    return calls
+
+
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_module_runs_fastrnn_kernels(cell, dtype, monkeypatch):
-    """No FallbackWarning and no call of torch.nn's own forward: fastrnn's kernels ran."""
+    """No FallbackWarning, no call of torch.nn's own forward, and fastrnn's kernels queued once
+    per layer and direction, forward and backward."""
     fastrnn.torch._warned.clear()  # so that a fallback warns even if it warned before
 
     def torch_forward(*args, **kwargs):
         raise AssertionError("torch.nn's own forward ran")
 
     monkeypatch.setattr(getattr(torch.nn, cell.upper()), "forward", torch_forward)
+    calls = _count_kernel_calls(monkeypatch)
     config = (cell, "tanh" if cell == "rnn" else None, True, True, True, 0, True, 5)
     ours, _, exact, inputs, exact_inputs, lengths, config = _module_case(
         config, dtype, seed=_seed("kernels", cell, dtype))
     with warnings.catch_warnings():
         warnings.simplefilter("error", fastrnn.torch.FallbackWarning)
         got = _run_module(ours, inputs, lengths, config)
+    assert calls == {"forward": 4, "backward": 4}, calls  # 2 layers x 2 directions
     monkeypatch.undo()
     _compare_module(got, _run_module(exact, exact_inputs, lengths, config), dtype,
                     f"{cell} {dtype}")
@@ -1068,9 +1093,9 @@ def test_module_float64_falls_back_to_torch():
     twin.load_state_dict(ours.state_dict())
     rng = np.random.default_rng(3)
     host = {"x": rng.standard_normal((MODULE_T, 5, MODULE_I)),
-            "dy": rng.standard_normal((MODULE_T, 5, 2 * MODULE_H)),
-            "dh": rng.standard_normal((4, 5, MODULE_H)), "dc": rng.standard_normal((4, 5, MODULE_H)),
-            "h0": rng.standard_normal((4, 5, MODULE_H)), "c0": rng.standard_normal((4, 5, MODULE_H))}
+            "dy": rng.standard_normal((MODULE_T, 5, 2 * MODULE_H))}
+    for name in ("dh", "dc", "h0", "c0"):
+        host[name] = rng.standard_normal((4, 5, MODULE_H))  # 2 layers x 2 directions
     inputs = {k: torch.from_numpy(v).cuda() for k, v in host.items()}
     fastrnn.torch._warned.clear()
     with pytest.warns(fastrnn.torch.FallbackWarning):
@@ -1095,8 +1120,9 @@ def test_module_runs_on_current_stream():
 
 
 @gpu
-def test_module_torch_compile():
-    """torch.compile(fullgraph=True) on CUDA: forward and backward match eager."""
+def test_module_torch_compile(monkeypatch):
+    """torch.compile(fullgraph=True) on CUDA: fastrnn's kernels run (no fallback), and forward
+    and backward match eager."""
     import torch._dynamo
     torch._dynamo.reset()
     torch.manual_seed(0)
@@ -1114,12 +1140,15 @@ def test_module_torch_compile():
                 {"input": xx.grad, **{n: p.grad for n, p in model.named_parameters()}})
 
     fastrnn.torch._warned.clear()
+    calls = _count_kernel_calls(monkeypatch)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", fastrnn.torch.FallbackWarning)
         compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
         got = step(compiled)
     fallbacks = [w for w in caught if issubclass(w.category, fastrnn.torch.FallbackWarning)]
     assert not fallbacks, [str(w.message) for w in fallbacks]
+    assert calls == {"forward": 4, "backward": 4}, calls  # 2 layers x 2 directions
+    monkeypatch.undo()
     want = step(model)
     _compare_module(got, want, "float32", "compiled")
     torch._dynamo.reset()

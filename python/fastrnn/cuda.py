@@ -86,14 +86,22 @@ def _load():
         return _module
 
 
+_UNKNOWN = "?"
+_reason: Optional[str] = _UNKNOWN  # decided once per process: devices do not come and go
+
+
 def unavailable_reason() -> Optional[str]:
     """Why :func:`is_available` is False (None when it is True)."""
-    module = _load()
-    if module is None:
-        return _load_error
-    if module.device_count() == 0:
-        return "no CUDA device (or no NVIDIA driver) on this machine"
-    return None
+    global _reason
+    if _reason is _UNKNOWN:  # after the first call, a plain read (cheap; traceable by Dynamo)
+        module = _load()
+        if module is None:
+            _reason = _load_error
+        elif module.device_count() == 0:
+            _reason = "no CUDA device (or no NVIDIA driver) on this machine"
+        else:
+            _reason = None
+    return _reason
 
 
 def is_available() -> bool:
@@ -181,8 +189,12 @@ def plan(cell: int, dtype: int, T: int, B: int, I: int, H: int, P: int, algo: st
 
 
 def reserve_widths(cell: int, H: int, P: int, dtype: int) -> Tuple[int, int]:
-    """(per_slot, per_step) bytes of the reserve: (T+1)*B*per_slot + T*B*per_step."""
-    return tuple(_require().reserve_widths(cell, H, P, dtype))  # type: ignore[return-value]
+    """(per_slot, per_step) bytes of the reserve: (T+1)*B*per_slot + T*B*per_step (arithmetic:
+    needs the backend, not a device)."""
+    module = _load()
+    if module is None:
+        raise RuntimeError(f"fastrnn CUDA: {_load_error}")
+    return tuple(module.reserve_widths(cell, H, P, dtype))  # type: ignore[return-value]
 
 
 # Tests set this: every buffer fastrnn allocates for a CUDA call (outputs, reserve, scratch) is

@@ -446,7 +446,10 @@ class _FastRNNMixin:
             if t.layout != strided or t.is_nested:
                 return ""
         if data.device.type == "cuda":
-            why_not = _cuda_api.unavailable_reason()
+            # Under torch.compile the backend's check (an import, a lock, a driver query) is not
+            # traced: a CUDA tensor means a device, and a build without the backend raises its
+            # reason from the operator instead of falling back.
+            why_not = None if torch.compiler.is_compiling() else _cuda_api.unavailable_reason()
             if why_not is not None:
                 return f"no CUDA kernels here ({why_not})"
             if data.dtype not in _CUDA_DTYPE_CODES:
