@@ -305,7 +305,15 @@ void* DeviceArray::device_alloc(int device, int64_t bytes) {
 }
 void DeviceArray::device_free(int device, void* p) { fc::device_free(device, p); }
 
-PYBIND11_MODULE(_cuda, m) {
+// The module is fastrnn._cuda; the host-emulation build of the same code (cuda/platform.cuh) is
+// named _cuda_emulated. (One more macro level so that the name is expanded before pybind11
+// pastes it.)
+#ifndef FASTRNN_CUDA_MODULE_NAME
+#define FASTRNN_CUDA_MODULE_NAME _cuda
+#endif
+#define FASTRNN_PYBIND11_MODULE(name, variable) PYBIND11_MODULE(name, variable)
+
+FASTRNN_PYBIND11_MODULE(FASTRNN_CUDA_MODULE_NAME, m) {
   m.doc() = "fastrnn's CUDA backend (device pointers as integers; see fastrnn/cuda.py)";
   py::register_exception<fc::Error>(m, "CudaError", PyExc_RuntimeError);
 

@@ -1,6 +1,6 @@
 // The entry points of fastrnn_cuda.h: sizes, the algo choice, dispatch on the dtype, and what
 // the build and the machine have.
-#include <cuda_runtime.h>
+#include "cuda/platform.cuh"
 
 #include <memory>
 #include <mutex>

@@ -14,8 +14,7 @@
 // core does (cpu/cells.h); relu's gradient is a select, as torch applies it.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "cuda/platform.cuh"
 
 #include "fastrnn/fastrnn.h"
 

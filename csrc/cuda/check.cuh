@@ -2,8 +2,7 @@
 // call, the error and where it happened. Kernel launches are checked with cudaGetLastError.
 #pragma once
 
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
+#include "cuda/platform.cuh"
 
 #include <sstream>
 #include <string>

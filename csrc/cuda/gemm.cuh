@@ -5,10 +5,7 @@
 // it (Problem::allow_tf32, torch's allow_tf32), otherwise true float32 arithmetic.
 #pragma once
 
-#include <cublas_v2.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
+#include "cuda/platform.cuh"
 
 #include <cstdint>
 

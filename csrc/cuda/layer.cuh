@@ -5,7 +5,7 @@
 // queued on the caller's stream; this file is instantiated once per dtype (layer_<dtype>.cu).
 #pragma once
 
-#include <cuda_runtime.h>
+#include "cuda/platform.cuh"
 
 #include <algorithm>
 #include <mutex>
@@ -94,8 +94,8 @@ PersistentPlan plan_persistent(const Problem& p) {
 // The kernel's shared-memory limit is process-wide state of the function: one thread's setting
 // must not change under another's occupancy query and launch, so the three happen under a lock
 // (the launch itself is asynchronous: the lock is held for microseconds).
-template <typename Kernel>
-void launch_cooperative(Kernel kernel, int64_t blocks, int64_t smem, void* args,
+template <typename Arg>
+void launch_cooperative(void (*kernel)(Arg), int64_t blocks, int64_t smem, Arg* args,
                         cudaStream_t stream, const char* what) {
   static std::mutex launch_mutex;
   std::lock_guard<std::mutex> lock(launch_mutex);
@@ -110,11 +110,9 @@ void launch_cooperative(Kernel kernel, int64_t blocks, int64_t smem, void* args,
     throw Error(std::string("fastrnn CUDA: ") + what + ": " + std::to_string(blocks) +
                 " blocks cannot all be resident (" + std::to_string(per_sm) + " per "
                 "multiprocessor); use algo='standard'");
-  void* kernel_args[] = {args};
-  FASTRNN_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
-                                                 dim3(static_cast<unsigned>(blocks)),
-                                                 dim3(kPersistentThreads), kernel_args,
-                                                 static_cast<size_t>(smem), stream));
+  FASTRNN_CUDA_CHECK(launch_cooperative_kernel(kernel, static_cast<unsigned>(blocks),
+                                               kPersistentThreads, args,
+                                               static_cast<size_t>(smem), stream));
 }
 
 // ---- forward ----------------------------------------------------------------------------------
@@ -155,7 +153,7 @@ void forward_layer(const Problem& p, const ForwardPtrs& a, Algo algo) {
   FASTRNN_CUDA_CHECK(cudaMemcpyAsync(slots.h + first * B * R, a.h0, B * R * sizeof(T),
                                      cudaMemcpyDeviceToDevice, stream));
   if constexpr (kC) {
-    widen_kernel<T><<<blocks_for(B * H), kPointwiseThreads, 0, stream>>>(
+    FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, widen_kernel<T>)(
         static_cast<const T*>(a.c0), slots.c + first * B * H, B * H);
     FASTRNN_CHECK_LAUNCH("widen_kernel");
   }
@@ -189,12 +187,12 @@ void forward_layer(const Problem& p, const ForwardPtrs& a, Algo algo) {
                               projected ? m : h_new, projected ? nullptr : y + t * B * R,
                               kC ? slots.c + slots.index(k + 1) * B * H : nullptr,
                               acts ? acts + t * B * S * H : nullptr, lengths, projected};
-      forward_step_kernel<T, kCell><<<blocks_for(B * H), kPointwiseThreads, 0, stream>>>(step);
+      FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, forward_step_kernel<T, kCell>)(step);
       FASTRNN_CHECK_LAUNCH("forward_step_kernel");
       if (projected) {
         gemm(handle, B, P, H, {m, dt, H, false}, {a.w_hr, dt, H, true}, 0.0f, h_proj, CUDA_R_32F,
              P, p.allow_tf32);
-        commit_projection_kernel<T><<<blocks_for(B * P), kPointwiseThreads, 0, stream>>>(
+        FASTRNN_LAUNCH(blocks_for(B * P), kPointwiseThreads, 0, stream, commit_projection_kernel<T>)(
             B, P, t, h_proj, h_prev, h_new, y + t * B * R, lengths);
         FASTRNN_CHECK_LAUNCH("commit_projection_kernel");
       }
@@ -205,7 +203,7 @@ void forward_layer(const Problem& p, const ForwardPtrs& a, Algo algo) {
   FASTRNN_CUDA_CHECK(cudaMemcpyAsync(a.h_n, slots.h + last * B * R, B * R * sizeof(T),
                                      cudaMemcpyDeviceToDevice, stream));
   if constexpr (kC) {
-    narrow_kernel<T><<<blocks_for(B * H), kPointwiseThreads, 0, stream>>>(
+    FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, narrow_kernel<T>)(
         slots.c + last * B * H, static_cast<T*>(a.c_n), B * H);
     FASTRNN_CHECK_LAUNCH("narrow_kernel");
   }
@@ -237,11 +235,11 @@ void backward_layer(const Problem& p, const BackwardPtrs& a, Algo algo) {
   T* dh_out = projected ? at_bytes<T>(a.workspace, ws.dh_out) : nullptr;
   float* dm = projected ? at_bytes<float>(a.workspace, ws.dm) : nullptr;
 
-  widen_kernel<T><<<blocks_for(B * R), kPointwiseThreads, 0, stream>>>(
+  FASTRNN_LAUNCH(blocks_for(B * R), kPointwiseThreads, 0, stream, widen_kernel<T>)(
       static_cast<const T*>(a.dh_n), dh_carry, B * R);
   FASTRNN_CHECK_LAUNCH("widen_kernel");
   if constexpr (kC) {
-    widen_kernel<T><<<blocks_for(B * H), kPointwiseThreads, 0, stream>>>(
+    FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, widen_kernel<T>)(
         static_cast<const T*>(a.dc_n), dc_carry, B * H);
     FASTRNN_CHECK_LAUNCH("widen_kernel");
   }
@@ -259,7 +257,7 @@ void backward_layer(const Problem& p, const BackwardPtrs& a, Algo algo) {
       const int64_t t = s.reverse ? k : Tn - 1 - k;
       const int64_t prev_slot = s.reverse ? t + 1 : t, new_slot = s.reverse ? t : t + 1;
       if (projected) {
-        projection_grad_kernel<T><<<blocks_for(B * P), kPointwiseThreads, 0, stream>>>(
+        FASTRNN_LAUNCH(blocks_for(B * P), kPointwiseThreads, 0, stream, projection_grad_kernel<T>)(
             B, P, t, dy + t * B * R, dh_carry, dh_out + t * B * P, a.lengths);
         FASTRNN_CHECK_LAUNCH("projection_grad_kernel");
         gemm(handle, B, H, P, {dh_out + t * B * P, dt, P, false}, {a.w_hr, dt, H, false}, 0.0f,
@@ -271,18 +269,18 @@ void backward_layer(const Problem& p, const BackwardPtrs& a, Algo algo) {
                                kC ? cs + prev_slot * B * H : nullptr,
                                kC ? cs + new_slot * B * H : nullptr, dgx + t * B * GH,
                                dgh + t * B * GH, a.lengths};
-      backward_step_kernel<T, kCell><<<blocks_for(B * H), kPointwiseThreads, 0, stream>>>(step);
+      FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, backward_step_kernel<T, kCell>)(step);
       FASTRNN_CHECK_LAUNCH("backward_step_kernel");
       // dh_carry (the direct part, or the carried gradient at padded rows) += dgh W_hh
       gemm(handle, B, R, GH, {dgh + t * B * GH, dt, GH, false}, {w_hh, dt, R, false}, 1.0f,
            dh_carry, CUDA_R_32F, R, p.allow_tf32);
     }
   }
-  narrow_kernel<T><<<blocks_for(B * R), kPointwiseThreads, 0, stream>>>(
+  FASTRNN_LAUNCH(blocks_for(B * R), kPointwiseThreads, 0, stream, narrow_kernel<T>)(
       dh_carry, static_cast<T*>(a.dh0), B * R);
   FASTRNN_CHECK_LAUNCH("narrow_kernel");
   if constexpr (kC) {
-    narrow_kernel<T><<<blocks_for(B * H), kPointwiseThreads, 0, stream>>>(
+    FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, narrow_kernel<T>)(
         dc_carry, static_cast<T*>(a.dc0), B * H);
     FASTRNN_CHECK_LAUNCH("narrow_kernel");
   }
@@ -299,9 +297,9 @@ void backward_layer(const Problem& p, const BackwardPtrs& a, Algo algo) {
   if (a.db_ih) {
     const dim3 block(kSumColumns, kSumRows);
     const unsigned grid = blocks_for(GH, kSumColumns);
-    column_sum_kernel<T><<<grid, block, 0, stream>>>(dgx, rows, GH, static_cast<T*>(a.db_ih));
+    FASTRNN_LAUNCH(grid, block, 0, stream, column_sum_kernel<T>)(dgx, rows, GH, static_cast<T*>(a.db_ih));
     FASTRNN_CHECK_LAUNCH("column_sum_kernel");
-    column_sum_kernel<T><<<grid, block, 0, stream>>>(dgh, rows, GH, static_cast<T*>(a.db_hh));
+    FASTRNN_LAUNCH(grid, block, 0, stream, column_sum_kernel<T>)(dgh, rows, GH, static_cast<T*>(a.db_hh));
     FASTRNN_CHECK_LAUNCH("column_sum_kernel");
   }
   if (projected) {

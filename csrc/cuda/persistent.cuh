@@ -7,8 +7,7 @@
 // GEMMs around it (layer.cuh). No projection (P = 0); batch <= kPersistentMaxBatch.
 #pragma once
 
-#include <cooperative_groups.h>
-#include <cuda_runtime.h>
+#include "cuda/platform.cuh"
 
 #include <cstdint>
 
@@ -61,10 +60,10 @@ persistent_forward_kernel(PersistentForwardArgs<T> a) {
   using Math = UnitMath<kCell>;
   constexpr int G = Math::kGates, S = Math::kSaved;
   constexpr bool kC = has_cell_state(kCell);
-  extern __shared__ __align__(16) unsigned char smem[];
+  FASTRNN_DYNAMIC_SHARED(smem);
   const int64_t H = a.H, B = a.B, GH = G * H;
   const int64_t j0 = blockIdx.x * a.units_per_block;
-  const int64_t nu = min(a.units_per_block, H - j0);
+  const int64_t nu = a.units_per_block < H - j0 ? a.units_per_block : H - j0;
   const int64_t rows = G * nu;
   T* w = reinterpret_cast<T*>(smem);                                     // (rows, H)
   float* h_smem = reinterpret_cast<float*>(smem + align16(G * a.units_per_block * H * sizeof(T)));
@@ -171,10 +170,10 @@ persistent_backward_kernel(PersistentBackwardArgs<T> a) {
   using Math = UnitMath<kCell>;
   constexpr int G = Math::kGates, S = Math::kSaved, kDistinct = distinct_dgh_gate<kCell>();
   constexpr bool kC = has_cell_state(kCell);
-  extern __shared__ __align__(16) unsigned char smem[];
+  FASTRNN_DYNAMIC_SHARED(smem);
   const int64_t H = a.H, B = a.B, GH = G * H, U = a.units_per_block;
   const int64_t j0 = blockIdx.x * U;
-  const int64_t nu = min(U, H - j0);
+  const int64_t nu = U < H - j0 ? U : H - j0;
   T* wcol = reinterpret_cast<T*>(smem);                                  // (nu, GH): W_hh[:, j]^T
   float* dg_row = reinterpret_cast<float*>(smem + align16(U * GH * sizeof(T)));  // (GH)
   float* carry = dg_row + GH;          // (B, nu) gradient of the state (this block's units)

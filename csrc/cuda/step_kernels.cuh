@@ -3,7 +3,7 @@
 // One thread per (batch row, hidden unit); the cell's math is cell_math.cuh.
 #pragma once
 
-#include <cuda_runtime.h>
+#include "cuda/platform.cuh"
 
 #include <cstdint>
 
