@@ -352,6 +352,66 @@ inline unsigned char* dynamic_shared() {
   return reinterpret_cast<unsigned char*>((address + 15) / 16 * 16);
 }
 
+// The CUDA threads of a launch run on a pool of host threads that lives as long as the process:
+// creating a thread per CUDA thread per launch would cost more than the emulated work.
+class ThreadPool {
+ public:
+  // Calls job(i) for i < n, each on its own pool thread, and returns when all have returned.
+  void run(unsigned n, const std::function<void(unsigned)>& job) {
+    std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (threads_.size() < n) {
+      const unsigned index = static_cast<unsigned>(threads_.size());
+      threads_.emplace_back([this, index] { work(index); });
+    }
+    job_ = &job;
+    size_ = n;
+    finished_ = 0;
+    ++generation_;
+    wake_.notify_all();
+    done_.wait(lock, [&] { return finished_ == size_; });
+    job_ = nullptr;
+  }
+  ~ThreadPool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+      ++generation_;
+    }
+    wake_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+ private:
+  void work(unsigned index) {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return generation_ != seen; });
+      seen = generation_;
+      if (stop_) return;
+      if (index >= size_) continue;
+      const std::function<void(unsigned)>* job = job_;
+      lock.unlock();
+      (*job)(index);
+      lock.lock();
+      if (++finished_ == size_) done_.notify_all();
+    }
+  }
+  std::mutex launch_mutex_, mutex_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> threads_;
+  const std::function<void(unsigned)>* job_ = nullptr;
+  unsigned size_ = 0, finished_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+};
+
+inline ThreadPool& pool() {
+  static ThreadPool instance;
+  return instance;
+}
+
 // Runs `body` as grid.x blocks of block.x * block.y threads; all blocks at once when
 // `cooperative` (grid.sync() then is a barrier across all of them), else one after another.
 inline void run_grid(dim3 grid, dim3 block, size_t smem, bool cooperative,
@@ -359,25 +419,20 @@ inline void run_grid(dim3 grid, dim3 block, size_t smem, bool cooperative,
   const unsigned threads = block.x * block.y * block.z;
   auto run_blocks = [&](unsigned first, unsigned count, Barrier* grid_barrier) {
     std::vector<std::unique_ptr<BlockContext>> contexts;
-    std::vector<std::thread> workers;
-    for (unsigned b = first; b < first + count; ++b) {
+    for (unsigned b = 0; b < count; ++b)
       contexts.push_back(std::make_unique<BlockContext>(static_cast<int>(threads), smem));
-      BlockContext* ctx = contexts.back().get();
-      for (unsigned t = 0; t < threads; ++t) {
-        workers.emplace_back([=, &body] {
-          blockDim = block;
-          gridDim = grid;
-          threadIdx.x = t % block.x;
-          threadIdx.y = (t / block.x) % block.y;
-          threadIdx.z = t / (block.x * block.y);
-          blockIdx.x = b;
-          t_context.block = ctx;
-          t_context.grid = grid_barrier;
-          body();
-        });
-      }
-    }
-    for (auto& w : workers) w.join();
+    pool().run(count * threads, [&](unsigned i) {
+      const unsigned b = i / threads, t = i % threads;
+      blockDim = block;
+      gridDim = grid;
+      threadIdx.x = t % block.x;
+      threadIdx.y = (t / block.x) % block.y;
+      threadIdx.z = t / (block.x * block.y);
+      blockIdx.x = first + b;
+      t_context.block = contexts[b].get();
+      t_context.grid = grid_barrier;
+      body();
+    });
   };
   if (cooperative) {
     Barrier grid_barrier(static_cast<int>(grid.x * threads));

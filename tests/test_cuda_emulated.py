@@ -1,0 +1,259 @@
+"""The CUDA backend's kernels and driver, run by host emulation, against the float64 reference.
+
+The module ``_cuda_emulated`` is csrc/cuda compiled by the host compiler against
+csrc/cuda/emulation/host_emulation.h (see csrc/cuda/platform.cuh): the very same kernels --
+standard step kernels, persistent cooperative kernels -- and the same driver (layouts, slots,
+lengths, reverse, projection, the GEMMs' shapes and transpositions, the half types) run on CPU
+threads, one per CUDA thread, with barriers for __syncthreads, warp shuffles and grid.sync.
+"Device pointers" are host addresses, so NumPy arrays serve as device memory. This checks the
+logic of the CUDA code on machines without a GPU; the GPU itself (its memory model, cuBLAS's
+real arithmetic, speed) is tests/test_cuda.py's job.
+
+Build it and point the tests at it (.ci/run does this):
+
+    cmake -S . -B build/emu -DFASTRNN_CUDA=OFF -DFASTRNN_CUDA_EMULATION=ON
+    cmake --build build/emu --target _cuda_emulated
+    FASTRNN_CUDA_EMULATOR=build/emu python -m pytest tests/test_cuda_emulated.py
+
+Without FASTRNN_CUDA_EMULATOR the tests skip, unless FASTRNN_REQUIRE_CUDA_EMULATOR=1.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import zlib
+
+import numpy as np
+import pytest
+
+from fastrnn import reference
+
+_DIR = os.environ.get("FASTRNN_CUDA_EMULATOR", "")
+_REQUIRED = os.environ.get("FASTRNN_REQUIRE_CUDA_EMULATOR") == "1"
+
+
+def _load():
+    if not _DIR:
+        return None, "FASTRNN_CUDA_EMULATOR is not set (the module's build directory)"
+    found = sorted(glob.glob(os.path.join(_DIR, "_cuda_emulated*.so")))
+    if not found:
+        return None, f"no _cuda_emulated*.so in FASTRNN_CUDA_EMULATOR={_DIR!r}"
+    spec = importlib.util.spec_from_file_location("_cuda_emulated", found[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module, None
+
+
+emu, _why_not = _load()
+
+
+@pytest.fixture(autouse=True)
+def _need_emulator():
+    if emu is None:
+        if _REQUIRED:
+            pytest.fail(f"FASTRNN_REQUIRE_CUDA_EMULATOR=1 but {_why_not}")
+        pytest.skip(_why_not)
+
+
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+CELL = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+DTYPE_CODE = {"float32": 0, "float16": 1, "bfloat16": 2}
+STANDARD, PERSISTENT, AUTO = 0, 1, 2
+# ||out - ref|| / ||ref|| against float64 on the same (rounded) inputs; NaN never passes.
+TOLERANCES = {"float32": (1e-5, 1e-4), "float16": (5e-3, 1e-2), "bfloat16": (2e-2, 4e-2)}
+GRADIENTS = ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+
+def _bf16_bits(a: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), round to nearest even."""
+    bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _bf16_value(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+class Buffers:
+    """Arrays in one dtype as the kernels see them (device = host here), and their float64
+    values for the reference."""
+
+    def __init__(self, dtype: str):
+        self.dtype = dtype
+
+    def make(self, values: np.ndarray) -> np.ndarray:
+        if self.dtype == "float32":
+            return np.ascontiguousarray(values, np.float32)
+        if self.dtype == "float16":
+            return np.ascontiguousarray(values, np.float16)
+        return _bf16_bits(values)
+
+    def poisoned(self, shape) -> np.ndarray:
+        width = {"float32": np.uint32, "float16": np.uint16, "bfloat16": np.uint16}[self.dtype]
+        raw = np.full(shape, np.iinfo(width).max, width)  # all ones: NaN in every float type
+        return raw if self.dtype == "bfloat16" else raw.view(
+            np.float32 if self.dtype == "float32" else np.float16)
+
+    def value(self, a: np.ndarray) -> np.ndarray:
+        return (_bf16_value(a) if self.dtype == "bfloat16" else a).astype(np.float64)
+
+
+def _addr(a) -> int:
+    return 0 if a is None else a.ctypes.data
+
+
+def _rel(out: np.ndarray, ref: np.ndarray) -> float:
+    if not np.all(np.isfinite(out)):
+        return float("nan")
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def run_layer(mode, dtype, T, B, I, H, *, P=0, reverse=False, lengths=None, algo=STANDARD,
+              bias=True, training=True, seed=0):
+    """Forward (and backward when training) through the emulated CUDA code and the reference;
+    returns the algo that ran and {name: relative error} for every output and gradient."""
+    rng = np.random.default_rng(seed)
+    buf, G, R = Buffers(dtype), GATES[mode], P or H
+    cell, dcode = CELL[mode], DTYPE_CODE[dtype]
+
+    def rand(*shape):
+        return buf.make(rng.standard_normal(shape) * 0.5)
+
+    x, h0 = rand(T, B, I), rand(B, R)
+    c0 = rand(B, H) if mode == "lstm" else None
+    w_ih, w_hh = rand(G * H, I), rand(G * H, R)
+    b_ih, b_hh = (rand(G * H), rand(G * H)) if bias else (None, None)
+    w_hr = rand(P, H) if P else None
+    lengths_arr = None if lengths is None else np.asarray(lengths, np.int64)
+
+    code = emu.resolve_algo(cell, dcode, T, B, I, H, P, algo, 0)
+    fwd_bytes, bwd_bytes = emu.workspace_bytes(cell, dcode, T, B, I, H, P, training, code)
+    per_slot, per_step = emu.reserve_widths(cell, H, P, dcode)
+    reserve = np.full((T + 1) * B * per_slot + T * B * per_step, 0xFF, np.uint8) if training else None
+    workspace = np.full(max(fwd_bytes, 1), 0xFF, np.uint8)
+    y, h_n = buf.poisoned((T, B, R)), buf.poisoned((B, R))
+    c_n = buf.poisoned((B, H)) if mode == "lstm" else None
+    emu.layer_forward(cell, dcode, T, B, I, H, P, reverse, code, False, 0, 0, _addr(x), _addr(h0),
+                      _addr(c0), _addr(w_ih), _addr(w_hh), _addr(b_ih), _addr(b_hh), _addr(w_hr),
+                      _addr(lengths_arr), _addr(y), _addr(h_n), _addr(c_n), _addr(reserve),
+                      _addr(workspace))
+
+    v = (lambda a: None if a is None else buf.value(a))
+    ry, rh, rc, saved = reference.layer_forward(
+        mode, v(x), v(h0), v(c0), v(w_ih), v(w_hh), v(b_ih), v(b_hh), weight_hr=v(w_hr),
+        lengths=lengths_arr, reverse=reverse, training=True)
+    errors = {"y": _rel(v(y), ry), "h_n": _rel(v(h_n), rh)}
+    if c_n is not None:
+        errors["c_n"] = _rel(v(c_n), rc)
+    if lengths_arr is not None:  # padded steps give exact zeros
+        t = np.arange(T)[:, None]
+        assert np.all(v(y)[t >= lengths_arr[None, :]] == 0.0)
+    if not training:
+        return code, errors
+
+    dy, dh_n = rand(T, B, R), rand(B, R)
+    dc_n = rand(B, H) if mode == "lstm" else None
+    inputs = dict(input=x, h0=h0, c0=c0, weight_ih=w_ih, weight_hh=w_hh, bias_ih=b_ih,
+                  bias_hh=b_hh, weight_hr=w_hr)
+    grads = {k: None if a is None else buf.poisoned(a.shape) for k, a in inputs.items()}
+    workspace = np.full(max(bwd_bytes, 1), 0xFF, np.uint8)
+    emu.layer_backward(cell, dcode, T, B, I, H, P, reverse, code, False, 0, 0, _addr(x),
+                       _addr(h0), _addr(c0), _addr(w_ih), _addr(w_hh), _addr(b_ih), _addr(b_hh),
+                       _addr(w_hr), _addr(lengths_arr), _addr(reserve), _addr(dy), _addr(dh_n),
+                       _addr(dc_n), *[_addr(grads[k]) for k in GRADIENTS], _addr(workspace))
+    ref_grads = reference.layer_backward(saved, v(dy), v(dh_n), v(dc_n))
+    for k in GRADIENTS:
+        if grads[k] is not None:
+            errors["d" + k] = _rel(v(grads[k]), ref_grads[k])
+    return code, errors
+
+
+def _check(errors, dtype):
+    out_tol, grad_tol = TOLERANCES[dtype]
+    bad = {k: e for k, e in errors.items()
+           if not e <= (grad_tol if k.startswith("d") else out_tol)}
+    assert not bad, f"relative errors over tolerance ({dtype}): {bad}"
+
+
+def _seed(*key) -> int:
+    return zlib.crc32(repr(key).encode())
+
+
+@pytest.mark.parametrize("algo", [STANDARD, PERSISTENT])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("mode", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
+def test_float32_every_cell_direction_and_algo_with_lengths(mode, reverse, algo):
+    code, errors = run_layer(mode, "float32", 6, 3, 7, 13, lengths=[6, 2, 5], reverse=reverse,
+                             algo=algo, seed=_seed(mode, reverse, algo))
+    assert code == algo  # persistent fits this size: it really ran
+    _check(errors, "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("algo", [STANDARD, PERSISTENT])
+@pytest.mark.parametrize("mode", ["rnn_tanh", "lstm", "gru"])
+def test_half_types(mode, algo, dtype):
+    # relu is left to float32: its derivative jumps at 0, where half rounding may land an
+    # activation on the other side of the reference's
+    code, errors = run_layer(mode, dtype, 5, 3, 6, 9, lengths=[3, 5, 1], reverse=algo == 1,
+                             algo=algo, seed=_seed(mode, algo, dtype))
+    assert code == algo
+    _check(errors, dtype)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lstm_projection(reverse, dtype):
+    code, errors = run_layer("lstm", dtype, 5, 3, 6, 11, P=4, lengths=[5, 1, 3],
+                             reverse=reverse, algo=AUTO, seed=_seed(reverse, dtype))
+    assert code == STANDARD  # the persistent kernel has no projection
+    _check(errors, dtype)
+
+
+def test_persistent_refuses_a_projection():
+    with pytest.raises(ValueError, match="algo"):
+        emu.resolve_algo(CELL["lstm"], 0, 5, 3, 6, 11, 4, PERSISTENT, 0)
+
+
+@pytest.mark.parametrize("algo", [STANDARD, PERSISTENT])
+@pytest.mark.parametrize("mode", ["rnn_relu", "gru"])
+def test_without_bias(mode, algo):
+    _, errors = run_layer(mode, "float32", 4, 2, 5, 7, bias=False, algo=algo,
+                          seed=_seed(mode, algo))
+    _check(errors, "float32")
+
+
+@pytest.mark.parametrize("algo", [STANDARD, PERSISTENT])
+@pytest.mark.parametrize("T, B, I, H", [(1, 1, 1, 1), (1, 5, 3, 2), (7, 1, 2, 5), (3, 16, 4, 6)])
+def test_awkward_sizes(T, B, I, H, algo):
+    mode = ("lstm", "gru", "rnn_tanh", "lstm")[(T + B + I + H) % 4]
+    _, errors = run_layer(mode, "float32", T, B, I, H, algo=algo, reverse=bool(B % 2),
+                          seed=_seed(T, B, I, H, algo))
+    _check(errors, "float32")
+
+
+@pytest.mark.parametrize("algo", [STANDARD, PERSISTENT])
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_inference_mode(mode, algo):
+    # inference keeps the state in a ring of two buffers instead of the reserve
+    _, errors = run_layer(mode, "float32", 6, 2, 5, 9, lengths=[6, 3], reverse=True, algo=algo,
+                          training=False, seed=_seed(mode, algo))
+    _check(errors, "float32")
+
+
+def test_auto_takes_the_persistent_kernel_where_it_fits_and_standard_beyond():
+    assert emu.resolve_algo(CELL["gru"], 0, 5, 16, 8, 32, 0, AUTO, 0) == PERSISTENT
+    assert emu.resolve_algo(CELL["gru"], 0, 5, 17, 8, 32, 0, AUTO, 0) == STANDARD  # batch > 16
+    with pytest.raises(ValueError, match="algo"):
+        emu.resolve_algo(CELL["gru"], 0, 5, 17, 8, 32, 0, PERSISTENT, 0)
+    # W_hh too large for the emulated device's shared memory (4 multiprocessors x 227 KiB)
+    assert emu.resolve_algo(CELL["lstm"], 0, 5, 2, 8, 1024, 0, AUTO, 0) == STANDARD
+
+
+def test_more_units_than_multiprocessors_and_a_batch_of_16():
+    # 4 emulated multiprocessors: 5 units per block over 4 blocks, the last one short
+    code, errors = run_layer("lstm", "float32", 4, 16, 3, 17, lengths=list(range(1, 5)) * 4,
+                             algo=PERSISTENT, seed=_seed("wide"))
+    assert code == PERSISTENT
+    _check(errors, "float32")
