@@ -257,3 +257,103 @@ def test_more_units_than_multiprocessors_and_a_batch_of_16():
                              algo=PERSISTENT, seed=_seed("wide"))
     assert code == PERSISTENT
     _check(errors, "float32")
+
+
+# ---- the NumPy-level API's GPU path (fastrnn/_device_arrays.py) over the emulated module --------
+# "Device" arrays here are NumPy arrays presenting themselves as CUDA arrays (__dlpack_device__
+# says CUDA device 0); fastrnn.cuda is pointed at the emulated module, so functional.layer_forward
+# and layer_backward run their whole GPU path: argument checks, DLPack, allocation of fastrnn's
+# own DeviceArray results, lengths upload, the algo plan, the kernels.
+
+class FakeCudaArray:
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
+        return self.array.__dlpack__()
+
+    def __dlpack_device__(self):
+        return (2, 0)
+
+
+@pytest.fixture
+def emulated_backend(monkeypatch):
+    import fastrnn.cuda as fc
+    monkeypatch.setattr(fc, "_module", emu)
+    monkeypatch.setattr(fc, "_reason", None)
+    fc._set_poison(True)
+    yield fc
+    fc._set_poison(False)
+
+
+def _read(device_array, dtype=np.float32) -> np.ndarray:
+    import ctypes
+    n = int(np.prod(device_array.shape))
+    raw = (ctypes.c_uint8 * (n * np.dtype(dtype).itemsize)).from_address(device_array.data_ptr)
+    return np.frombuffer(raw, dtype).reshape(device_array.shape).copy()
+
+
+@pytest.mark.parametrize("algo", ["standard", "persistent"])
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_functional_api_on_dlpack_device_arrays(emulated_backend, mode, algo):
+    import fastrnn
+    rng = np.random.default_rng(_seed("dlpack", mode, algo))
+    T, B, I, H, G = 5, 3, 4, 6, GATES[mode]
+    host = {name: (rng.standard_normal(shape) * 0.5).astype(np.float32) for name, shape in (
+        ("x", (T, B, I)), ("h0", (B, H)), ("c0", (B, H)), ("w_ih", (G * H, I)),
+        ("w_hh", (G * H, H)), ("b_ih", (G * H,)), ("b_hh", (G * H,)))}
+    if mode != "lstm":
+        del host["c0"]
+    dev = {k: FakeCudaArray(v) for k, v in host.items()}
+    lengths = [5, 2, 4]
+    y, h_n, c_n, state = fastrnn.functional.layer_forward(
+        mode, dev["x"], dev["h0"], dev.get("c0"), dev["w_ih"], dev["w_hh"], dev["b_ih"],
+        dev["b_hh"], lengths=lengths, reverse=True, algo=algo)
+    assert type(y).__name__ == "DeviceArray" and y.shape == (T, B, H)
+    d = {k: v.astype(np.float64) for k, v in host.items()}
+    ry, rh, rc, saved = reference.layer_forward(
+        mode, d["x"], d["h0"], d.get("c0"), d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"],
+        lengths=np.array(lengths), reverse=True)
+    errors = {"y": _rel(_read(y), ry), "h_n": _rel(_read(h_n), rh)}
+    if mode == "lstm":
+        errors["c_n"] = _rel(_read(c_n), rc)
+    dy = (rng.standard_normal((T, B, H)) * 0.5).astype(np.float32)
+    grads = fastrnn.functional.layer_backward(state, FakeCudaArray(dy))
+    ref_grads = reference.layer_backward(saved, dy.astype(np.float64))
+    for k in ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        if ref_grads[k] is not None:
+            errors["d" + k] = _rel(_read(grads[k]), ref_grads[k])
+    _check(errors, "float32")
+
+
+def test_functional_api_device_argument_errors(emulated_backend):
+    import fastrnn
+    rng = np.random.default_rng(3)
+
+    def arr(*shape, dtype=np.float32):
+        return FakeCudaArray(rng.standard_normal(shape).astype(dtype))
+
+    T, B, I, H = 4, 2, 3, 5
+    good = dict(x=arr(T, B, I), h0=arr(B, H), c0=None, weight_ih=arr(3 * H, I),
+                weight_hh=arr(3 * H, H), bias_ih=arr(3 * H), bias_hh=arr(3 * H))
+
+    def call(**changes):
+        kw = {**good, **changes}
+        return fastrnn.functional.layer_forward(
+            "gru", kw["x"], kw["h0"], kw["c0"], kw["weight_ih"], kw["weight_hh"],
+            kw["bias_ih"], kw["bias_hh"], **{k: v for k, v in changes.items() if k not in good})
+
+    with pytest.raises(ValueError, match="weight_ih"):
+        call(weight_ih=arr(3 * H, I + 1))
+    with pytest.raises(ValueError, match="h0"):
+        call(h0=arr(B + 1, H))
+    with pytest.raises(fastrnn.DtypeError, match="bias_hh"):
+        call(bias_hh=arr(3 * H, dtype=np.float64))
+    with pytest.raises(TypeError, match="h0"):
+        call(h0=np.zeros((B, H), np.float32))  # host memory next to device arrays
+    with pytest.raises(fastrnn.LengthsError, match="lengths"):
+        call(lengths=[T + 1, 1])
+    with pytest.raises(ValueError, match="algo"):
+        call(algo="fastest")
+    with pytest.raises(ValueError, match="c0"):
+        call(c0=arr(B, H))
