@@ -18,6 +18,11 @@ transposed view, as torch returns it); a ``PackedSequence`` is padded on the way
 the way out; a bidirectional layer's two outputs are concatenated; and in backward the gradient
 of such a transposed, concatenated or packed output is made contiguous per direction.
 
+CUDA tensors (float32, float16, bfloat16) run on fastrnn's CUDA backend (``fastrnn.cuda``) the same
+way: the kernels read the tensors' storage and write outputs torch allocates, on torch's current
+stream, with float32 products in TF32 only where torch allows it; the modules take one keyword
+beyond torch.nn's, ``algo`` ("auto", "standard" or "persistent", the CUDA algorithm).
+
 Where the core cannot run a call -- tensors on a device or with a dtype this build has no kernels for,
 autocast, ``torch.func`` transforms, forward-mode AD, a double backward, ``torch.jit.trace`` and
 ONNX export (so that the recorded graph holds torch's portable operators) -- the module runs
