@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import warnings
 import zlib
 
 import numpy as np
@@ -357,3 +358,71 @@ def test_functional_api_device_argument_errors(emulated_backend):
         call(algo="fastest")
     with pytest.raises(ValueError, match="c0"):
         call(c0=arr(B, H))
+
+
+# ---- fastrnn.torch's CUDA path (torch.py: _cuda_forward / _cuda_backward) over the emulator ----
+# CPU tensors stand in for CUDA tensors (host memory is the emulator's device memory): the
+# module's layer calls are routed to its CUDA functions, which allocate with torch, pass the
+# storage addresses and the stream to the kernels and hand back the gradients; the results are
+# compared with torch.nn on the same CPU tensors. (Device checks and streams themselves need a
+# GPU: tests/test_cuda.py.)
+
+@pytest.fixture
+def torch_on_emulated_cuda(emulated_backend, monkeypatch):
+    torch = pytest.importorskip("torch")
+    import fastrnn.torch as ft
+
+    class DefaultStream:
+        cuda_stream = 0
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: DefaultStream())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(ft, "_core_forward", ft._cuda_forward)
+    monkeypatch.setattr(ft, "_core_backward", ft._cuda_backward)
+    return torch, ft
+
+
+@pytest.mark.parametrize("kind, algo", [
+    (kind, algo) for kind in ("lstm-proj-bidirectional", "gru-packed", "rnn-relu-batch-first")
+    for algo in ("standard", "persistent", "auto")
+    if not (kind.startswith("lstm") and algo == "persistent")])  # no projection in persistent
+def test_fastrnn_torch_cuda_path_matches_torch_nn(torch_on_emulated_cuda, kind, algo):
+    torch, ft = torch_on_emulated_cuda
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    torch.manual_seed(_seed("torch", kind, algo))
+    T, B, I, H = 5, 3, 4, 6
+    if kind.startswith("lstm"):
+        args = dict(input_size=I, hidden_size=H, num_layers=2, bidirectional=True, proj_size=3)
+        ref, mine = torch.nn.LSTM(**args), ft.LSTM(**args, algo=algo)
+    elif kind.startswith("gru"):
+        args = dict(input_size=I, hidden_size=H, num_layers=2)
+        ref, mine = torch.nn.GRU(**args), ft.GRU(**args, algo=algo)
+    else:
+        args = dict(input_size=I, hidden_size=H, nonlinearity="relu", batch_first=True)
+        ref, mine = torch.nn.RNN(**args), ft.RNN(**args, algo=algo)
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(B, T, I) if kind.endswith("batch-first") else torch.randn(T, B, I)
+
+    def run(module):
+        xi = x.clone().requires_grad_(True)
+        inp = xi
+        if kind == "gru-packed":
+            inp = pack_padded_sequence(xi, torch.tensor([5, 2, 4]), enforce_sorted=False)
+        out, hidden = module(inp)
+        if kind == "gru-packed":
+            out = pad_packed_sequence(out)[0]
+        states = hidden if isinstance(hidden, tuple) else (hidden,)
+        loss = (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum() + \
+            sum((s * s).sum() for s in states)
+        loss.backward()
+        return [out.detach(), *[s.detach() for s in states], xi.grad] + \
+            [p.grad for p in module.parameters()]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.FallbackWarning)  # it must run the kernels
+        got = run(mine)
+    want = run(ref)
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        err = _rel(g.double().numpy(), w.double().numpy())
+        assert err <= 1e-5, f"result {i}: relative error {err}"
