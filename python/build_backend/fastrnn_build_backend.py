@@ -15,6 +15,10 @@ import subprocess
 from typing import Any, Dict, List, Optional
 
 from scikit_build_core import build as _skbuild
+
+__all__ = ["build_editable", "build_sdist", "build_wheel", "get_requires_for_build_editable",
+           "get_requires_for_build_sdist", "get_requires_for_build_wheel",
+           "prepare_metadata_for_build_editable", "prepare_metadata_for_build_wheel"]
 from scikit_build_core.build import (  # noqa: F401  (the rest of the PEP 517 interface)
     build_editable, build_sdist, build_wheel, get_requires_for_build_sdist,
     prepare_metadata_for_build_editable, prepare_metadata_for_build_wheel)

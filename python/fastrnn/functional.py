@@ -12,9 +12,9 @@ untouched and give zero outputs; ``reverse=True`` walks ``t = T-1 .. 0``.
 Arrays must share one floating dtype (float32 or float64); non-contiguous arrays are copied to
 C order. Arrays on a CUDA device that expose ``__dlpack__`` (torch tensors, CuPy arrays) run on
 fastrnn's CUDA backend instead (float32, float16, bfloat16; see ``fastrnn.cuda``), and the
-results are arrays of the same library on the same device; ``algo`` picks the GPU algorithm. Errors name the argument: ``TypeError`` (``fastrnn.DtypeError``) for dtypes,
-``ValueError`` for shapes, ``fastrnn.LengthsError`` (a ``ValueError`` and an ``IndexError``) for
-lengths.
+results are arrays of the same library on the same device; ``algo`` picks the GPU algorithm.
+Errors name the argument: ``TypeError`` (``fastrnn.DtypeError``) for dtypes, ``ValueError`` for
+shapes, ``fastrnn.LengthsError`` (a ``ValueError`` and an ``IndexError``) for lengths.
 """
 from __future__ import annotations
 
