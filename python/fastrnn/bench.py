@@ -474,6 +474,11 @@ def measure(fn: Callable[[], object], settings: Settings) -> Dict[str, object]:
     finally:
         if gc_was_enabled:
             gc.enable()
+    return _summary(times, warmups)
+
+
+def _summary(times: List[float], warmups: int) -> Dict[str, object]:
+    """The statistics every measurement reports: median, minimum, quartiles, spread."""
     median = statistics.median(times)
     if len(times) >= 2:
         q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
@@ -1218,11 +1223,7 @@ GPU_SUITES: Dict[str, List[GpuRow]] = {
 
 
 def _parse_gpu_dtypes(text: str) -> List[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in GPU_DTYPES]
-    if unknown or not names:
-        raise ValueError(f"--dtypes: unknown {unknown}; expected some of {', '.join(GPU_DTYPES)}")
-    return list(dict.fromkeys(names))
+    return _parse_names(text, "--dtypes", GPU_DTYPES)
 
 
 def select_gpu_rows(args) -> List[GpuRow]:
@@ -1440,13 +1441,7 @@ def measure_cuda(run: Callable[[int], object], settings: Settings,
         if gc_was_enabled:
             gc.enable()
     times = [begin.elapsed_time(end) / 1e3 for begin, end in events]
-    median = statistics.median(times)
-    if len(times) >= 2:
-        q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
-    else:
-        q1 = q3 = times[0]
-    return {"times_s": times, "n": len(times), "warmup": warmups, "median_s": median,
-            "min_s": min(times), "q1_s": q1, "q3_s": q3, "spread": (q3 - q1) / median}
+    return _summary(times, warmups)
 
 
 class _GpuInputs:
@@ -1955,15 +1950,9 @@ def gpu_main(args, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     if cpu_only:
         parser.error(f"{', '.join(cpu_only)}: not with --device cuda (the peers are fastrnn.torch "
                      "and torch.nn; dtypes go in --dtypes)")
-    _fill_defaults(args, GPU_SETTINGS, GPU_GEMM_N, "gpu")
+    settings = _timing_settings(parser, args, GPU_SETTINGS, GPU_GEMM_N, "gpu")
     args.dtypes = args.dtypes or list(GPU_DEFAULT_DTYPES)
     args.algo = args.algo or "auto"
-    if (args.repeats < 1 or args.min_repeats < 1 or args.warmup < 0 or args.budget < 0
-            or args.warmup_s < 0 or args.gemm_n < 1):
-        parser.error("--repeats, --min-repeats and --gemm-n must be >= 1; --warmup, --warmup-s "
-                     "and --budget >= 0")
-    settings = Settings(repeats=args.repeats, min_repeats=min(args.min_repeats, args.repeats),
-                        warmup=args.warmup, warmup_s=args.warmup_s, budget=args.budget)
     rows = select_gpu_rows(args)
     suite = "custom" if args.config else args.suite
     if not rows:
@@ -2059,15 +2048,22 @@ def _gpu_progress(i: int, n: int, r: Dict[str, object], seconds: float) -> str:
     return f"{head}: " + "; ".join(parts) + (f"; {failed}" if failed else "")
 
 
-def _fill_defaults(args, settings: Settings, gemm_n: int, suite: str) -> None:
-    """Options left unset take the mode's defaults (the CPU's are Settings()'s)."""
+def _timing_settings(parser, args, defaults: Settings, gemm_n: int, suite: str) -> Settings:
+    """The run's timing settings: options left unset take the mode's defaults (the CPU's are
+    Settings()'s), then the whole is checked."""
     for field in ("repeats", "min_repeats", "warmup", "warmup_s", "budget"):
         if getattr(args, field) is None:
-            setattr(args, field, getattr(settings, field))
+            setattr(args, field, getattr(defaults, field))
     if args.gemm_n is None:
         args.gemm_n = gemm_n
     if args.suite is None:
         args.suite = suite
+    if (args.repeats < 1 or args.min_repeats < 1 or args.warmup < 0 or args.budget < 0
+            or args.warmup_s < 0 or args.gemm_n < 1):
+        parser.error("--repeats, --min-repeats and --gemm-n must be >= 1; --warmup, --warmup-s "
+                     "and --budget >= 0")
+    return Settings(repeats=args.repeats, min_repeats=min(args.min_repeats, args.repeats),
+                    warmup=args.warmup, warmup_s=args.warmup_s, budget=args.budget)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2147,12 +2143,17 @@ def _arg(parse):
     return wrapped
 
 
-def _parse_peers(text: str) -> List[str]:
+def _parse_names(text: str, option: str, allowed: Sequence[str]) -> List[str]:
+    """A comma-separated list of some of `allowed`, in order, without repeats."""
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in PEERS]
+    unknown = [n for n in names if n not in allowed]
     if unknown or not names:
-        raise ValueError(f"--peers: unknown {unknown}; expected some of {', '.join(PEERS)}")
+        raise ValueError(f"{option}: unknown {unknown}; expected some of {', '.join(allowed)}")
     return list(dict.fromkeys(names))
+
+
+def _parse_peers(text: str) -> List[str]:
+    return _parse_names(text, "--peers", PEERS)
 
 
 def select_configs(args) -> List[Config]:
@@ -2176,16 +2177,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"{', '.join(gpu_only)}: only with --device cuda")
     if args.suite in GPU_SUITES:
         parser.error(f"--suite {args.suite}: only with --device cuda")
-    _fill_defaults(args, Settings(), GEMM_N, "quick")
-    if (args.repeats < 1 or args.min_repeats < 1 or args.warmup < 0 or args.budget < 0
-            or args.warmup_s < 0 or args.gemm_n < 1):
-        parser.error("--repeats, --min-repeats and --gemm-n must be >= 1; --warmup, --warmup-s "
-                     "and --budget >= 0")
+    settings = _timing_settings(parser, args, Settings(), GEMM_N, "quick")
     plt = _import_pyplot() if args.plot else None
     if args.plot and plt is None:  # before anything runs, not after a long suite
         parser.error("--plot needs matplotlib, which is not installed: pip install matplotlib")
-    settings = Settings(repeats=args.repeats, min_repeats=min(args.min_repeats, args.repeats),
-                        warmup=args.warmup, warmup_s=args.warmup_s, budget=args.budget)
     configs = select_configs(args)
     suite = "custom" if args.config else args.suite
     if not configs:
