@@ -197,7 +197,7 @@ def run_fuzz_child(script: str, count: int, seed: int, timeout: float = 600) -> 
     proc = subprocess.run([sys.executable, os.path.abspath(script), str(count), str(seed)],
                           capture_output=True, text=True, timeout=timeout, env=env)
     tail = "\n".join(proc.stdout.splitlines()[-20:] + proc.stderr.splitlines()[-40:])
-    rerun = f"python tests/{os.path.basename(script)} 1 {seed} CASE"
+    rerun = f"python {os.path.relpath(script)} 1 {seed} CASE"
     if proc.returncode < 0:
         pytest.fail(f"the fuzzing process was killed by signal {-proc.returncode} during the "
                     f"last case it printed (rerun one with: {rerun}; a heap corruption can "

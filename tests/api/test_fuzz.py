@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import sys
 import types
 
@@ -39,7 +40,9 @@ from hypothesis import strategies as st
 import fastrnn
 from fastrnn import _core, reference
 from fastrnn import functional as F
-from conftest import assert_close, run_fuzz_child
+if __name__ == "__main__":  # run as the fuzzing child: conftest lives in tests/
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import assert_close, run_fuzz_child  # noqa: E402
 
 MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 _GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}

@@ -51,6 +51,7 @@ torch's RNG is seeded from it too. To rerun some of them by hand (from the repos
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 import warnings
@@ -61,6 +62,8 @@ import pytest
 torch = pytest.importorskip("torch")
 import fastrnn.torch as ft  # noqa: E402
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
+if __name__ == "__main__":  # run as the fuzzing child: conftest lives in tests/
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import run_fuzz_child  # noqa: E402
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")

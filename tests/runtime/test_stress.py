@@ -521,5 +521,5 @@ def test_torch_modules_and_numpy_calls_in_threads_match_serial_bitwise():
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, HERE)  # for conftest's tolerance table
+    sys.path.insert(0, os.path.dirname(HERE))  # tests/, for conftest's tolerance table
     SCENARIOS[sys.argv[1]]()
