@@ -22,15 +22,16 @@ class CellSpec:
     code: int                    # the C++ core's and the CUDA backend's ``Cell`` value
     gates: int                   # G: the weights have G*H rows
     has_cell_state: bool         # LSTM's c: c0 / c_n exist
+    can_project: bool            # takes weight_hr (torch.nn.LSTM's proj_size)
     torch_class: str             # the torch.nn class that mirrors it ("RNN", "LSTM", "GRU")
     nonlinearity: Optional[str]  # torch.nn.RNN's ``nonlinearity`` argument, for the vanilla cells
 
 
 _SPECS = (
-    CellSpec("rnn_tanh", 0, 1, False, "RNN", "tanh"),
-    CellSpec("rnn_relu", 1, 1, False, "RNN", "relu"),
-    CellSpec("lstm", 2, 4, True, "LSTM", None),
-    CellSpec("gru", 3, 3, False, "GRU", None),
+    CellSpec("rnn_tanh", 0, 1, False, False, "RNN", "tanh"),
+    CellSpec("rnn_relu", 1, 1, False, False, "RNN", "relu"),
+    CellSpec("lstm", 2, 4, True, True, "LSTM", None),
+    CellSpec("gru", 3, 3, False, False, "GRU", None),
 )
 
 CELLS: Dict[str, CellSpec] = {spec.mode: spec for spec in _SPECS}

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import _validate
+from . import _cells, _validate
 from . import cuda as _cuda_api
 from .errors import DtypeError
 
@@ -156,11 +156,6 @@ def _describe(lib: _Library, obj: Any, name: str) -> DeviceArg:
     return DeviceArg(obj, capsule, int(ptr), tuple(int(n) for n in shape), dtype)
 
 
-def _check_shape(arg: DeviceArg, name: str, expected: Tuple[int, ...]) -> None:
-    if arg.shape != expected:
-        raise ValueError(f"{name}: expected shape {expected}, got {arg.shape}")
-
-
 @dataclass
 class CudaLayerState:
     """What a training-mode forward on the GPU keeps for backward (opaque to callers)."""
@@ -176,10 +171,6 @@ class CudaLayerState:
     reserve: Any
     reserve_ptr: int
     keep: List[Any] = field(default_factory=list)
-
-
-_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
-_CELLS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 
 
 def _allow_tf32(lib: _Library) -> bool:
@@ -198,42 +189,11 @@ def layer_forward(mode: str, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, 
         n: None if v is None else _describe(lib, v, n) for n, v in zip(names, values)}
     ax = args["x"]
     assert ax is not None
-    if len(ax.shape) != 3:
-        raise ValueError(f"x: expected shape (T, B, I), got {ax.shape}")
-    T, B, I = ax.shape
-    dtype = ax.dtype
-    for n, a in args.items():
-        if a is not None and a.dtype != dtype:
-            raise DtypeError(f"{n}: expected dtype {dtype} (the dtype of x), got {a.dtype}")
-    G = _GATES[mode]
-    w_hh = args["weight_hh"]
-    if w_hh is None or len(w_hh.shape) != 2 or w_hh.shape[0] % G or w_hh.shape[0] == 0:
-        raise ValueError(f"weight_hh: expected shape ({G}*H, R), got "
-                         f"{None if w_hh is None else w_hh.shape}")
-    H, R = w_hh.shape[0] // G, w_hh.shape[1]
-    w_hr = args["weight_hr"]
-    if w_hr is not None and mode != "lstm":
-        raise ValueError(f"weight_hr: only an LSTM has a projection, got one for mode {mode!r}")
-    P = w_hr.shape[0] if w_hr is not None else 0
-    if w_hr is not None:
-        _check_shape(w_hr, "weight_hr", (R, H))
-    elif R != H:
-        raise ValueError(f"weight_hh: expected shape ({G * H}, {H}), got {w_hh.shape}")
-    _check_shape(args["weight_ih"] or _missing("weight_ih"), "weight_ih", (G * H, I))
-    _check_shape(args["h0"] or _missing("h0"), "h0", (B, R))
-    if mode == "lstm":
-        _check_shape(args["c0"] or _missing("c0"), "c0", (B, H))
-    elif args["c0"] is not None:
-        raise ValueError(f"c0: only an LSTM has a cell state, got one for mode {mode!r}")
-    if (args["bias_ih"] is None) != (args["bias_hh"] is None):
-        raise ValueError("bias_ih, bias_hh: expected both or neither")
-    for n in ("bias_ih", "bias_hh"):
-        if args[n] is not None:
-            _check_shape(args[n], n, (G * H,))  # type: ignore[arg-type]
-    for name, value in (("T", T), ("B", B), ("I", I)):
-        if value < 1:
-            raise ValueError(f"x: expected every size >= 1, got {name} = {value}")
-    cell, dcode = _CELLS[mode], _cuda_api.dtype_code(dtype)
+    sizes = _validate.layer_arrays(mode, *args.values(), float_dtypes=_cuda_api.DTYPES,
+                                   nonempty=True)
+    T, B, I, H, P = sizes
+    R, dtype = sizes.R, ax.dtype
+    cell, dcode = _cells.cell(mode).code, _cuda_api.dtype_code(dtype)
 
     lengths_dev, lengths_ptr = None, 0
     if lengths is not None:
@@ -244,7 +204,7 @@ def layer_forward(mode: str, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, 
     plan = _cuda_api.plan(cell, dcode, T, B, I, H, P, algo, lib.device, training)
     y, y_ptr = lib.empty((T, B, R), dtype)
     h_n, h_n_ptr = lib.empty((B, R), dtype)
-    c_n, c_n_ptr = lib.empty((B, H), dtype) if mode == "lstm" else (None, 0)
+    c_n, c_n_ptr = lib.empty((B, H), dtype) if _cells.has_cell_state(mode) else (None, 0)
     reserve, reserve_ptr = lib.empty((plan.reserve_bytes,), "uint8") if training else (None, 0)
     workspace, workspace_ptr = lib.empty((plan.forward_scratch,), "uint8")
     ptrs = {"x": ax.ptr, "lengths": lengths_ptr, "y": y_ptr, "h_n": h_n_ptr, "c_n": c_n_ptr,
@@ -263,36 +223,20 @@ def layer_forward(mode: str, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, 
     return y, h_n, c_n, state
 
 
-def _missing(name: str):
-    raise ValueError(f"{name}: expected an array, got None")
-
-
 def layer_backward(state: CudaLayerState, dy, dh_n=None, dc_n=None) -> Dict[str, Any]:
     lib: _Library = state.keep[0]
     T, B, I, H, P = state.shape
     R = P if P else H
     dtype = _cuda_api.DTYPES[state.dtype]
-    grads_in = {}
-    for name, value, shape in (("dy", dy, (T, B, R)), ("dh_n", dh_n, (B, R)),
-                               ("dc_n", dc_n, (B, H))):
-        if value is None:
-            grads_in[name] = None
-            continue
-        if name == "dc_n" and state.mode != "lstm":
-            raise ValueError(f"dc_n: only an LSTM has a cell state, got one for mode "
-                             f"{state.mode!r}")
-        a = _describe(lib, value, name)
-        if a.dtype != dtype:
-            raise DtypeError(f"{name}: expected dtype {dtype} (the forward's), got {a.dtype}")
-        _check_shape(a, name, shape)
-        grads_in[name] = a
-    if grads_in["dy"] is None:
-        raise ValueError("dy: expected an array, got None")
+    grads_in = {name: None if value is None else _describe(lib, value, name)
+                for name, value in (("dy", dy), ("dh_n", dh_n), ("dc_n", dc_n))}
+    _validate.final_state_grads(state.mode, _validate.LayerSizes(*state.shape),
+                                *grads_in.values(), dtype=dtype)
     plan = _cuda_api.plan(state.cell, state.dtype, T, B, I, H, P, state.algo, lib.device, True)
     args = state.args
     out: Dict[str, Any] = {}
     ptrs: Dict[str, int] = {}
-    shapes = {"dx": (T, B, I), "dh0": (B, R), "dc0": (B, H) if state.mode == "lstm" else None,
+    shapes = {"dx": (T, B, I), "dh0": (B, R), "dc0": (B, H) if _cells.has_cell_state(state.mode) else None,
               "dw_ih": args["weight_ih"].shape, "dw_hh": args["weight_hh"].shape,  # type: ignore[union-attr]
               "db_ih": args["bias_ih"].shape if args["bias_ih"] is not None else None,
               "db_hh": args["bias_hh"].shape if args["bias_hh"] is not None else None,

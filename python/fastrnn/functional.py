@@ -24,23 +24,9 @@ from typing import Any, Dict, Literal, Optional, Tuple, TypedDict, TypeVar, cast
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from . import _core, _device_arrays, _validate
+from . import _cells, _core, _device_arrays, _validate
 from . import cuda as _cuda_api
-
-MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-_CELL_CODES = {mode: code for code, mode in enumerate(MODES)}
-_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
-
-
-def num_gates(mode: str) -> int:
-    """Number of gates G of a cell: the weights have G*H rows."""
-    return _GATES[check_mode(mode)]
-
-
-def check_mode(mode: str) -> str:
-    if mode not in _CELL_CODES:
-        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-    return mode
+from ._cells import MODES, check_mode, num_gates
 
 
 def _contiguous(a):
@@ -137,7 +123,7 @@ def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
     a CUDA device (see ``fastrnn.cuda``); the CPU core has one algorithm and accepts ``"auto"`` and
     ``"standard"``.
     """
-    code = _CELL_CODES[check_mode(mode)]
+    code = _cells.cell(mode).code
     _cuda_api.check_algo(algo)
     if _device_arrays.is_cuda_array(x):
         reverse = _validate.flag(reverse, "reverse")
@@ -178,7 +164,7 @@ def layer_backward(state: LayerState, dy: _FloatArray, dh_n: Optional[_FloatArra
                         f"layer_forward, got {type(state).__name__}")
     s = state
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _core.layer_backward(
-        _CELL_CODES[s.mode], s.x, s.h0, s.c0, s.weight_ih, s.weight_hh, s.bias_ih, s.bias_hh,
+        _cells.cell(s.mode).code, s.x, s.h0, s.c0, s.weight_ih, s.weight_hh, s.bias_ih, s.bias_hh,
         s.weight_hr, s.lengths, s.reverse, s.reserve, _contiguous(dy), _contiguous(dh_n),
         _contiguous(dc_n))
     return {"input": dx, "h0": dh0, "c0": dc0, "weight_ih": dw_ih, "weight_hh": dw_hh,
@@ -198,7 +184,7 @@ def workspace_bytes(mode: str, seq_len: int, batch: int, input_size: int, hidden
       and reused by the next call (up to 1 GiB; larger scratch is freed after its call), so a
       thread's resident scratch is its largest call's.
     """
-    code = _CELL_CODES[check_mode(mode)]
+    code = _cells.cell(mode).code
     itemsize = _validate.as_float_dtype(dtype).itemsize
     T, B, I, H = (_validate.positive_int(value, name) for name, value in (
         ("seq_len", seq_len), ("batch", batch), ("input_size", input_size),

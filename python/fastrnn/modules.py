@@ -16,9 +16,7 @@ from typing import Any, Dict, Generic, List, Mapping, Optional, Tuple, TypeVar, 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from . import _validate, functional
-
-_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+from . import _cells, _validate, functional
 
 # Arrays in and out of the modules: float32 or float64, as the module's dtype says (a type
 # checker cannot follow a dtype chosen at run time, hence np.floating).
@@ -97,7 +95,7 @@ class _RNNBase(Generic[_State]):
         return [n + suffix for n in names]
 
     def _param_shapes(self) -> Dict[str, tuple]:
-        gh, H = _GATES[self.mode] * self.hidden_size, self.hidden_size
+        gh, H = _cells.num_gates(self.mode) * self.hidden_size, self.hidden_size
         shapes: Dict[str, tuple] = {}
         for layer in range(self.num_layers):
             for direction in range(self.num_directions):
@@ -121,7 +119,7 @@ class _RNNBase(Generic[_State]):
 
     @property
     def _has_cell_state(self) -> bool:
-        return self.mode == "lstm"
+        return _cells.has_cell_state(self.mode)
 
     # ---- weights in and out, as torch's modules do --------------------------------------------
     def state_dict(self) -> Dict[str, _Array]:
@@ -380,10 +378,10 @@ class RNN(_RNNBase[_Array]):
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, dtype: DTypeLike = np.float32,
                  seed: Optional[int] = None) -> None:
-        if nonlinearity not in ("tanh", "relu"):
+        if nonlinearity not in _cells.VANILLA_MODES:
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
-        super().__init__("rnn_" + nonlinearity, input_size, hidden_size, num_layers, bias,
+        super().__init__(_cells.VANILLA_MODES[nonlinearity], input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, dtype, seed)
 
 

@@ -27,11 +27,10 @@ from collections import namedtuple
 
 import numpy as np
 
-from .errors import DtypeError, LengthsError
+from . import _cells, _validate
+from ._cells import MODES, num_gates
 
 __all__ = ["MODES", "num_gates", "layer_forward", "layer_backward"]
-
-MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,26 +129,20 @@ def _gru_backward(cache, dh, dc):
     return dxp, dhp, dh * z, None
 
 
-_Cell = namedtuple("_Cell", ["gates", "has_c", "forward", "backward"])
+_CellSteps = namedtuple("_CellSteps", ["gates", "has_c", "forward", "backward"])
 
-_CELLS = {
-    "rnn_tanh": _Cell(1, False, _rnn_tanh_forward, _rnn_tanh_backward),
-    "rnn_relu": _Cell(1, False, _rnn_relu_forward, _rnn_relu_backward),
-    "lstm": _Cell(4, True, _lstm_forward, _lstm_backward),
-    "gru": _Cell(3, False, _gru_forward, _gru_backward),
+# This file's math for each cell of fastrnn._cells (which gives gates and has_c).
+_STEPS = {
+    "rnn_tanh": (_rnn_tanh_forward, _rnn_tanh_backward),
+    "rnn_relu": (_rnn_relu_forward, _rnn_relu_backward),
+    "lstm": (_lstm_forward, _lstm_backward),
+    "gru": (_gru_forward, _gru_backward),
 }
 
 
 def _get_cell(mode):
-    try:
-        return _CELLS[mode]
-    except (KeyError, TypeError):
-        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}") from None
-
-
-def num_gates(mode):
-    """Number of gates G of a mode: 1 for 'rnn_tanh' and 'rnn_relu', 4 for 'lstm', 3 for 'gru'."""
-    return _get_cell(mode).gates
+    spec = _cells.cell(mode)
+    return _CellSteps(spec.gates, spec.has_cell_state, *_STEPS[spec.mode])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +208,7 @@ def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *,
     """
     cell = _get_cell(mode)
     x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths = _check_forward_args(
-        mode, cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths
+        mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths
     )
     T, B, _ = x.shape
     R = h0.shape[1]  # state and output size: H, or P with a projection
@@ -278,19 +271,17 @@ def layer_backward(saved, dy, dh_n=None, dc_n=None):
             f"..., training=True), got {type(saved).__name__}"
         )
     s = saved
-    cell = _CELLS[s.mode]
+    cell = _get_cell(s.mode)
     T, B, I = s.x.shape
     R = s.weight_hh.shape[1]
     H = s.weight_ih.shape[0] // cell.gates
     dtype = s.x.dtype
-    dy = _check_array("dy", dy, (T, B, R), dtype)
-    dh = np.zeros((B, R), dtype) if dh_n is None else _check_array("dh_n", dh_n, (B, R), dtype)
-    if cell.has_c:
-        dc = np.zeros((B, H), dtype) if dc_n is None else _check_array("dc_n", dc_n, (B, H), dtype)
-    else:
-        if dc_n is not None:
-            raise ValueError(f"dc_n: expected None for mode {s.mode!r} (it has no cell state)")
-        dc = None
+    _validate.final_state_grads(s.mode, _validate.LayerSizes(T, B, I, H, R if R != H else 0),
+                                *(None if a is None else np.asarray(a) for a in (dy, dh_n, dc_n)),
+                                dtype=str(dtype))
+    dy = np.asarray(dy)
+    dh = np.zeros((B, R), dtype) if dh_n is None else np.asarray(dh_n)
+    dc = (np.zeros((B, H), dtype) if dc_n is None else np.asarray(dc_n)) if cell.has_c else None
 
     dxp_all = np.zeros((T, B, cell.gates * H), dtype)
     dhp_all = np.zeros((T, B, cell.gates * H), dtype)
@@ -336,69 +327,16 @@ def layer_backward(saved, dy, dh_n=None, dc_n=None):
 # 3. Argument validation
 # ---------------------------------------------------------------------------------------------
 
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _check_array(name, a, shape, dtype):
-    a = np.asarray(a)
-    if a.dtype != dtype:
-        raise DtypeError(f"{name}: expected dtype {dtype}, got {a.dtype}")
-    if a.shape != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {a.shape}")
-    return a
-
-
-def _check_forward_args(mode, cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+def _check_forward_args(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
                         lengths):
-    x = np.asarray(x)
-    if x.dtype not in _DTYPES:
-        raise DtypeError(f"x: expected dtype float32 or float64, got {x.dtype}")
-    if x.ndim != 3:
-        raise ValueError(f"x: expected 3 dimensions (T, B, I), got shape {x.shape}")
-    T, B, I = x.shape
-    weight_ih = np.asarray(weight_ih)
-    if weight_ih.ndim != 2 or weight_ih.shape[0] % cell.gates:
-        raise ValueError(f"weight_ih: expected shape (G*H, I) with G = {cell.gates}, "
-                         f"got {weight_ih.shape}")
-    GH = weight_ih.shape[0]
-    H = GH // cell.gates
-    R = H  # state size
-    if weight_hr is not None:
-        if mode != "lstm":
-            raise ValueError(f"weight_hr: expected None for mode {mode!r} (only an LSTM projects)")
-        weight_hr = np.asarray(weight_hr)
-        if weight_hr.ndim != 2 or not 0 < weight_hr.shape[0] < H:
-            raise ValueError(f"weight_hr: expected shape (P, H={H}) with 0 < P < H, "
-                             f"got {weight_hr.shape}")
-        R = weight_hr.shape[0]
-        weight_hr = _check_array("weight_hr", weight_hr, (R, H), x.dtype)
-    h0 = _check_array("h0", h0, (B, R), x.dtype)
-    if cell.has_c:
-        if c0 is None:
-            raise ValueError(f"c0: expected an array of shape {(B, H)} for mode {mode!r}, got None")
-        c0 = _check_array("c0", c0, (B, H), x.dtype)
-    elif c0 is not None:
-        raise ValueError(f"c0: expected None for mode {mode!r} (it has no cell state)")
-    weight_ih = _check_array("weight_ih", weight_ih, (GH, I), x.dtype)
-    weight_hh = _check_array("weight_hh", weight_hh, (GH, R), x.dtype)
-    if (bias_ih is None) != (bias_hh is None):
-        raise ValueError("bias_ih, bias_hh: expected both arrays or both None, got one of each")
-    if bias_ih is not None:
-        bias_ih = _check_array("bias_ih", bias_ih, (GH,), x.dtype)
-        bias_hh = _check_array("bias_hh", bias_hh, (GH,), x.dtype)
-    if lengths is not None:
-        lengths = np.asarray(lengths)
-        if lengths.dtype.kind not in "iu":
-            raise LengthsError(f"lengths: expected an integer array, got dtype {lengths.dtype}")
-        if lengths.shape != (B,):
-            raise LengthsError(f"lengths: expected shape {(B,)}, got {lengths.shape}")
-        lengths = lengths.astype(np.int64)
-        if B > 0 and (lengths.min() < 1 or lengths.max() > T):
-            raise LengthsError(
-                f"lengths: expected values in [1, T={T}], "
-                f"got min {lengths.min()}, max {lengths.max()}"
-            )
-    return x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths
+    """The arrays as ndarrays, checked by fastrnn._validate (the checks every entry point
+    shares); the reference also runs empty batches (B = 0)."""
+    arrays = [None if a is None else np.asarray(a)
+              for a in (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)]
+    sizes = _validate.layer_arrays(mode, *arrays, float_dtypes=("float32", "float64"),
+                                   nonempty=False)
+    lengths = _validate.lengths(lengths, sizes.B, sizes.T)
+    return (*arrays, lengths)
 
 
 # ---------------------------------------------------------------------------------------------
