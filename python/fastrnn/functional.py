@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _cells, _core, _device_arrays, _validate
 from . import cuda as _cuda_api
-from ._cells import MODES, check_mode, num_gates
+from ._cells import MODES, check_mode, num_gates  # noqa: F401 (public here since 0.1)
 
 
 def _contiguous(a):

@@ -44,8 +44,7 @@ if __name__ == "__main__":  # run as the fuzzing child: conftest lives in tests/
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import assert_close, run_fuzz_child  # noqa: E402
 
-MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+from fastrnn._cells import MODES, num_gates  # noqa: E402
 
 
 def _classes(mode):
@@ -554,7 +553,7 @@ def _layer_setup(rng):
     s.T, s.B, s.I, s.H = (int(rng.integers(1, 5)), int(rng.integers(1, 4)),
                           int(rng.integers(1, 5)), int(rng.integers(2, 6)))
     s.P = int(rng.integers(1, s.H)) if s.lstm and rng.random() < 0.4 else 0
-    R, GH = s.P or s.H, _GATES[mode] * s.H
+    R, GH = s.P or s.H, num_gates(mode) * s.H
     s.dtype = np.dtype(_pick(rng, ("float32", "float64")))
     bias = bool(rng.integers(2))
     shapes = dict(x=(s.T, s.B, s.I), h0=(s.B, R), c0=(s.B, s.H) if s.lstm else None,
@@ -746,7 +745,7 @@ def case_functional_backward(rng):
             state, detail = dataclasses.replace(state, x=x), f"state.x {kind}"
         elif field == "mode":
             other = [m for m in MODES + ("lstm2", "") if m in ("lstm2", "")
-                     or _GATES[m] != _GATES[s.mode]]
+                     or num_gates(m) != num_gates(s.mode)]
             mode = _pick(rng, other)
             state = dataclasses.replace(state, mode=mode)
             detail, expect = f"state.mode {mode!r}", (KeyError, ValueError)

@@ -19,7 +19,7 @@ import fastrnn
 from fastrnn import functional, reference
 from conftest import assert_close, cast_inputs, make_layer_inputs, random_lengths
 
-MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+from fastrnn._cells import MODES  # noqa: E402
 DTYPES = (np.float32, np.float64)
 GRAD_NAMES = ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
@@ -400,7 +400,7 @@ def test_module_dropout_same_seed_matches_reference(mode, dtype):
     assert not np.allclose(y_eval, y)
 
 
-@pytest.mark.parametrize("mode", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
+@pytest.mark.parametrize("mode", MODES)
 def test_nan_and_inf_propagate_like_the_reference(mode):
     """A NaN or Inf in the input reaches the same outputs as in the reference."""
     from fastrnn import functional, reference
@@ -430,7 +430,7 @@ def test_nan_and_inf_propagate_like_the_reference(mode):
         np.testing.assert_allclose(g[finite], w[finite], rtol=1e-12, atol=1e-12, err_msg=name)
 
 
-@pytest.mark.parametrize("mode", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (3, 1, 1, 1), (1, 1, 5, 1), (2, 1, 3, 2),
                                      (1, 2, 1, 1)])
 def test_degenerate_sizes_every_gemm_shape(mode, T, B, I, H):

@@ -17,7 +17,7 @@ import fastrnn
 from fastrnn import functional, reference
 from conftest import assert_close, make_layer_inputs, random_lengths
 
-MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+from fastrnn._cells import MODES  # noqa: E402
 GRADS = ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
 # (T, B, I, H)
 # The last two run backward in several chunks of steps (layer_impl.h: backward_chunk_steps),

@@ -73,7 +73,7 @@ SCENARIO_TIMEOUT_S = 600 if SANITIZED else 180   # a deadlock fails the test aft
 #   proj_size: the per-step BLAS path; B = 1 with W_hh over 2^19 weights and T < 128: per-step GEMV;
 #   H >= ~100 with enough work per step: more than one team member; tiny sizes: one member.
 # ---------------------------------------------------------------------------------------------
-_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+from fastrnn._cells import num_gates  # noqa: E402
 
 # (mode, T, B, I, H, P, dtype, reverse, with lengths, bias)
 LAYER_JOBS = [
@@ -108,7 +108,7 @@ def _layer_job(index):
 
     mode, T, B, I, H, P, dtype, reverse, with_lengths, bias = LAYER_JOBS[index]
     rng = np.random.default_rng(100 + index)
-    R, GH, k = P or H, _GATES[mode] * H, 1.0 / np.sqrt(H)
+    R, GH, k = P or H, num_gates(mode) * H, 1.0 / np.sqrt(H)
 
     def arr(*shape, scale=1.0):
         return (scale * rng.uniform(-1, 1, shape)).astype(dtype)
@@ -448,7 +448,7 @@ def scenario_gemv_next_to_gemm():
 
     fastrnn.set_num_threads(FIXED_THREADS)
     gemv = next(i for i, j in enumerate(LAYER_JOBS)
-                if j[2] == 1 and _GATES[j[0]] * j[4] ** 2 > 1 << 19 and j[1] < 128)
+                if j[2] == 1 and num_gates(j[0]) * j[4] ** 2 > 1 << 19 and j[1] < 128)
     gemm = next(i for i, j in enumerate(LAYER_JOBS)
                 if 1 < j[2] < 8 and j[5] == 0 and j[4] >= 96)
     jobs = []
