@@ -1,8 +1,24 @@
-"""Shared test helpers: the tolerance table, ``assert_close`` and random layer inputs.
+"""Shared test helpers: the tolerance tables, ``assert_close`` and random layer inputs.
 
-Every comparison between two implementations goes through :func:`assert_close`, which prints
-the largest absolute and relative difference before it asserts (DESIGN.md §8), and takes its
-tolerance from the one table :data:`TOLERANCES`, keyed by the dtype of the computation.
+Where a test goes (the folders mirror the architecture; docs/design.md §2):
+
+- ``reference/``: the NumPy reference on its own (finite differences in float64, torch.nn).
+- ``cpu/``: the C++ core against the reference: every cell, direction, size, ISA variant, the
+  team recurrence, workspace sizes.
+- ``api/``: the Python API's contracts: argument validation and its messages, typing, fuzzing
+  with malformed and random calls.
+- ``runtime/``: threads, determinism, concurrency, memory, subnormals, leaks, stress.
+- ``torch_adapter/``: ``fastrnn.torch`` against ``torch.nn`` (modules, parity, malformed input).
+- ``cuda/``: the CUDA backend: GPU tests (marked ``cuda``), what a machine without a GPU can check,
+  and the host emulation of the kernels; shared helpers in ``cuda/cuda_helpers.py``.
+- ``tools/``: the benchmark CLI, the examples, the README's and the docs' code.
+
+A new cell needs no new test file: the cell lists come from ``fastrnn._cells``. Test files have
+unique names across folders (the folders are not packages). Every comparison between two
+implementations goes through :func:`assert_close` (or ``cuda_helpers.assert_rel_close``), which
+prints the largest difference before it asserts (docs/design.md §8), with a tolerance from the
+tables below: :data:`TOLERANCES` (CPU, keyed by the dtype of the computation) and
+:data:`GPU_TOLERANCES` (the CUDA backend, relative error over a whole array).
 """
 from __future__ import annotations
 
@@ -73,6 +89,34 @@ TOLERANCES = {
     "reference_torch_f64": 1e-10,
     # one sequence run alone against the same sequence inside a padded batch.
     "reference_truncated_f64": 1e-12,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tolerances: bounds on ||actual - expected||_2 / ||expected||_2 over one whole array, keyed by
+# the dtype the GPU computed in; "output" for y, h_n, c_n, "grad" for every gradient.
+#
+# The expected values are float64 computed from exactly the numbers the GPU saw (inputs, weights
+# and output gradients rounded to the dtype first), so the difference is the GPU's own rounding:
+# - float32: GEMMs in float32 (TF32 off), pointwise math in float32 with accurate expf/tanhf;
+#   expect 1e-7..1e-6.
+# - tf32 (only where a test turns torch's TF32 switch on): the cuBLAS GEMMs round their inputs
+#   to 10-bit mantissas (2^-11); an emulation of that on the tested layers gave up to 1e-3 for
+#   outputs and 2e-3 for gradients.
+# - float16 (unit roundoff 2^-11 = 4.9e-4) and bfloat16 (2^-8 = 3.9e-3): the pointwise math is
+#   float32, but the state h is stored in the dtype every step and the error of each step is
+#   carried through the next ones; the pre-activation gradients are stored in the dtype too.
+#   A CPU emulation of exactly these roundings, run through this file's tests (same seeds,
+#   sizes and modules), stayed within 0.35x of these bounds.
+# - float64: torch.nn's own float64 implementation against itself (the fallback test).
+# A wrong gate, sign, step, index or a missed element gives 1e-1 .. 1.
+# ---------------------------------------------------------------------------------------------
+GPU_TOLERANCES = {
+    "float32": {"output": 1e-5, "grad": 1e-4},
+    "tf32": {"output": 5e-3, "grad": 1e-2},
+    "float16": {"output": 5e-3, "grad": 1e-2},
+    "bfloat16": {"output": 1e-2, "grad": 2e-2},
+    "float64": {"output": 1e-10, "grad": 1e-10},
 }
 
 
