@@ -362,3 +362,20 @@ def _run_layer(mode, dtype, size, *, P=0, bias=True, reverse=False, lengths_kind
             "output_grads": gd}
 
 
+def _all_finite(label, tensors):
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        bad = int((~torch.isfinite(t)).sum())
+        assert bad == 0, f"{label}: {bad} of {t.numel()} elements of {name} are not finite"
+
+
+def _late_copy_on(stream, src):
+    """``src`` copied into a NaN-filled tensor on ``stream`` after ~10 ms of GPU sleep: work on any
+    other stream that does not wait for ``stream`` reads NaN."""
+    with torch.cuda.stream(stream):
+        out = torch.full_like(src, float("nan"))
+        if hasattr(torch.cuda, "_sleep"):
+            torch.cuda._sleep(20_000_000)
+        out.copy_(src)
+    return out

@@ -12,6 +12,7 @@ import pytest
 import fastrnn
 from fastrnn import functional
 from cuda_helpers import (  # noqa: F401 (fixtures are used by name)
+    _late_copy_on,
     assert_rel_close, DTYPES, gpu, _gpu_forward, GRAD_NAMES, _host64, _host_inputs, _run_layer,
     _seed, _to_device, TORCH_DTYPES, _true_float32, torch,
 )
@@ -235,15 +236,6 @@ def test_non_contiguous_inputs(algo):
 # GPU: streams
 # ---------------------------------------------------------------------------------------------
 
-def _late_copy_on(stream, src):
-    """``src`` copied into a NaN-filled tensor on ``stream`` after ~10 ms of GPU sleep: work on any
-    other stream that does not wait for ``stream`` reads NaN."""
-    with torch.cuda.stream(stream):
-        out = torch.full_like(src, float("nan"))
-        if hasattr(torch.cuda, "_sleep"):
-            torch.cuda._sleep(20_000_000)
-        out.copy_(src)
-    return out
 
 
 @gpu

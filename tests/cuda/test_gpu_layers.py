@@ -11,6 +11,7 @@ import pytest
 import fastrnn
 from fastrnn import functional
 from cuda_helpers import (  # noqa: F401 (fixtures are used by name)
+    _all_finite,
     ALGOS, assert_rel_close, CELL_CODES, DTYPE_CODES, DTYPES, gpu, _gpu_forward, GRAD_NAMES,
     _host64, _host_inputs, MODES, PERSISTENT_MAX_BATCH, poison, _run_layer, _seed, tf32_on,
     _to_device, _true_float32, torch,
@@ -186,12 +187,6 @@ def test_device_queries():
 # GPU: poisoned buffers -- every output and gradient element is written
 # ---------------------------------------------------------------------------------------------
 
-def _all_finite(label, tensors):
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        bad = int((~torch.isfinite(t)).sum())
-        assert bad == 0, f"{label}: {bad} of {t.numel()} elements of {name} are not finite"
 
 
 @gpu

@@ -14,6 +14,7 @@ import pytest
 
 import fastrnn
 from cuda_helpers import (  # noqa: F401 (fixtures are used by name)
+    _all_finite, _late_copy_on,
     assert_rel_close, DTYPES, gpu, _host64, poison, _seed, TORCH_DTYPES, _true_float32, torch,
 )
 
