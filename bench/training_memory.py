@@ -19,7 +19,7 @@ import json
 import subprocess
 import sys
 
-CONFIGS = [  # (cell, T, B, H), input size I = H: rows of the DESIGN.md section 5 CPU suite
+CONFIGS = [  # (cell, T, B, H), input size I = H: rows of the docs/design.md §5 CPU suite
     ("lstm", 150, 1, 256), ("lstm", 150, 16, 256), ("lstm", 150, 64, 256),
     ("lstm", 25, 64, 1024), ("gru", 187, 1, 512), ("gru", 187, 32, 512),
     ("rnn_tanh", 50, 64, 1024),

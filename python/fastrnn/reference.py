@@ -6,7 +6,7 @@ classes can run on either. Everything is plain NumPy and computes in the dtype o
 (float32 or float64); float64 is what the finite-difference tests use.
 
 Math and conventions are those of PyTorch's ``torch.nn.RNN`` / ``LSTM`` / ``GRU``
-(see DESIGN.md section 1), so weights move across unchanged:
+(see docs/design.md §1), so weights move across unchanged:
 
 - ``rnn_tanh`` / ``rnn_relu``:  h' = act(W_ih x + b_ih + W_hh h + b_hh)
 - ``lstm``, gate order i, f, g, o:
