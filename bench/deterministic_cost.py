@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 import fastrnn
+from fastrnn import _cells
 from fastrnn import functional as F
 
 CONFIGS = [("lstm", 150, 64, 256, 256), ("lstm", 25, 16, 1024, 1024), ("gru", 100, 32, 512, 512),
@@ -16,10 +17,10 @@ CONFIGS = [("lstm", 150, 64, 256, 256), ("lstm", 25, 16, 1024, 1024), ("gru", 10
 
 def layer_args(mode, T, B, I, H):
     rng = np.random.default_rng(1)
-    G = {"lstm": 4, "gru": 3}.get(mode, 1)
+    G = _cells.num_gates(mode)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     h0 = np.zeros((B, H), np.float32)
-    c0 = np.zeros((B, H), np.float32) if mode == "lstm" else None
+    c0 = np.zeros((B, H), np.float32) if _cells.has_cell_state(mode) else None
     w_ih = (0.05 * rng.standard_normal((G * H, I))).astype(np.float32)
     w_hh = (0.05 * rng.standard_normal((G * H, H))).astype(np.float32)
     b = np.zeros(G * H, np.float32)

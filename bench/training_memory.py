@@ -25,13 +25,13 @@ CONFIGS = [  # (cell, T, B, H), input size I = H: rows of the docs/design.md §5
     ("rnn_tanh", 50, 64, 1024),
 ]
 IMPLEMENTATIONS = ("torch.nn", "fastrnn.torch")
-CLASSES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN"}
 
 CHILD = r"""
 import json, resource, sys
 import torch
 impl, cell, T, B, H = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
-cls = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN"}[cell]
+from fastrnn import _cells
+cls = _cells.cell(cell).torch_class
 if impl == "fastrnn.torch":
     import fastrnn.torch as namespace
 else:
@@ -59,8 +59,8 @@ def measure(impl: str, cell: str, T: int, B: int, H: int) -> int:
 
 
 def fastrnn_sizes(cell: str, T: int, B: int, H: int) -> dict:
-    from fastrnn import _core
-    code = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}[cell]
+    from fastrnn import _cells, _core
+    code = _cells.cell(cell).code
     reserve = _core.reserve_size(code, T, B, H, H)
     fwd_train, _, backward = _core.workspace_sizes(code, T, B, H, H)
     return {"reserve_bytes": 4 * reserve, "scratch_bytes": 4 * max(fwd_train, backward)}
