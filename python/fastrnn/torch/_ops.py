@@ -1,0 +1,279 @@
+"""One layer and direction on fastrnn's kernels: the bridges, the custom operators, autograd.
+
+:func:`layer` is what the modules call. It runs the bridge to the C++ core (:func:`_core_forward`,
+which hands CUDA tensors to :func:`_cuda_forward`), directly in eager mode -- through
+:class:`_LayerFunction` when a gradient is wanted -- and through the custom operators
+``fastrnn::layer_forward`` / ``fastrnn::layer_backward`` under torch.compile, which keeps them as
+single nodes with shape functions. Backward runs the core's BPTT; a double backward, which the
+core cannot differentiate, recomputes the layer with torch's kernels (``_fallback``).
+
+The bridges are looked up on the package (``fastrnn.torch._core_forward``, ...) at each call, so
+that replacing them there takes effect: tests spy on them, or route the layer calls to the CUDA
+functions over the CUDA emulator.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+import fastrnn.torch as _package  # the package, for the bridges (see above); not PyTorch
+from .. import _core
+from .. import cuda as _cuda_api
+from .._cells import CELLS
+from ._fallback import _warn_once, torch_layer_grads
+from ._runtime import follow_torch_threads
+
+_SPECS_BY_CODE = {spec.code: spec for spec in CELLS.values()}  # the ``cell`` argument is a code
+_CUDA_DTYPE_CODES = {getattr(torch, name): _cuda_api.dtype_code(name) for name in _cuda_api.DTYPES}
+ALGO_CODES = _cuda_api._ALGO_CODES  # the ``algo`` argument: a code of fastrnn.cuda.ALGOS
+
+
+# ---- one layer, one direction, on the core ---------------------------------------------------
+# Tensors cross as NumPy views of their storage (detach() only drops autograd; nothing is copied),
+# results come back through torch.from_numpy. Absent outputs travel as empty tensors because a custom
+# operator's outputs must all be tensors (each its own: outputs may not alias one another).
+
+def _np(t: Optional[Tensor]):
+    if t is None:
+        return None
+    if t.requires_grad:
+        t = t.detach()
+    try:
+        return t.numpy()
+    except RuntimeError:  # a negative-bit view (torch._neg_view) must be resolved first
+        return t.resolve_neg().numpy()
+
+
+def _core_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell: int, reverse: bool,
+                  save: bool, algo: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    if x.is_cuda:
+        return _cuda_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse,
+                             save, algo)
+    follow_torch_threads()
+    y, h_n, c_n, reserve = _core.layer_forward(
+        cell, _np(x), _np(h0), _np(c0), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(w_hr),
+        _np(lengths), reverse, save)
+    return (torch.from_numpy(y), torch.from_numpy(h_n),
+            x.new_empty(0) if c_n is None else torch.from_numpy(c_n),
+            x.new_empty(0) if reserve is None else torch.from_numpy(reserve))
+
+
+def _core_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy, dh_n, dc_n,
+                   cell: int, reverse: bool, algo: int) -> List[Tensor]:
+    if x.is_cuda:
+        return _cuda_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy,
+                              dh_n, dc_n, cell, reverse, algo)
+    follow_torch_threads()
+    grads = _core.layer_backward(
+        cell, _np(x), _np(h0), _np(c0), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(w_hr),
+        _np(lengths), reverse, _np(reserve), _np(dy), _np(dh_n), _np(dc_n))
+    return [x.new_empty(0) if g is None else torch.from_numpy(g) for g in grads]
+
+
+# ---- the same on CUDA tensors: fastrnn's CUDA kernels (fastrnn.cuda) --------------------------
+# Zero-copy: the kernels read the tensors' storage and write outputs torch allocated, all on
+# torch's current stream of the tensors' device; float32 GEMMs use TF32 only when torch allows it.
+# The reserve is raw bytes (uint8); scratch comes from torch's caching allocator for each call.
+
+def _cuda_empty(shape, dtype, device) -> Tensor:
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if _cuda_api.poisoning() and t.numel():  # tests: unwritten elements show as NaN
+        t.view(torch.uint8).fill_(0xFF)
+    return t
+
+
+def _addr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else int(t.data_ptr())
+
+
+def _cuda_problem(x, w_hh, w_hr, cell: int):
+    T, B, I = x.shape
+    H = w_hh.shape[0] // _SPECS_BY_CODE[cell].gates
+    P = w_hr.shape[0] if w_hr is not None else 0
+    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    return (T, B, I, H, P), device, _CUDA_DTYPE_CODES[x.dtype]
+
+
+def _cuda_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, save, algo):
+    shape, device, dtype = _cuda_problem(x, w_hh, w_hr, cell)
+    T, B, I, H, P = shape
+    R = P if P else H
+    plan = _cuda_api.plan(cell, dtype, T, B, I, H, P, _cuda_api.ALGOS[algo], device, save)
+    y = _cuda_empty((T, B, R), x.dtype, x.device)
+    h_n = _cuda_empty((B, R), x.dtype, x.device)
+    c_n = _cuda_empty((B, H), x.dtype, x.device) if c0 is not None else x.new_empty(0)
+    reserve = (_cuda_empty((plan.reserve_bytes,), torch.uint8, x.device) if save
+               else x.new_empty(0))
+    workspace = _cuda_empty((plan.forward_scratch,), torch.uint8, x.device)
+    lengths_dev = lengths.to(x.device, torch.int64) if lengths is not None else None
+    _cuda_api.forward(cell, dtype, shape, reverse, plan, _cuda_api.torch_allows_tf32(), device,
+                      torch.cuda.current_stream(x.device).cuda_stream,
+                      {"x": _addr(x), "h0": _addr(h0), "c0": _addr(c0), "w_ih": _addr(w_ih),
+                       "w_hh": _addr(w_hh), "b_ih": _addr(b_ih), "b_hh": _addr(b_hh),
+                       "w_hr": _addr(w_hr), "lengths": _addr(lengths_dev), "y": _addr(y),
+                       "h_n": _addr(h_n), "c_n": _addr(c_n) if c0 is not None else 0,
+                       "reserve": _addr(reserve) if save else 0, "workspace": _addr(workspace)})
+    return y, h_n, c_n, reserve
+
+
+def _cuda_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy, dh_n, dc_n,
+                   cell, reverse, algo) -> List[Tensor]:
+    shape, device, dtype = _cuda_problem(x, w_hh, w_hr, cell)
+    T, B, I, H, P = shape
+    plan = _cuda_api.plan(cell, dtype, T, B, I, H, P, _cuda_api.ALGOS[algo], device, True)
+    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    grads = [_cuda_empty(t.shape, x.dtype, x.device) if t is not None else None for t in inputs]
+    workspace = _cuda_empty((plan.backward_scratch,), torch.uint8, x.device)
+    lengths_dev = lengths.to(x.device, torch.int64) if lengths is not None else None
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
+    _cuda_api.backward(cell, dtype, shape, reverse, plan, _cuda_api.torch_allows_tf32(), device,
+                       torch.cuda.current_stream(x.device).cuda_stream,
+                       {"x": _addr(x), "h0": _addr(h0), "c0": _addr(c0), "w_ih": _addr(w_ih),
+                        "w_hh": _addr(w_hh), "b_ih": _addr(b_ih), "b_hh": _addr(b_hh),
+                        "w_hr": _addr(w_hr), "lengths": _addr(lengths_dev),
+                        "reserve": _addr(reserve), "dy": _addr(dy), "dh_n": _addr(dh_n),
+                        "dc_n": _addr(dc_n), "dx": _addr(dx), "dh0": _addr(dh0),
+                        "dc0": _addr(dc0), "dw_ih": _addr(dw_ih), "dw_hh": _addr(dw_hh),
+                        "db_ih": _addr(db_ih), "db_hh": _addr(db_hh), "dw_hr": _addr(dw_hr),
+                        "workspace": _addr(workspace)})
+    return [x.new_empty(0) if g is None else g for g in grads]
+
+
+# Custom operators: what torch.compile sees. Eager calls skip the dispatcher (it costs ~20 us per
+# call with autograd) and go through _LayerFunction; both run the bridges above.
+
+@torch.library.custom_op("fastrnn::layer_forward", mutates_args=())
+def _layer_forward_op(x: Tensor, h0: Tensor, c0: Optional[Tensor], weight_ih: Tensor,
+                      weight_hh: Tensor, bias_ih: Optional[Tensor], bias_hh: Optional[Tensor],
+                      weight_hr: Optional[Tensor], lengths: Optional[Tensor], cell: int,
+                      reverse: bool, save: bool, algo: int
+                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y, h_n, c_n or empty, reserve or empty) of one layer and direction."""
+    return _package._core_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                                  lengths, cell, reverse, save, algo)
+
+
+@_layer_forward_op.register_fake
+def _(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, cell, reverse,
+      save, algo):
+    T, B = x.shape[0], x.shape[1]
+    H = weight_hh.shape[0] // _SPECS_BY_CODE[cell].gates
+    R = weight_hh.shape[1]
+    P = weight_hr.shape[0] if weight_hr is not None else 0
+    c_n = x.new_empty((B, H)) if c0 is not None else x.new_empty(0)
+    if save and x.device.type == "cuda":  # bytes (the CUDA reserve mixes float and the dtype)
+        per_slot, per_step = _cuda_api.reserve_widths(cell, H, P, _CUDA_DTYPE_CODES[x.dtype])
+        reserve = x.new_empty(((T + 1) * B * per_slot + T * B * per_step,), dtype=torch.uint8)
+    elif save:
+        per_slot, per_step = _core.reserve_widths(cell, H, P)
+        reserve = x.new_empty(((T + 1) * B * per_slot + T * B * per_step,))
+    else:
+        reserve = x.new_empty(0)
+    return x.new_empty((T, B, R)), x.new_empty((B, R)), c_n, reserve
+
+
+@torch.library.custom_op("fastrnn::layer_backward", mutates_args=())
+def _layer_backward_op(x: Tensor, h0: Tensor, c0: Optional[Tensor], weight_ih: Tensor,
+                       weight_hh: Tensor, bias_ih: Optional[Tensor], bias_hh: Optional[Tensor],
+                       weight_hr: Optional[Tensor], lengths: Optional[Tensor], reserve: Tensor,
+                       dy: Tensor, dh_n: Tensor, dc_n: Optional[Tensor], cell: int,
+                       reverse: bool, algo: int) -> List[Tensor]:
+    """Gradients (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr); absent: empty."""
+    return _package._core_backward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                                   lengths, reserve, dy, dh_n, dc_n, cell, reverse, algo)
+
+
+@_layer_backward_op.register_fake
+def _(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reserve, dy, dh_n,
+      dc_n, cell, reverse, algo):
+    return [torch.empty_like(t) if t is not None else x.new_empty(0)
+            for t in (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)]
+
+
+# ---- autograd --------------------------------------------------------------------------------
+
+def _layer_grads(saved: Tuple, reserve: Tensor, cell: int, reverse: bool, algo: int, dy, dh_n,
+                 dc_n, needs_grad) -> List[Optional[Tensor]]:
+    """Gradients of the nine tensor inputs of a layer call (None where not needed or absent)."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths = saved
+    if torch.is_grad_enabled():  # create_graph=True: the core's backward is not differentiable
+        _warn_once("double backward (create_graph=True) is not in the core")
+        return torch_layer_grads(saved, _SPECS_BY_CODE[cell].mode, reverse, dy, dh_n, dc_n,
+                                 needs_grad)
+    dy = x.new_zeros(x.shape[0], x.shape[1], h0.shape[1]) if dy is None else dy.contiguous()
+    dh_n = torch.zeros_like(h0) if dh_n is None else dh_n.contiguous()
+    if c0 is not None:
+        dc_n = torch.zeros_like(c0) if dc_n is None else dc_n.contiguous()
+    else:
+        dc_n = None
+    if torch.compiler.is_compiling():
+        grads = _layer_backward_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve,
+                                   dy, dh_n, dc_n, cell, reverse, algo)
+    else:
+        grads = _package._core_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
+                                        reserve, dy, dh_n, dc_n, cell, reverse, algo)
+    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    return [g if (t is not None and need) else None
+            for g, t, need in zip(grads, inputs, needs_grad)] + [None]
+
+
+class _LayerFunction(torch.autograd.Function):
+    """Eager autograd node of one layer and direction (the custom operator's twin)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, save,
+                algo):
+        y, h_n, c_n, reserve = _package._core_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                      lengths, cell, reverse, save, algo)
+        ctx.saved = save
+        if save:  # the reserve too, so that saved-tensor hooks (checkpoint, offload) see it
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve)
+            ctx.cell, ctx.reverse, ctx.algo = cell, reverse, algo
+        if c0 is None:
+            ctx.mark_non_differentiable(c_n)
+        return y, h_n, c_n
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n):
+        if not ctx.saved:
+            raise RuntimeError("fastrnn.torch: this layer ran without saving for backward")
+        *saved, reserve = ctx.saved_tensors
+        grads = _layer_grads(tuple(saved), reserve, ctx.cell, ctx.reverse, ctx.algo, dy, dh_n,
+                             dc_n, ctx.needs_input_grad[:8])
+        return (*grads, None, None, None, None)
+
+
+def _op_setup_context(ctx, inputs, output):
+    *tensors, cell, reverse, save, algo = inputs
+    ctx.cell, ctx.reverse, ctx.algo = cell, reverse, algo
+    ctx.save_for_backward(*tensors, output[3])
+    ctx.has_cell = tensors[2] is not None
+
+
+def _op_backward(ctx, dy, dh_n, dc_n, d_reserve):
+    *saved, reserve = ctx.saved_tensors
+    grads = _layer_grads(tuple(saved), reserve, ctx.cell, ctx.reverse, ctx.algo, dy, dh_n,
+                         dc_n if ctx.has_cell else None, ctx.needs_input_grad[:8])
+    return (*grads, None, None, None, None)
+
+
+_layer_forward_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
+def layer(mode: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool,
+          algo: int = ALGO_CODES["auto"]):
+    """One layer and direction through the core: (y (T,B,R), h_n (B,R), c_n (B,H) or None).
+    ``algo`` (a code of fastrnn.cuda.ALGOS) matters on CUDA only."""
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    args = tuple(t.contiguous() if t is not None else None for t in tensors)
+    cell = CELLS[mode].code
+    if torch.compiler.is_compiling():
+        y, h_n, c_n, _ = _layer_forward_op(*args, lengths, cell, reverse, save, algo)
+    elif save:
+        y, h_n, c_n = _LayerFunction.apply(*args, lengths, cell, reverse, save, algo)
+    else:  # no gradient wanted: no autograd node either
+        y, h_n, c_n, _ = _package._core_forward(*args, lengths, cell, reverse, save, algo)
+    return y, h_n, (c_n if c0 is not None else None)
