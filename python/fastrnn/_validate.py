@@ -7,7 +7,7 @@ names the argument, what was expected and what came.
 from __future__ import annotations
 
 import numbers
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -181,3 +181,122 @@ def final_state_grads(mode: str, sizes: LayerSizes, dy, dh_n, dc_n, dtype: str) 
                                ("dc_n", dc_n, (B, H))):
         if value is not None:
             _shaped(value, name, shape, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# fastrnn.torch's own checks: what torch.nn does not check (its kernels would raise, broadcast a
+# bias, or read and write out of bounds), refused with a RuntimeError as torch's kernels raise,
+# naming the module's class (``owner``). Tensors arrive described by plain values (TensorInfo),
+# so that this module does not import torch.
+# ---------------------------------------------------------------------------------------------
+
+def torch_parameters(owner: str, names: Sequence[str], shapes: Sequence[tuple], mode: str, *,
+                     input_size: int, hidden_size: int, proj_size: int, num_layers: int,
+                     bidirectional: bool, bias: bool) -> None:
+    """A torch.nn RNN/LSTM/GRU's parameters (``names``, ``shapes`` in torch.nn's order: ih, hh,
+    [b_ih, b_hh], [hr] per layer and direction) fit the module's attributes; the first that does
+    not is named (parameters replaced, or attributes changed after construction)."""
+    D = 2 if bidirectional else 1
+    H, P = hidden_size, proj_size
+    R = P if P > 0 else H
+    GH = _cells.num_gates(mode) * H
+    per = 2 + (2 if bias else 0) + (1 if P > 0 else 0)  # tensors per layer, direction
+    if len(shapes) != num_layers * D * per:
+        raise RuntimeError(
+            f"{owner}: the module has the parameters {list(names)}, but its attributes "
+            f"(num_layers={num_layers}, bidirectional={bidirectional}, bias={bias}, "
+            f"proj_size={P}) want {num_layers * D * per}; were they changed after construction?")
+    for i, got in enumerate(shapes):
+        k = i % per
+        if k == 0:
+            shape = (GH, input_size if i < D * per else R * D)
+        elif k == 1:
+            shape = (GH, R)
+        elif P > 0 and k == per - 1:
+            shape = (P, H)
+        else:
+            shape = (GH,)
+        if tuple(got) != shape:
+            raise RuntimeError(
+                f"{owner}: parameter {names[i]}: expected shape {shape} (input_size={input_size}, "
+                f"hidden_size={H}, proj_size={P}, num_layers={num_layers}, "
+                f"bidirectional={bidirectional}), got {tuple(got)}")
+
+
+def torch_dropout(owner: str, dropout, training: bool, num_layers: int) -> None:
+    """The dropout probability, where a training stack applies it (an attribute changed after
+    construction: torch.nn checks it in its constructor only)."""
+    if training and num_layers > 1 and dropout != 0 and not 0 <= dropout <= 1:
+        raise RuntimeError(f"{owner}: dropout probability has to be between 0 and 1, but got "
+                           f"{dropout}")
+
+
+def torch_packed_state_ranks(owner: str, ranks: Sequence[int]) -> None:
+    """(hx, cx) of a packed LSTM call are 3-D (torch.nn's LSTM checks no packed call: its kernel
+    reads past such states)."""
+    if any(rank != 3 for rank in ranks):
+        raise RuntimeError(f"{owner}: for a PackedSequence input, hx and cx should be 3-D but got "
+                           f"({ranks[0]}-D, {ranks[1]}-D) tensors")
+
+
+class TensorInfo(NamedTuple):
+    """A tensor as the checks below see it."""
+
+    dtype: str                     # as torch prints it: "torch.int64"
+    shape: tuple
+    device: str                    # "cpu", "cuda:0", ...
+    strided: bool                  # a dense tensor (not sparse, mkldnn, ...)
+    values: Optional[np.ndarray]   # its values, for a strided CPU int64 tensor (else None)
+
+    @property
+    def device_type(self) -> str:
+        return self.device.split(":")[0]
+
+    def is_cpu_int64(self) -> bool:
+        return self.dtype == "torch.int64" and self.device_type == "cpu" and self.strided
+
+
+def torch_packed_sequence(owner: str, data_shape: tuple, batch_sizes: TensorInfo,
+                          sorted_indices: Union[TensorInfo, str, None],
+                          unsorted_indices: Union[TensorInfo, str, None]) -> None:
+    """A PackedSequence's fields, as torch.nn's packed path does not check them: batch_sizes a
+    1-D CPU int64 tensor of non-increasing, non-negative sizes (as pack_padded_sequence makes
+    them) that add up to the rows of data; sorted_indices and unsorted_indices (each may be None;
+    a str: the type name of something not a tensor) permutations of the batch, and one the
+    other's inverse when both are given (PackedSequence inverts whatever it is given, leaving
+    entries of a non-permutation uninitialised). torch's unpacking writes out of bounds for some
+    of these."""
+    problem = _packed_sequence_problem(data_shape, batch_sizes, sorted_indices, unsorted_indices)
+    if problem:
+        raise RuntimeError(f"{owner}: PackedSequence: {problem}")
+
+
+def _packed_sequence_problem(data_shape, batch_sizes, sorted_indices, unsorted_indices) -> str:
+    if not batch_sizes.is_cpu_int64() or len(batch_sizes.shape) != 1:
+        return (f"batch_sizes: expected a 1-D CPU int64 tensor, got a {len(batch_sizes.shape)}-D "
+                f"{batch_sizes.device_type} {batch_sizes.dtype} tensor")
+    sizes = batch_sizes.values
+    if sizes[-1] < 0 or (sizes[1:] > sizes[:-1]).any():
+        return (f"batch_sizes: expected non-increasing, non-negative sizes, got "
+                f"{sizes[:10].tolist()}{' ...' if sizes.size > 10 else ''}")
+    total = int(sizes.sum())
+    if len(data_shape) == 2 and data_shape[0] != total:  # another rank: torch.nn says so
+        return f"data has {data_shape[0]} rows, but batch_sizes add up to {total}"
+    B = int(sizes[0])
+    given = {}  # torch.nn accepts either index tensor alone (a PackedSequence may hold only one)
+    for name, t in (("sorted_indices", sorted_indices), ("unsorted_indices", unsorted_indices)):
+        if t is None:
+            continue
+        if isinstance(t, str) or not t.is_cpu_int64() or tuple(t.shape) != (B,):
+            got = t if isinstance(t, str) else f"a {tuple(t.shape)} {t.dtype} tensor on {t.device}"
+            return f"{name}: expected a ({B},) CPU int64 tensor (B = batch_sizes[0]), got {got}"
+        given[name] = t.values
+        if not np.array_equal(np.sort(given[name]), np.arange(B)):
+            return (f"{name}: expected a permutation of the batch, got "
+                    f"{given[name][:10].tolist()}{' ...' if B > 10 else ''}")
+    if len(given) == 2:
+        order, inverse = given["sorted_indices"], given["unsorted_indices"]
+        if not (inverse[order] == np.arange(B)).all():
+            return ("unsorted_indices: expected the inverse of sorted_indices, got "
+                    f"{inverse[:10].tolist()} for {order[:10].tolist()}")
+    return ""
