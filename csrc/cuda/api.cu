@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cuda/check.cuh"
+#include "cuda/dispatch.cuh"
 #include "cuda/layer.cuh"
 #include "cuda/layout.cuh"
 #include "fastrnn/fastrnn_cuda.h"
@@ -15,15 +16,12 @@
 namespace fastrnn::cuda {
 
 // Defined per dtype in layer_<dtype>.cu.
-extern template void forward_typed<float>(const Problem&, const ForwardPtrs&, Algo);
-extern template void forward_typed<__half>(const Problem&, const ForwardPtrs&, Algo);
-extern template void forward_typed<__nv_bfloat16>(const Problem&, const ForwardPtrs&, Algo);
-extern template void backward_typed<float>(const Problem&, const BackwardPtrs&, Algo);
-extern template void backward_typed<__half>(const Problem&, const BackwardPtrs&, Algo);
-extern template void backward_typed<__nv_bfloat16>(const Problem&, const BackwardPtrs&, Algo);
-extern template PersistentPlan plan_typed<float>(const Problem&);
-extern template PersistentPlan plan_typed<__half>(const Problem&);
-extern template PersistentPlan plan_typed<__nv_bfloat16>(const Problem&);
+#define FASTRNN_CUDA_EXTERN_LAYER(name, scalar_t)                                          \
+  extern template void forward_typed<scalar_t>(const Problem&, const ForwardPtrs&, Algo);   \
+  extern template void backward_typed<scalar_t>(const Problem&, const BackwardPtrs&, Algo); \
+  extern template PersistentPlan plan_typed<scalar_t>(const Problem&);
+FASTRNN_CUDA_DTYPES(FASTRNN_CUDA_EXTERN_LAYER)
+#undef FASTRNN_CUDA_EXTERN_LAYER
 
 const cudaDeviceProp& device_properties(int device) {
   static std::mutex mutex;
@@ -40,41 +38,30 @@ const cudaDeviceProp& device_properties(int device) {
 }
 
 size_t dtype_size(DType dtype) {
-  switch (dtype) {
-    case DType::Float32: return 4;
-    case DType::Float16:
-    case DType::BFloat16: return 2;
-  }
-  throw Error("fastrnn CUDA: unknown dtype code " + std::to_string(static_cast<int>(dtype)));
+  return dispatch_dtype(dtype, [](auto type) { return sizeof(typename decltype(type)::type); });
 }
 
 ReserveWidths reserve_width_bytes(const LayerShape& s, DType dtype) {
-  const int64_t es = static_cast<int64_t>(dtype_size(dtype));
-  ReserveWidths w;
-  w.per_slot = (has_cell_state(s.cell) ? s.H * 4 : 0) + s.R() * es;
-  w.per_step = saved_per_unit(s.cell) * s.H * 4 + (s.P > 0 ? s.H * es : 0);
-  return w;
+  return reserve_widths(s, dtype);
 }
 
 int64_t reserve_bytes(const LayerShape& s, DType dtype) { return ReserveLayout(s, dtype).total; }
 
 int64_t forward_workspace_bytes(const LayerShape& s, DType dtype, bool training, Algo algo) {
-  return ForwardScratch(s, dtype, training, algo).total;
+  return ForwardWorkspace(s, dtype, training, algo).total;
 }
 
-int64_t backward_workspace_bytes(const LayerShape& s, DType dtype, Algo /*algo: both use the same scratch*/) {
-  return BackwardScratch(s, dtype).total;
+int64_t backward_workspace_bytes(const LayerShape& s, DType dtype,
+                                 Algo /*algo: both use the same workspace*/) {
+  return BackwardWorkspace(s, dtype).total;
 }
 
 namespace {
 PersistentPlan plan_for(const Problem& p) {
   DeviceGuard guard(p.device);
-  switch (p.dtype) {
-    case DType::Float32: return plan_typed<float>(p);
-    case DType::Float16: return plan_typed<__half>(p);
-    case DType::BFloat16: return plan_typed<__nv_bfloat16>(p);
-  }
-  throw Error("fastrnn CUDA: unknown dtype");
+  return dispatch_dtype(p.dtype, [&](auto type) {
+    return plan_typed<typename decltype(type)::type>(p);
+  });
 }
 }  // namespace
 
@@ -102,23 +89,17 @@ Algo resolve_algo(const Problem& p) {
 void layer_forward(const Problem& p, const ForwardPtrs& ptrs) {
   DeviceGuard guard(p.device);
   const Algo algo = resolve_algo(p);
-  switch (p.dtype) {
-    case DType::Float32: return forward_typed<float>(p, ptrs, algo);
-    case DType::Float16: return forward_typed<__half>(p, ptrs, algo);
-    case DType::BFloat16: return forward_typed<__nv_bfloat16>(p, ptrs, algo);
-  }
-  throw Error("fastrnn CUDA: unknown dtype");
+  dispatch_dtype(p.dtype, [&](auto type) {
+    forward_typed<typename decltype(type)::type>(p, ptrs, algo);
+  });
 }
 
 void layer_backward(const Problem& p, const BackwardPtrs& ptrs) {
   DeviceGuard guard(p.device);
   const Algo algo = resolve_algo(p);
-  switch (p.dtype) {
-    case DType::Float32: return backward_typed<float>(p, ptrs, algo);
-    case DType::Float16: return backward_typed<__half>(p, ptrs, algo);
-    case DType::BFloat16: return backward_typed<__nv_bfloat16>(p, ptrs, algo);
-  }
-  throw Error("fastrnn CUDA: unknown dtype");
+  dispatch_dtype(p.dtype, [&](auto type) {
+    backward_typed<typename decltype(type)::type>(p, ptrs, algo);
+  });
 }
 
 void* device_alloc(int device, int64_t bytes) {

@@ -1,8 +1,9 @@
 // The CUDA sequence driver: one layer, one direction, any cell and dtype; forward and BPTT.
-// Data flow as on the CPU (DESIGN.md §3): X W_ih^T for all steps in one GEMM; then per step
+// Data flow as on the CPU (docs/design.md §3): X W_ih^T for all steps in one GEMM; then per step
 // h W_hh^T (cuBLAS) and one fused pointwise kernel -- or the whole recurrence in the persistent
 // kernel; backward's weight gradients as GEMMs over all steps after the loop. Everything is
 // queued on the caller's stream; this file is instantiated once per dtype (layer_<dtype>.cu).
+// What differs between cells comes from CellMath's traits (cell_math.cuh): no cell is named here.
 #pragma once
 
 #include "cuda/platform.cuh"
@@ -11,6 +12,7 @@
 #include <mutex>
 #include <string>
 
+#include "common/dispatch.h"
 #include "cuda/check.cuh"
 #include "cuda/gemm.cuh"
 #include "cuda/layout.cuh"
@@ -38,9 +40,9 @@ class DeviceGuard {
   bool changed_ = false;
 };
 
-template <typename T>
-T* at_bytes(void* base, int64_t offset) {
-  return reinterpret_cast<T*>(static_cast<char*>(base) + offset);
+template <typename element_t>
+element_t* at_bytes(void* base, int64_t offset) {
+  return reinterpret_cast<element_t*>(static_cast<char*>(base) + offset);
 }
 
 // The device's properties, read once per device (cudaGetDeviceProperties is slow). api.cu.
@@ -55,7 +57,7 @@ struct PersistentPlan {
   int max_batch = 0;        // the forward kernel's kMaxB instantiation
 };
 
-template <typename T, Cell kCell>
+template <typename scalar_t, Cell kCell>
 PersistentPlan plan_persistent(const Problem& p) {
   PersistentPlan plan;
   const LayerShape& s = p.shape;
@@ -73,7 +75,7 @@ PersistentPlan plan_persistent(const Problem& p) {
     plan.why = std::string("device ") + prop.name + " has no cooperative launch";
     return plan;
   }
-  const int64_t es = sizeof(T), sms = prop.multiProcessorCount;
+  const int64_t es = sizeof(scalar_t), sms = prop.multiProcessorCount;
   plan.units_per_block = (s.H + sms - 1) / sms;
   plan.blocks = (s.H + plan.units_per_block - 1) / plan.units_per_block;
   plan.forward_smem = persistent_forward_smem(s, es, plan.units_per_block);
@@ -117,235 +119,237 @@ void launch_cooperative(void (*kernel)(Arg), int64_t blocks, int64_t smem, Arg* 
 
 // ---- forward ----------------------------------------------------------------------------------
 
-template <typename T, Cell kCell>
+template <typename scalar_t, Cell kCell>
 void forward_layer(const Problem& p, const ForwardPtrs& a, Algo algo) {
   const LayerShape& s = p.shape;
-  constexpr int S = UnitMath<kCell>::kSaved;
-  constexpr bool kC = has_cell_state(kCell);
-  const int64_t Tn = s.T, B = s.B, I = s.I, H = s.H, R = s.R(), P = s.P, GH = s.gate_width();
-  const cudaDataType_t dt = data_type<T>();
+  using Math = CellMath<kCell>;
+  constexpr int S = Math::kSaved;
+  constexpr bool kC = Math::kHasCellState;
+  static_assert(S == reserve_saved_per_unit<kCell>(), "the reserve holds what the kernels save");
+  const int64_t T = s.T, B = s.B, I = s.I, H = s.H, R = s.R(), P = s.P, GH = s.gate_width();
+  const cudaDataType_t dt = data_type<scalar_t>();
   const bool training = a.reserve != nullptr, projected = P > 0;
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   cublasHandle_t handle = cublas_handle(p.device, stream);
-  const ForwardScratch ws(s, p.dtype, training, algo);
+  const ForwardWorkspace ws(s, p.dtype, training, algo);
   const ReserveLayout rl(s, p.dtype);
-  const T* w_hh = static_cast<const T*>(a.w_hh);
-  const T* b_ih = static_cast<const T*>(a.b_ih);
-  const T* b_hh = static_cast<const T*>(a.b_hh);
+  const scalar_t* w_hh = static_cast<const scalar_t*>(a.w_hh);
+  const scalar_t* b_ih = static_cast<const scalar_t*>(a.b_ih);
+  const scalar_t* b_hh = static_cast<const scalar_t*>(a.b_hh);
   const int64_t* lengths = a.lengths;
-  T* y = static_cast<T*>(a.y);
+  scalar_t* y = static_cast<scalar_t*>(a.y);
 
   // 1. The input projection of every step, one GEMM: xp = X W_ih^T (float).
   float* xp = at_bytes<float>(a.workspace, ws.xp);
-  gemm(handle, Tn * B, GH, I, {a.x, dt, I, false}, {a.w_ih, dt, I, true}, 0.0f, xp, CUDA_R_32F,
+  gemm(handle, T * B, GH, I, {a.x, dt, I, false}, {a.w_ih, dt, I, true}, 0.0f, xp, CUDA_R_32F,
        GH, p.allow_tf32);
 
   // 2. Where the states live, and the initial state in the first slot.
-  StateSlots<T> slots;
-  slots.steps = Tn;
+  StateSlots<scalar_t> slots;
+  slots.T = T;
   slots.reverse = s.reverse;
   slots.ring = !training;
-  slots.h = training ? at_bytes<T>(a.reserve, rl.hs) : at_bytes<T>(a.workspace, ws.h_pingpong);
+  slots.h = training ? at_bytes<scalar_t>(a.reserve, rl.hs)
+                     : at_bytes<scalar_t>(a.workspace, ws.h_pingpong);
   slots.c = !kC ? nullptr
                 : training ? at_bytes<float>(a.reserve, rl.cs)
                            : at_bytes<float>(a.workspace, ws.c_pingpong);
-  const int64_t first = slots.index(0), last = slots.index(Tn);
-  FASTRNN_CUDA_CHECK(cudaMemcpyAsync(slots.h + first * B * R, a.h0, B * R * sizeof(T),
+  const int64_t first = slots.index(0), last = slots.index(T);
+  FASTRNN_CUDA_CHECK(cudaMemcpyAsync(slots.h + first * B * R, a.h0, B * R * sizeof(scalar_t),
                                      cudaMemcpyDeviceToDevice, stream));
   if constexpr (kC) {
-    FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, widen_kernel<T>)(
-        static_cast<const T*>(a.c0), slots.c + first * B * H, B * H);
+    FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, widen_kernel<scalar_t>)(
+        static_cast<const scalar_t*>(a.c0), slots.c + first * B * H, B * H);
     FASTRNN_CHECK_LAUNCH("widen_kernel");
   }
   float* acts = training && S > 0 ? at_bytes<float>(a.reserve, rl.acts) : nullptr;
 
   // 3. The recurrence.
   if (algo == Algo::Persistent) {
-    const PersistentPlan plan = plan_persistent<T, kCell>(p);
+    const PersistentPlan plan = plan_persistent<scalar_t, kCell>(p);
     if (!plan.fits) throw Error("fastrnn CUDA: algo='persistent': " + plan.why);
-    PersistentForwardArgs<T> args{Tn, B, H, plan.units_per_block, s.reverse, xp, w_hh, b_ih,
-                                  b_hh, slots, y, acts, lengths};
+    PersistentForwardArgs<scalar_t> args{T, B, H, plan.units_per_block, s.reverse, xp, w_hh,
+                                         b_ih, b_hh, slots, y, acts, lengths};
     if (plan.max_batch == 4)
-      launch_cooperative(persistent_forward_kernel<T, kCell, 4>, plan.blocks, plan.forward_smem,
-                         &args, stream, "persistent_forward_kernel");
+      launch_cooperative(persistent_forward_kernel<scalar_t, kCell, 4>, plan.blocks,
+                         plan.forward_smem, &args, stream, "persistent_forward_kernel");
     else
-      launch_cooperative(persistent_forward_kernel<T, kCell, 16>, plan.blocks, plan.forward_smem,
-                         &args, stream, "persistent_forward_kernel");
+      launch_cooperative(persistent_forward_kernel<scalar_t, kCell, 16>, plan.blocks,
+                         plan.forward_smem, &args, stream, "persistent_forward_kernel");
   } else {
     float* hp = at_bytes<float>(a.workspace, ws.hp);
-    T* m_infer = projected && !training ? at_bytes<T>(a.workspace, ws.m) : nullptr;
+    scalar_t* m_infer = projected && !training ? at_bytes<scalar_t>(a.workspace, ws.m) : nullptr;
     float* h_proj = projected ? at_bytes<float>(a.workspace, ws.h_proj) : nullptr;
-    for (int64_t k = 0; k < Tn; ++k) {
-      const int64_t t = s.reverse ? Tn - 1 - k : k;
-      const T* h_prev = slots.h + slots.index(k) * B * R;
-      T* h_new = slots.h + slots.index(k + 1) * B * R;
+    for (int64_t k = 0; k < T; ++k) {
+      const int64_t t = s.reverse ? T - 1 - k : k;
+      const scalar_t* h_prev = slots.h + slots.index(k) * B * R;
+      scalar_t* h_new = slots.h + slots.index(k + 1) * B * R;
       gemm(handle, B, GH, R, {h_prev, dt, R, false}, {w_hh, dt, R, true}, 0.0f, hp, CUDA_R_32F,
            GH, p.allow_tf32);
-      T* m = projected ? (training ? at_bytes<T>(a.reserve, rl.ms) + t * B * H : m_infer) : nullptr;
-      StepForwardArgs<T> step{B, H, R, t, xp + t * B * GH, hp, b_ih, b_hh, h_prev,
-                              kC ? slots.c + slots.index(k) * B * H : nullptr,
-                              projected ? m : h_new, projected ? nullptr : y + t * B * R,
-                              kC ? slots.c + slots.index(k + 1) * B * H : nullptr,
-                              acts ? acts + t * B * S * H : nullptr, lengths, projected};
-      FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, forward_step_kernel<T, kCell>)(step);
+      scalar_t* m = !projected ? nullptr
+                    : training ? at_bytes<scalar_t>(a.reserve, rl.ms) + t * B * H
+                               : m_infer;
+      StepForwardArgs<scalar_t> step{B, H, R, t, xp + t * B * GH, hp, b_ih, b_hh, h_prev,
+                                     kC ? slots.c + slots.index(k) * B * H : nullptr,
+                                     projected ? m : h_new, projected ? nullptr : y + t * B * R,
+                                     kC ? slots.c + slots.index(k + 1) * B * H : nullptr,
+                                     acts ? acts + t * B * S * H : nullptr, lengths, projected};
+      FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream,
+                     forward_step_kernel<scalar_t, kCell>)(step);
       FASTRNN_CHECK_LAUNCH("forward_step_kernel");
       if (projected) {
         gemm(handle, B, P, H, {m, dt, H, false}, {a.w_hr, dt, H, true}, 0.0f, h_proj, CUDA_R_32F,
              P, p.allow_tf32);
-        FASTRNN_LAUNCH(blocks_for(B * P), kPointwiseThreads, 0, stream, commit_projection_kernel<T>)(
-            B, P, t, h_proj, h_prev, h_new, y + t * B * R, lengths);
+        FASTRNN_LAUNCH(blocks_for(B * P), kPointwiseThreads, 0, stream,
+                       commit_projection_kernel<scalar_t>)(B, P, t, h_proj, h_prev, h_new,
+                                                           y + t * B * R, lengths);
         FASTRNN_CHECK_LAUNCH("commit_projection_kernel");
       }
     }
   }
 
   // 4. Final states: each sequence's state after its own last valid step (padded steps carry).
-  FASTRNN_CUDA_CHECK(cudaMemcpyAsync(a.h_n, slots.h + last * B * R, B * R * sizeof(T),
+  FASTRNN_CUDA_CHECK(cudaMemcpyAsync(a.h_n, slots.h + last * B * R, B * R * sizeof(scalar_t),
                                      cudaMemcpyDeviceToDevice, stream));
   if constexpr (kC) {
-    FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, narrow_kernel<T>)(
-        slots.c + last * B * H, static_cast<T*>(a.c_n), B * H);
+    FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, narrow_kernel<scalar_t>)(
+        slots.c + last * B * H, static_cast<scalar_t*>(a.c_n), B * H);
     FASTRNN_CHECK_LAUNCH("narrow_kernel");
   }
 }
 
 // ---- backward ---------------------------------------------------------------------------------
 
-template <typename T, Cell kCell>
+template <typename scalar_t, Cell kCell>
 void backward_layer(const Problem& p, const BackwardPtrs& a, Algo algo) {
   const LayerShape& s = p.shape;
-  constexpr bool kC = has_cell_state(kCell);
-  constexpr int S = UnitMath<kCell>::kSaved;
-  const int64_t Tn = s.T, B = s.B, I = s.I, H = s.H, R = s.R(), P = s.P, GH = s.gate_width();
-  const cudaDataType_t dt = data_type<T>();
+  using Math = CellMath<kCell>;
+  constexpr int S = Math::kSaved;
+  constexpr bool kC = Math::kHasCellState;
+  static_assert(S == reserve_saved_per_unit<kCell>(), "the reserve holds what the kernels save");
+  const int64_t T = s.T, B = s.B, I = s.I, H = s.H, R = s.R(), P = s.P, GH = s.gate_width();
+  const cudaDataType_t dt = data_type<scalar_t>();
   const bool projected = P > 0;
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   cublasHandle_t handle = cublas_handle(p.device, stream);
-  const BackwardScratch ws(s, p.dtype);
+  const BackwardWorkspace ws(s, p.dtype);
   const ReserveLayout rl(s, p.dtype);
-  const T* w_hh = static_cast<const T*>(a.w_hh);
-  const T* dy = static_cast<const T*>(a.dy);
-  const T* hs = at_bytes<T>(a.reserve, rl.hs);
+  const scalar_t* w_hh = static_cast<const scalar_t*>(a.w_hh);
+  const scalar_t* dy = static_cast<const scalar_t*>(a.dy);
+  const scalar_t* hs = at_bytes<scalar_t>(a.reserve, rl.hs);
   const float* cs = kC ? at_bytes<float>(a.reserve, rl.cs) : nullptr;
   const float* acts = S > 0 ? at_bytes<float>(a.reserve, rl.acts) : nullptr;
-  T* dgx = at_bytes<T>(a.workspace, ws.dgx);
-  T* dgh = at_bytes<T>(a.workspace, ws.dgh);
+  scalar_t* dgx = at_bytes<scalar_t>(a.workspace, ws.dgx);
+  scalar_t* dgh = at_bytes<scalar_t>(a.workspace, ws.dgh);
   float* dh_carry = at_bytes<float>(a.workspace, ws.dh_carry);
   float* dc_carry = kC ? at_bytes<float>(a.workspace, ws.dc_carry) : nullptr;
-  T* dh_out = projected ? at_bytes<T>(a.workspace, ws.dh_out) : nullptr;
+  scalar_t* dh_out = projected ? at_bytes<scalar_t>(a.workspace, ws.dh_out) : nullptr;
   float* dm = projected ? at_bytes<float>(a.workspace, ws.dm) : nullptr;
 
-  FASTRNN_LAUNCH(blocks_for(B * R), kPointwiseThreads, 0, stream, widen_kernel<T>)(
-      static_cast<const T*>(a.dh_n), dh_carry, B * R);
+  FASTRNN_LAUNCH(blocks_for(B * R), kPointwiseThreads, 0, stream, widen_kernel<scalar_t>)(
+      static_cast<const scalar_t*>(a.dh_n), dh_carry, B * R);
   FASTRNN_CHECK_LAUNCH("widen_kernel");
   if constexpr (kC) {
-    FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, widen_kernel<T>)(
-        static_cast<const T*>(a.dc_n), dc_carry, B * H);
+    FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, widen_kernel<scalar_t>)(
+        static_cast<const scalar_t*>(a.dc_n), dc_carry, B * H);
     FASTRNN_CHECK_LAUNCH("widen_kernel");
   }
 
   // 1. Through time, last step first: the pre-activation gradients of every step.
   if (algo == Algo::Persistent) {
-    const PersistentPlan plan = plan_persistent<T, kCell>(p);
+    const PersistentPlan plan = plan_persistent<scalar_t, kCell>(p);
     if (!plan.fits) throw Error("fastrnn CUDA: algo='persistent': " + plan.why);
-    PersistentBackwardArgs<T> args{Tn, B, H, plan.units_per_block, s.reverse, w_hh, dy, hs, cs,
-                                   acts, a.lengths, dgx, dgh, dh_carry, dc_carry};
-    launch_cooperative(persistent_backward_kernel<T, kCell>, plan.blocks, plan.backward_smem,
-                       &args, stream, "persistent_backward_kernel");
+    PersistentBackwardArgs<scalar_t> args{T, B, H, plan.units_per_block, s.reverse, w_hh, dy,
+                                          hs, cs, acts, a.lengths, dgx, dgh, dh_carry, dc_carry};
+    launch_cooperative(persistent_backward_kernel<scalar_t, kCell>, plan.blocks,
+                       plan.backward_smem, &args, stream, "persistent_backward_kernel");
   } else {
-    for (int64_t k = 0; k < Tn; ++k) {
-      const int64_t t = s.reverse ? k : Tn - 1 - k;
+    for (int64_t k = 0; k < T; ++k) {
+      const int64_t t = s.reverse ? k : T - 1 - k;
       const int64_t prev_slot = s.reverse ? t + 1 : t, new_slot = s.reverse ? t : t + 1;
       if (projected) {
-        FASTRNN_LAUNCH(blocks_for(B * P), kPointwiseThreads, 0, stream, projection_grad_kernel<T>)(
-            B, P, t, dy + t * B * R, dh_carry, dh_out + t * B * P, a.lengths);
+        FASTRNN_LAUNCH(blocks_for(B * P), kPointwiseThreads, 0, stream,
+                       projection_grad_kernel<scalar_t>)(B, P, t, dy + t * B * R, dh_carry,
+                                                         dh_out + t * B * P, a.lengths);
         FASTRNN_CHECK_LAUNCH("projection_grad_kernel");
         gemm(handle, B, H, P, {dh_out + t * B * P, dt, P, false}, {a.w_hr, dt, H, false}, 0.0f,
              dm, CUDA_R_32F, H, p.allow_tf32);
       }
-      StepBackwardArgs<T> step{B, H, R, t, projected ? nullptr : dy + t * B * R, dm, dh_carry,
-                               dc_carry, acts ? acts + t * B * S * H : nullptr,
-                               hs + prev_slot * B * R, hs + new_slot * B * R,
-                               kC ? cs + prev_slot * B * H : nullptr,
-                               kC ? cs + new_slot * B * H : nullptr, dgx + t * B * GH,
-                               dgh + t * B * GH, a.lengths};
-      FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, backward_step_kernel<T, kCell>)(step);
+      StepBackwardArgs<scalar_t> step{B, H, R, t, projected ? nullptr : dy + t * B * R, dm,
+                                      dh_carry, dc_carry, acts ? acts + t * B * S * H : nullptr,
+                                      hs + prev_slot * B * R, hs + new_slot * B * R,
+                                      kC ? cs + prev_slot * B * H : nullptr,
+                                      kC ? cs + new_slot * B * H : nullptr, dgx + t * B * GH,
+                                      dgh + t * B * GH, a.lengths};
+      FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream,
+                     backward_step_kernel<scalar_t, kCell>)(step);
       FASTRNN_CHECK_LAUNCH("backward_step_kernel");
       // dh_carry (the direct part, or the carried gradient at padded rows) += dgh W_hh
       gemm(handle, B, R, GH, {dgh + t * B * GH, dt, GH, false}, {w_hh, dt, R, false}, 1.0f,
            dh_carry, CUDA_R_32F, R, p.allow_tf32);
     }
   }
-  FASTRNN_LAUNCH(blocks_for(B * R), kPointwiseThreads, 0, stream, narrow_kernel<T>)(
-      dh_carry, static_cast<T*>(a.dh0), B * R);
+  FASTRNN_LAUNCH(blocks_for(B * R), kPointwiseThreads, 0, stream, narrow_kernel<scalar_t>)(
+      dh_carry, static_cast<scalar_t*>(a.dh0), B * R);
   FASTRNN_CHECK_LAUNCH("narrow_kernel");
   if constexpr (kC) {
-    FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, narrow_kernel<T>)(
-        dc_carry, static_cast<T*>(a.dc0), B * H);
+    FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream, narrow_kernel<scalar_t>)(
+        dc_carry, static_cast<scalar_t*>(a.dc0), B * H);
     FASTRNN_CHECK_LAUNCH("narrow_kernel");
   }
 
   // 2. Everything applied at all steps, as GEMMs over all T*B rows.
-  const int64_t rows = Tn * B;
+  const int64_t rows = T * B;
   gemm(handle, rows, I, GH, {dgx, dt, GH, false}, {a.w_ih, dt, I, false}, 0.0f, a.dx, dt, I,
        p.allow_tf32);
   gemm(handle, GH, I, rows, {dgx, dt, GH, true}, {a.x, dt, I, false}, 0.0f, a.dw_ih, dt, I,
        p.allow_tf32);
-  const T* h_prev_all = hs + (s.reverse ? B * R : 0);  // slots 0..T-1, or 1..T in reverse
+  const scalar_t* h_prev_all = hs + (s.reverse ? B * R : 0);  // slots 0..T-1, or 1..T in reverse
   gemm(handle, GH, R, rows, {dgh, dt, GH, true}, {h_prev_all, dt, R, false}, 0.0f, a.dw_hh, dt,
        R, p.allow_tf32);
   if (a.db_ih) {
     const dim3 block(kSumColumns, kSumRows);
     const unsigned grid = blocks_for(GH, kSumColumns);
-    FASTRNN_LAUNCH(grid, block, 0, stream, column_sum_kernel<T>)(dgx, rows, GH, static_cast<T*>(a.db_ih));
+    FASTRNN_LAUNCH(grid, block, 0, stream, column_sum_kernel<scalar_t>)(
+        dgx, rows, GH, static_cast<scalar_t*>(a.db_ih));
     FASTRNN_CHECK_LAUNCH("column_sum_kernel");
-    FASTRNN_LAUNCH(grid, block, 0, stream, column_sum_kernel<T>)(dgh, rows, GH, static_cast<T*>(a.db_hh));
+    FASTRNN_LAUNCH(grid, block, 0, stream, column_sum_kernel<scalar_t>)(
+        dgh, rows, GH, static_cast<scalar_t*>(a.db_hh));
     FASTRNN_CHECK_LAUNCH("column_sum_kernel");
   }
   if (projected) {
-    gemm(handle, P, H, rows, {dh_out, dt, P, true}, {at_bytes<T>(a.reserve, rl.ms), dt, H, false},
-         0.0f, a.dw_hr, dt, H, p.allow_tf32);
+    gemm(handle, P, H, rows, {dh_out, dt, P, true},
+         {at_bytes<scalar_t>(a.reserve, rl.ms), dt, H, false}, 0.0f, a.dw_hr, dt, H,
+         p.allow_tf32);
   }
 }
 
 // ---- per-dtype entry points (defined in layer_<dtype>.cu) ---------------------------------------
 
-template <typename T>
+template <typename scalar_t>
 void forward_typed(const Problem& p, const ForwardPtrs& a, Algo algo) {
-  switch (p.shape.cell) {
-    case Cell::RnnTanh: return forward_layer<T, Cell::RnnTanh>(p, a, algo);
-    case Cell::RnnRelu: return forward_layer<T, Cell::RnnRelu>(p, a, algo);
-    case Cell::Lstm: return forward_layer<T, Cell::Lstm>(p, a, algo);
-    case Cell::Gru: return forward_layer<T, Cell::Gru>(p, a, algo);
-  }
-  throw Error("fastrnn CUDA: unknown cell kind");
+  dispatch_cell(p.shape.cell, [&](auto cell) {
+    forward_layer<scalar_t, decltype(cell)::value>(p, a, algo);
+  });
 }
 
-template <typename T>
+template <typename scalar_t>
 void backward_typed(const Problem& p, const BackwardPtrs& a, Algo algo) {
-  switch (p.shape.cell) {
-    case Cell::RnnTanh: return backward_layer<T, Cell::RnnTanh>(p, a, algo);
-    case Cell::RnnRelu: return backward_layer<T, Cell::RnnRelu>(p, a, algo);
-    case Cell::Lstm: return backward_layer<T, Cell::Lstm>(p, a, algo);
-    case Cell::Gru: return backward_layer<T, Cell::Gru>(p, a, algo);
-  }
-  throw Error("fastrnn CUDA: unknown cell kind");
+  dispatch_cell(p.shape.cell, [&](auto cell) {
+    backward_layer<scalar_t, decltype(cell)::value>(p, a, algo);
+  });
 }
 
-template <typename T>
+template <typename scalar_t>
 PersistentPlan plan_typed(const Problem& p) {
-  switch (p.shape.cell) {
-    case Cell::RnnTanh: return plan_persistent<T, Cell::RnnTanh>(p);
-    case Cell::RnnRelu: return plan_persistent<T, Cell::RnnRelu>(p);
-    case Cell::Lstm: return plan_persistent<T, Cell::Lstm>(p);
-    case Cell::Gru: return plan_persistent<T, Cell::Gru>(p);
-  }
-  throw Error("fastrnn CUDA: unknown cell kind");
+  return dispatch_cell(p.shape.cell, [&](auto cell) {
+    return plan_persistent<scalar_t, decltype(cell)::value>(p);
+  });
 }
 
-#define FASTRNN_INSTANTIATE_CUDA_LAYER(T)                                               \
-  template void forward_typed<T>(const Problem&, const ForwardPtrs&, Algo);             \
-  template void backward_typed<T>(const Problem&, const BackwardPtrs&, Algo);           \
-  template PersistentPlan plan_typed<T>(const Problem&);
+#define FASTRNN_INSTANTIATE_CUDA_LAYER(scalar_t)                                      \
+  template void forward_typed<scalar_t>(const Problem&, const ForwardPtrs&, Algo);    \
+  template void backward_typed<scalar_t>(const Problem&, const BackwardPtrs&, Algo);  \
+  template PersistentPlan plan_typed<scalar_t>(const Problem&);
 
 }  // namespace fastrnn::cuda

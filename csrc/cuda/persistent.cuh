@@ -39,34 +39,35 @@ inline int64_t persistent_backward_smem(const LayerShape& s, int64_t es, int64_t
   return align16(U * GH * es) + GH * 4 + 3 * s.B * U * 4;
 }
 
-template <typename T>
+template <typename scalar_t>
 struct PersistentForwardArgs {
-  int64_t steps, B, H;       // R == H (no projection)
+  int64_t T, B, H;              // R == H (no projection)
   int64_t units_per_block;
   bool reverse;
-  const float* xp;           // (T, B, G*H)
-  const T* w_hh;             // (G*H, H)
-  const T* b_ih;
-  const T* b_hh;
-  StateSlots<T> slots;
-  T* y;                      // (T, B, H)
-  float* acts;               // (T, B, S*H) or nullptr
+  const float* xp;              // (T, B, G*H)
+  const scalar_t* w_hh;         // (G*H, H)
+  const scalar_t* b_ih;
+  const scalar_t* b_hh;
+  StateSlots<scalar_t> slots;
+  scalar_t* y;                  // (T, B, H)
+  float* acts;                  // (T, B, S*H) or nullptr
   const int64_t* lengths;
 };
 
-template <typename T, Cell kCell, int kMaxB>
+template <typename scalar_t, Cell kCell, int kMaxB>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-persistent_forward_kernel(PersistentForwardArgs<T> a) {
-  using Math = UnitMath<kCell>;
+persistent_forward_kernel(PersistentForwardArgs<scalar_t> a) {
+  using Math = CellMath<kCell>;
   constexpr int G = Math::kGates, S = Math::kSaved;
-  constexpr bool kC = has_cell_state(kCell);
+  constexpr bool kC = Math::kHasCellState;
   FASTRNN_DYNAMIC_SHARED(smem);
   const int64_t H = a.H, B = a.B, GH = G * H;
   const int64_t j0 = blockIdx.x * a.units_per_block;
   const int64_t nu = a.units_per_block < H - j0 ? a.units_per_block : H - j0;
   const int64_t rows = G * nu;
-  T* w = reinterpret_cast<T*>(smem);                                     // (rows, H)
-  float* h_smem = reinterpret_cast<float*>(smem + align16(G * a.units_per_block * H * sizeof(T)));
+  scalar_t* w = reinterpret_cast<scalar_t*>(smem);                      // (rows, H)
+  float* h_smem =
+      reinterpret_cast<float*>(smem + align16(G * a.units_per_block * H * sizeof(scalar_t)));
   float* gates = h_smem + B * H;                                         // (B, rows)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
@@ -76,14 +77,15 @@ persistent_forward_kernel(PersistentForwardArgs<T> a) {
   }
   cg::grid_group grid = cg::this_grid();
 
-  for (int64_t step = 0; step < a.steps; ++step) {
-    const int64_t t = a.reverse ? a.steps - 1 - step : step;
-    const T* h_prev = a.slots.h + a.slots.index(step) * B * H;
-    T* h_new = a.slots.h + a.slots.index(step + 1) * B * H;
+  for (int64_t step = 0; step < a.T; ++step) {
+    const int64_t t = a.reverse ? a.T - 1 - step : step;
+    const scalar_t* h_prev = a.slots.h + a.slots.index(step) * B * H;
+    scalar_t* h_new = a.slots.h + a.slots.index(step + 1) * B * H;
     const float* c_prev = kC ? a.slots.c + a.slots.index(step) * B * H : nullptr;
     float* c_new = kC ? a.slots.c + a.slots.index(step + 1) * B * H : nullptr;
 
-    for (int64_t i = tid; i < B * H; i += kPersistentThreads) h_smem[i] = to_float(__ldcg(h_prev + i));
+    for (int64_t i = tid; i < B * H; i += kPersistentThreads)
+      h_smem[i] = to_float(__ldcg(h_prev + i));
     __syncthreads();
 
     // W_hh rows of this block times every h_prev row: a warp per weight row, lanes over k.
@@ -91,7 +93,7 @@ persistent_forward_kernel(PersistentForwardArgs<T> a) {
       float acc[kMaxB];
 #pragma unroll
       for (int b = 0; b < kMaxB; ++b) acc[b] = 0.0f;
-      const T* wr = w + rr * H;
+      const scalar_t* wr = w + rr * H;
       for (int64_t k = lane; k < H; k += 32) {
         const float wv = to_float(wr[k]);
 #pragma unroll
@@ -121,7 +123,7 @@ persistent_forward_kernel(PersistentForwardArgs<T> a) {
         }
         float out, cn = 0.0f;
         Math::forward(xg, hg, h_smem[b * H + j], kC ? c_prev[b * H + j] : 0.0f, out, cn, saved);
-        const T out_t = from_float<T>(out);
+        const scalar_t out_t = from_float<scalar_t>(out);
         h_new[b * H + j] = out_t;
         a.y[(t * B + b) * H + j] = out_t;
         if constexpr (kC) c_new[b * H + j] = cn;
@@ -133,7 +135,7 @@ persistent_forward_kernel(PersistentForwardArgs<T> a) {
         }
       } else {
         h_new[b * H + j] = h_prev[b * H + j];
-        a.y[(t * B + b) * H + j] = from_float<T>(0.0f);
+        a.y[(t * B + b) * H + j] = from_float<scalar_t>(0.0f);
         if constexpr (kC) c_new[b * H + j] = c_prev[b * H + j];
         if constexpr (S > 0) {
           if (acts) {
@@ -147,35 +149,36 @@ persistent_forward_kernel(PersistentForwardArgs<T> a) {
   }
 }
 
-template <typename T>
+template <typename scalar_t>
 struct PersistentBackwardArgs {
-  int64_t steps, B, H;
+  int64_t T, B, H;
   int64_t units_per_block;
   bool reverse;
-  const T* w_hh;             // (G*H, H)
-  const T* dy;               // (T, B, H)
-  const T* hs;               // reserve slots (T+1, B, H)
-  const float* cs;           // (T+1, B, H) LSTM
-  const float* acts;         // (T, B, S*H)
+  const scalar_t* w_hh;         // (G*H, H)
+  const scalar_t* dy;           // (T, B, H)
+  const scalar_t* hs;           // reserve slots (T+1, B, H)
+  const float* cs;              // (T+1, B, H) kHasCellState
+  const float* acts;            // (T, B, S*H)
   const int64_t* lengths;
-  T* dgx;                    // (T, B, G*H) out
-  T* dgh;                    // (T, B, G*H) out (== dgx except GRU)
-  float* dh_carry;           // (B, H) in: gradient of h_n; out: of h0
-  float* dc_carry;           // (B, H) LSTM, the same for c
+  scalar_t* dgx;                // (T, B, G*H) out
+  scalar_t* dgh;                // (T, B, G*H) out (== dgx unless kRecurrentGradDiffers)
+  float* dh_carry;              // (B, H) in: gradient of h_n; out: of h0
+  float* dc_carry;              // (B, H) kHasCellState, the same for c
 };
 
-template <typename T, Cell kCell>
+template <typename scalar_t, Cell kCell>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
-persistent_backward_kernel(PersistentBackwardArgs<T> a) {
-  using Math = UnitMath<kCell>;
-  constexpr int G = Math::kGates, S = Math::kSaved, kDistinct = distinct_dgh_gate<kCell>();
-  constexpr bool kC = has_cell_state(kCell);
+persistent_backward_kernel(PersistentBackwardArgs<scalar_t> a) {
+  using Math = CellMath<kCell>;
+  constexpr int G = Math::kGates, S = Math::kSaved;
+  constexpr int kRecurrentGate = Math::kRecurrentGradGate;
+  constexpr bool kC = Math::kHasCellState;
   FASTRNN_DYNAMIC_SHARED(smem);
   const int64_t H = a.H, B = a.B, GH = G * H, U = a.units_per_block;
   const int64_t j0 = blockIdx.x * U;
   const int64_t nu = U < H - j0 ? U : H - j0;
-  T* wcol = reinterpret_cast<T*>(smem);                                  // (nu, GH): W_hh[:, j]^T
-  float* dg_row = reinterpret_cast<float*>(smem + align16(U * GH * sizeof(T)));  // (GH)
+  scalar_t* wcol = reinterpret_cast<scalar_t*>(smem);  // (nu, GH): W_hh[:, j]^T
+  float* dg_row = reinterpret_cast<float*>(smem + align16(U * GH * sizeof(scalar_t)));  // (GH)
   float* carry = dg_row + GH;          // (B, nu) gradient of the state (this block's units)
   float* c_carry = carry + B * U;      // (B, nu)
   float* direct = c_carry + B * U;     // (B, nu) the part of dh_prev that bypasses W_hh
@@ -198,7 +201,7 @@ persistent_backward_kernel(PersistentBackwardArgs<T> a) {
   auto through_w_hh = [&](int64_t t) {
     for (int64_t b = 0; b < B; ++b) {
       if (!step_valid(a.lengths, t, b)) continue;  // uniform across the block
-      const T* dgh = a.dgh + (t * B + b) * GH;
+      const scalar_t* dgh = a.dgh + (t * B + b) * GH;
       for (int64_t n = tid; n < GH; n += kPersistentThreads) dg_row[n] = to_float(__ldcg(dgh + n));
       __syncthreads();
       for (int64_t u = warp; u < nu; u += kWarps) {
@@ -211,14 +214,14 @@ persistent_backward_kernel(PersistentBackwardArgs<T> a) {
     }
   };
 
-  for (int64_t step = 0; step < a.steps; ++step) {
-    const int64_t t = a.reverse ? step : a.steps - 1 - step;  // backward walks the other way
+  for (int64_t step = 0; step < a.T; ++step) {
+    const int64_t t = a.reverse ? step : a.T - 1 - step;  // backward walks the other way
     if (step > 0) through_w_hh(a.reverse ? t - 1 : t + 1);
     const int64_t prev_slot = a.reverse ? t + 1 : t, new_slot = a.reverse ? t : t + 1;
     for (int64_t i = tid; i < B * nu; i += kPersistentThreads) {
       const int64_t b = i / nu, u = i % nu, j = j0 + u;
-      T* dgx = a.dgx + (t * B + b) * GH;
-      T* dgh = a.dgh + (t * B + b) * GH;
+      scalar_t* dgx = a.dgx + (t * B + b) * GH;
+      scalar_t* dgh = a.dgh + (t * B + b) * GH;
       if (step_valid(a.lengths, t, b)) {
         const float dh = to_float(a.dy[(t * B + b) * H + j]) + carry[i];
         float saved[S > 0 ? S : 1];
@@ -226,28 +229,29 @@ persistent_backward_kernel(PersistentBackwardArgs<T> a) {
         for (int s = 0; s < S; ++s) saved[s] = a.acts[(t * B + b) * S * H + s * H + j];
         float dg[G], dgh_n, dir, dc_prev = 0.0f;
         Math::backward(dh, kC ? c_carry[i] : 0.0f, saved,
-                       kCell == Cell::Gru ? to_float(a.hs[(prev_slot * B + b) * H + j]) : 0.0f,
+                       Math::kReadsHPrev ? to_float(a.hs[(prev_slot * B + b) * H + j]) : 0.0f,
                        kC ? a.cs[(prev_slot * B + b) * H + j] : 0.0f,
-                       S == 0 ? to_float(a.hs[(new_slot * B + b) * H + j]) : 0.0f,
+                       Math::kReadsOutput ? to_float(a.hs[(new_slot * B + b) * H + j]) : 0.0f,
                        kC ? a.cs[(new_slot * B + b) * H + j] : 0.0f, dg, dgh_n, dir, dc_prev);
 #pragma unroll
         for (int g = 0; g < G; ++g) {
-          dgx[g * H + j] = from_float<T>(dg[g]);
-          if constexpr (kDistinct >= 0) dgh[g * H + j] = from_float<T>(g == kDistinct ? dgh_n : dg[g]);
+          dgx[g * H + j] = from_float<scalar_t>(dg[g]);
+          if constexpr (kRecurrentGate >= 0)
+            dgh[g * H + j] = from_float<scalar_t>(g == kRecurrentGate ? dgh_n : dg[g]);
         }
         direct[i] = dir;
         if constexpr (kC) c_carry[i] = dc_prev;
       } else {
 #pragma unroll
         for (int g = 0; g < G; ++g) {
-          dgx[g * H + j] = from_float<T>(0.0f);
-          if constexpr (kDistinct >= 0) dgh[g * H + j] = from_float<T>(0.0f);
+          dgx[g * H + j] = from_float<scalar_t>(0.0f);
+          if constexpr (kRecurrentGate >= 0) dgh[g * H + j] = from_float<scalar_t>(0.0f);
         }
       }
     }
     grid.sync();  // every block's dgh[t] is written before any block reads it
   }
-  through_w_hh(a.reverse ? a.steps - 1 : 0);  // the gradient of h0
+  through_w_hh(a.reverse ? a.T - 1 : 0);  // the gradient of h0
   for (int64_t i = tid; i < B * nu; i += kPersistentThreads) {
     const int64_t b = i / nu, u = i % nu;
     a.dh_carry[b * H + j0 + u] = carry[i];

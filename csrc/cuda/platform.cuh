@@ -4,7 +4,8 @@
 // emulation/host_emulation.h instead, which runs the very same kernels and driver on CPU threads
 // (one std::thread per CUDA thread, blocks one after another, cooperative grids all at once)
 // so that the tests can check the CUDA code's logic against the reference on a machine without a
-// GPU (tests/test_cuda_emulated.py). It checks logic only: not speed, not the GPU's memory model.
+// GPU (tests/cuda/test_cuda_emulated.py). It checks logic only: not speed, not the GPU's memory
+// model.
 #pragma once
 
 #ifdef FASTRNN_CUDA_HOST_EMULATION

@@ -1,6 +1,7 @@
 // The standard algorithm's kernels: one fused pointwise pass per step (forward and backward),
 // the projection's per-step helpers, and the small conversions and reductions around the loop.
-// One thread per (batch row, hidden unit); the cell's math is cell_math.cuh.
+// One thread per (batch row, hidden unit); the cell's math and traits are cell_math.cuh, and
+// nothing here names a cell.
 #pragma once
 
 #include "cuda/platform.cuh"
@@ -22,45 +23,49 @@ __device__ __forceinline__ bool step_valid(const int64_t* lengths, int64_t t, in
   return lengths == nullptr || t < lengths[b];
 }
 
-// Where the recurrent state of each step lives. Training: the reserve's slots (T+1 of them, in
-// time order; step k of the walk goes from slot index(k) to index(k+1)). Inference: a ring of
-// two buffers.
-template <typename T>
+// StateSlots: the storage of the recurrent state (h, and c where the cell has one) across one
+// layer's walk, and which slot holds the state after k steps of the walk. Training: the
+// reserve's T+1 slots in time order (h0 in slot 0 forward, in slot T reverse), so step k goes from
+// slot index(k) to index(k+1) and backward finds every step's states there. Inference: a ring of
+// two buffers, step k going from buffer k&1 to the other. This is the one meaning of StateSlots in
+// fastrnn's C++ (common/dispatch.h lists the names that the two backends share).
+template <typename scalar_t>
 struct StateSlots {
-  T* h;          // slot i at h + i * B * R
-  float* c;      // slot i at c + i * B * H (LSTM), else nullptr
-  int64_t steps;
+  scalar_t* h;   // slot i at h + i * B * R
+  float* c;      // slot i at c + i * B * H (kHasCellState), else nullptr
+  int64_t T;     // steps of the walk
   bool reverse;
   bool ring;
   __host__ __device__ int64_t index(int64_t k) const {
-    return ring ? (k & 1) : (reverse ? steps - k : k);
+    return ring ? (k & 1) : (reverse ? T - k : k);
   }
 };
 
 // ---- forward ----------------------------------------------------------------------------------
 
-template <typename T>
+template <typename scalar_t>
 struct StepForwardArgs {
   int64_t B, H, R, t;
-  const float* xp;      // (B, G*H) this step's X W_ih^T
-  const float* hp;      // (B, G*H) this step's h W_hh^T
-  const T* b_ih;        // (G*H) or nullptr
-  const T* b_hh;
-  const T* h_prev;      // (B, R)
-  const float* c_prev;  // (B, H) LSTM
-  T* out;               // (B, R) the new state; with projection (B, H): m = o * tanh(c)
-  T* y;                 // (B, R) this step's output; nullptr with projection
-  float* c_new;         // (B, H) LSTM
-  float* acts;          // (B, S*H) saved activations, or nullptr
+  const float* xp;         // (B, G*H) this step's X W_ih^T
+  const float* hp;         // (B, G*H) this step's h W_hh^T
+  const scalar_t* b_ih;    // (G*H) or nullptr
+  const scalar_t* b_hh;
+  const scalar_t* h_prev;  // (B, R)
+  const float* c_prev;     // (B, H) kHasCellState
+  scalar_t* out;           // (B, R) the new state; with projection (B, H): m = o * tanh(c)
+  scalar_t* y;             // (B, R) this step's output; nullptr with projection
+  float* c_new;            // (B, H) kHasCellState
+  float* acts;             // (B, S*H) saved activations, or nullptr
   const int64_t* lengths;
   bool projected;
 };
 
-template <typename T, Cell kCell>
-__global__ void __launch_bounds__(kPointwiseThreads) forward_step_kernel(StepForwardArgs<T> a) {
-  using Math = UnitMath<kCell>;
+template <typename scalar_t, Cell kCell>
+__global__ void __launch_bounds__(kPointwiseThreads)
+forward_step_kernel(StepForwardArgs<scalar_t> a) {
+  using Math = CellMath<kCell>;
   constexpr int G = Math::kGates, S = Math::kSaved;
-  constexpr bool kC = has_cell_state(kCell);
+  constexpr bool kC = Math::kHasCellState;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= a.B * a.H) return;
   const int64_t b = idx / a.H, j = idx % a.H, GH = G * a.H;
@@ -73,11 +78,11 @@ __global__ void __launch_bounds__(kPointwiseThreads) forward_step_kernel(StepFor
       xg[g] = a.xp[b * GH + n] + (a.b_ih ? to_float(a.b_ih[n]) : 0.0f);
       hg[g] = a.hp[b * GH + n] + (a.b_hh ? to_float(a.b_hh[n]) : 0.0f);
     }
-    const float h_prev = kCell == Cell::Gru ? to_float(a.h_prev[b * a.R + j]) : 0.0f;
+    const float h_prev = Math::kReadsHPrev ? to_float(a.h_prev[b * a.R + j]) : 0.0f;
     const float c_prev = kC ? a.c_prev[b * a.H + j] : 0.0f;
     float out, c_new = 0.0f;
     Math::forward(xg, hg, h_prev, c_prev, out, c_new, saved);
-    const T out_t = from_float<T>(out);
+    const scalar_t out_t = from_float<scalar_t>(out);
     a.out[out_at] = out_t;
     if (a.y) a.y[b * a.R + j] = out_t;
     if constexpr (kC) a.c_new[b * a.H + j] = c_new;
@@ -88,8 +93,8 @@ __global__ void __launch_bounds__(kPointwiseThreads) forward_step_kernel(StepFor
       }
     }
   } else {  // padded step: the state carries over, the output is zero
-    a.out[out_at] = a.projected ? from_float<T>(0.0f) : a.h_prev[b * a.R + j];
-    if (a.y) a.y[b * a.R + j] = from_float<T>(0.0f);
+    a.out[out_at] = a.projected ? from_float<scalar_t>(0.0f) : a.h_prev[b * a.R + j];
+    if (a.y) a.y[b * a.R + j] = from_float<scalar_t>(0.0f);
     if constexpr (kC) a.c_new[b * a.H + j] = a.c_prev[b * a.H + j];
     if constexpr (S > 0) {
       if (a.acts) {
@@ -101,53 +106,56 @@ __global__ void __launch_bounds__(kPointwiseThreads) forward_step_kernel(StepFor
 }
 
 // LSTM with projection, after h_proj = m W_hr^T: the new state and the output (B, P).
-template <typename T>
+template <typename scalar_t>
 __global__ void __launch_bounds__(kPointwiseThreads)
-commit_projection_kernel(int64_t B, int64_t P, int64_t t, const float* h_proj, const T* h_prev,
-                         T* h_new, T* y, const int64_t* lengths) {
+commit_projection_kernel(int64_t B, int64_t P, int64_t t, const float* h_proj,
+                         const scalar_t* h_prev, scalar_t* h_new, scalar_t* y,
+                         const int64_t* lengths) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= B * P) return;
   const int64_t b = idx / P;
   if (step_valid(lengths, t, b)) {
-    const T v = from_float<T>(h_proj[idx]);
+    const scalar_t v = from_float<scalar_t>(h_proj[idx]);
     h_new[idx] = v;
     y[idx] = v;
   } else {
     h_new[idx] = h_prev[idx];
-    y[idx] = from_float<T>(0.0f);
+    y[idx] = from_float<scalar_t>(0.0f);
   }
 }
 
 // ---- backward ---------------------------------------------------------------------------------
 
-template <typename T>
+template <typename scalar_t>
 struct StepBackwardArgs {
   int64_t B, H, R, t;
-  const T* dy;          // (B, R) this step's output gradient; nullptr with projection
-  const float* dm;      // (B, H) with projection: gradient of m (= dh_out W_hr)
-  float* dh_carry;      // (B, R) gradient of the state after this step; becomes the part of
-                        // the gradient of the state before it that bypasses W_hh
-  float* dc_carry;      // (B, H) LSTM: gradient of c after this step -> before it
-  const float* acts;    // (B, S*H)
-  const T* h_prev;      // (B, R)
-  const T* h_new;       // (B, R)
-  const float* c_prev;  // (B, H)
-  const float* c_new;   // (B, H)
-  T* dgx;               // (B, G*H) out
-  T* dgh;               // (B, G*H) out (== dgx except for GRU)
+  const scalar_t* dy;      // (B, R) this step's output gradient; nullptr with projection
+  const float* dm;         // (B, H) with projection: gradient of m (= dh_out W_hr)
+  float* dh_carry;         // (B, R) gradient of the state after this step; becomes the part of
+                           // the gradient of the state before it that bypasses W_hh
+  float* dc_carry;         // (B, H) kHasCellState: gradient of c after this step -> before it
+  const float* acts;       // (B, S*H)
+  const scalar_t* h_prev;  // (B, R)
+  const scalar_t* h_new;   // (B, R)
+  const float* c_prev;     // (B, H)
+  const float* c_new;      // (B, H)
+  scalar_t* dgx;           // (B, G*H) out
+  scalar_t* dgh;           // (B, G*H) out (== dgx unless kRecurrentGradDiffers)
   const int64_t* lengths;
 };
 
-template <typename T, Cell kCell>
-__global__ void __launch_bounds__(kPointwiseThreads) backward_step_kernel(StepBackwardArgs<T> a) {
-  using Math = UnitMath<kCell>;
-  constexpr int G = Math::kGates, S = Math::kSaved, kDistinct = distinct_dgh_gate<kCell>();
-  constexpr bool kC = has_cell_state(kCell);
+template <typename scalar_t, Cell kCell>
+__global__ void __launch_bounds__(kPointwiseThreads)
+backward_step_kernel(StepBackwardArgs<scalar_t> a) {
+  using Math = CellMath<kCell>;
+  constexpr int G = Math::kGates, S = Math::kSaved;
+  constexpr int kRecurrentGate = Math::kRecurrentGradGate;
+  constexpr bool kC = Math::kHasCellState;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= a.B * a.H) return;
   const int64_t b = idx / a.H, j = idx % a.H, GH = G * a.H;
-  T* dgx = a.dgx + b * GH;
-  T* dgh = a.dgh + b * GH;
+  scalar_t* dgx = a.dgx + b * GH;
+  scalar_t* dgh = a.dgh + b * GH;
   if (step_valid(a.lengths, a.t, b)) {
     const float dh = a.dm ? a.dm[b * a.H + j]
                           : to_float(a.dy[b * a.R + j]) + a.dh_carry[b * a.R + j];
@@ -156,22 +164,23 @@ __global__ void __launch_bounds__(kPointwiseThreads) backward_step_kernel(StepBa
     for (int s = 0; s < S; ++s) saved[s] = a.acts[b * S * a.H + s * a.H + j];
     float dg[G], dgh_n, direct, dc_prev = 0.0f;
     Math::backward(dh, kC ? a.dc_carry[b * a.H + j] : 0.0f, saved,
-                   kCell == Cell::Gru ? to_float(a.h_prev[b * a.R + j]) : 0.0f,
+                   Math::kReadsHPrev ? to_float(a.h_prev[b * a.R + j]) : 0.0f,
                    kC ? a.c_prev[b * a.H + j] : 0.0f,
-                   S == 0 ? to_float(a.h_new[b * a.R + j]) : 0.0f,
+                   Math::kReadsOutput ? to_float(a.h_new[b * a.R + j]) : 0.0f,
                    kC ? a.c_new[b * a.H + j] : 0.0f, dg, dgh_n, direct, dc_prev);
 #pragma unroll
     for (int g = 0; g < G; ++g) {
-      dgx[g * a.H + j] = from_float<T>(dg[g]);
-      if constexpr (kDistinct >= 0) dgh[g * a.H + j] = from_float<T>(g == kDistinct ? dgh_n : dg[g]);
+      dgx[g * a.H + j] = from_float<scalar_t>(dg[g]);
+      if constexpr (kRecurrentGate >= 0)
+        dgh[g * a.H + j] = from_float<scalar_t>(g == kRecurrentGate ? dgh_n : dg[g]);
     }
     if (!a.dm) a.dh_carry[b * a.R + j] = direct;  // the GEMM adds dgh W_hh next
     if constexpr (kC) a.dc_carry[b * a.H + j] = dc_prev;
   } else {  // padded step: no gradient into the gates; the state's gradient passes through
 #pragma unroll
     for (int g = 0; g < G; ++g) {
-      dgx[g * a.H + j] = from_float<T>(0.0f);
-      if constexpr (kDistinct >= 0) dgh[g * a.H + j] = from_float<T>(0.0f);
+      dgx[g * a.H + j] = from_float<scalar_t>(0.0f);
+      if constexpr (kRecurrentGate >= 0) dgh[g * a.H + j] = from_float<scalar_t>(0.0f);
     }
   }
 }
@@ -179,42 +188,44 @@ __global__ void __launch_bounds__(kPointwiseThreads) backward_step_kernel(StepBa
 // LSTM with projection, before the pointwise pass: dh_out = dy + dh_carry (the gradient of this
 // step's projected output, kept for dW_hr), and the carry restarts at 0 for valid rows (the GEMM
 // after the pointwise pass adds dgh W_hh).
-template <typename T>
+template <typename scalar_t>
 __global__ void __launch_bounds__(kPointwiseThreads)
-projection_grad_kernel(int64_t B, int64_t P, int64_t t, const T* dy, float* dh_carry, T* dh_out,
-                       const int64_t* lengths) {
+projection_grad_kernel(int64_t B, int64_t P, int64_t t, const scalar_t* dy, float* dh_carry,
+                       scalar_t* dh_out, const int64_t* lengths) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= B * P) return;
   const int64_t b = idx / P;
   if (step_valid(lengths, t, b)) {
-    dh_out[idx] = from_float<T>(to_float(dy[idx]) + dh_carry[idx]);
+    dh_out[idx] = from_float<scalar_t>(to_float(dy[idx]) + dh_carry[idx]);
     dh_carry[idx] = 0.0f;
   } else {
-    dh_out[idx] = from_float<T>(0.0f);
+    dh_out[idx] = from_float<scalar_t>(0.0f);
   }
 }
 
 // ---- around the loop --------------------------------------------------------------------------
 
 // out[i] = float(in[i]), or 0 where in is nullptr.
-template <typename T>
-__global__ void __launch_bounds__(kPointwiseThreads) widen_kernel(const T* in, float* out, int64_t n) {
+template <typename scalar_t>
+__global__ void __launch_bounds__(kPointwiseThreads)
+widen_kernel(const scalar_t* in, float* out, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) out[i] = in ? to_float(in[i]) : 0.0f;
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kPointwiseThreads) narrow_kernel(const float* in, T* out, int64_t n) {
+template <typename scalar_t>
+__global__ void __launch_bounds__(kPointwiseThreads)
+narrow_kernel(const float* in, scalar_t* out, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) out[i] = from_float<T>(in[i]);
+  if (i < n) out[i] = from_float<scalar_t>(in[i]);
 }
 
 // Column sums of a (rows, cols) matrix, accumulated in float in a fixed order (deterministic):
 // a block takes 32 columns; its 8 thread rows stride over the matrix rows, then add up.
 constexpr int kSumColumns = 32, kSumRows = 8;
-template <typename T>
+template <typename scalar_t>
 __global__ void __launch_bounds__(kSumColumns * kSumRows)
-column_sum_kernel(const T* m, int64_t rows, int64_t cols, T* out) {
+column_sum_kernel(const scalar_t* m, int64_t rows, int64_t cols, scalar_t* out) {
   __shared__ float partial[kSumRows][kSumColumns];
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kSumColumns + threadIdx.x;
   float sum = 0.0f;
@@ -226,7 +237,7 @@ column_sum_kernel(const T* m, int64_t rows, int64_t cols, T* out) {
     float total = 0.0f;
 #pragma unroll
     for (int k = 0; k < kSumRows; ++k) total += partial[k][threadIdx.x];
-    out[col] = from_float<T>(total);
+    out[col] = from_float<scalar_t>(total);
   }
 }
 
