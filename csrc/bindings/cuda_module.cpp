@@ -15,6 +15,9 @@
 #include <vector>
 
 #include "fastrnn/fastrnn_cuda.h"
+#ifdef FASTRNN_CUDA_HOST_EMULATION
+#include "cuda/emulation/gemm_log.h"
+#endif
 
 namespace py = pybind11;
 namespace fc = fastrnn::cuda;
@@ -366,6 +369,20 @@ FASTRNN_PYBIND11_MODULE(FASTRNN_CUDA_MODULE_NAME, m) {
     py::gil_scoped_release nogil;
     fc::synchronize(device);
   }, py::arg("device"));
+
+#ifdef FASTRNN_CUDA_HOST_EMULATION
+  // The emulated cuBLAS's record of the GEMMs (tests: which workspace each stream's GEMMs used).
+  m.def("start_gemm_log", [] { fastrnn::emu::gemm_log().start(); },
+        "Record every GEMM from now on (the emulation only).");
+  m.def("take_gemm_log", [] {
+    py::list out;
+    for (const auto& r : fastrnn::emu::gemm_log().take())
+      out.append(py::make_tuple(reinterpret_cast<uintptr_t>(r.handle),
+                                reinterpret_cast<uintptr_t>(r.stream),
+                                reinterpret_cast<uintptr_t>(r.workspace)));
+    return out;
+  }, "[(handle, stream, workspace)] of the GEMMs since start_gemm_log, which stops recording.");
+#endif
 
   py::class_<DeviceArray>(m, "DeviceArray",
                           "A C-contiguous array in CUDA device memory owned by fastrnn; hand it "

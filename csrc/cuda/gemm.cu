@@ -1,49 +1,58 @@
 #include "cuda/gemm.cuh"
 
+#include <map>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 namespace fastrnn::cuda {
 namespace {
 
-// Free handles per device, shared by all threads.
-std::mutex g_pool_mutex;
-std::vector<std::vector<cublasHandle_t>> g_free_handles;
+// Where a handle belongs: one device, one stream, for the handle's whole life.
+using HandleKey = std::pair<int, cudaStream_t>;
 
-// The handles one thread holds, one per device it used; back to the pool at thread exit.
+// Free handles per (device, stream), shared by all threads.
+std::mutex g_pool_mutex;
+std::map<HandleKey, std::vector<cublasHandle_t>> g_free_handles;
+
+// The handles one thread holds, one per (device, stream) it used; back to the pool at thread
+// exit (still bound to their stream: only a thread on the same stream takes them again).
 struct ThreadHandles {
-  std::vector<cublasHandle_t> by_device;
+  std::vector<std::pair<HandleKey, cublasHandle_t>> held;
   ~ThreadHandles() {
     std::lock_guard<std::mutex> lock(g_pool_mutex);
-    for (size_t d = 0; d < by_device.size(); ++d) {
-      if (!by_device[d]) continue;
-      if (g_free_handles.size() <= d) g_free_handles.resize(d + 1);
-      g_free_handles[d].push_back(by_device[d]);
-    }
+    for (const auto& [key, handle] : held) g_free_handles[key].push_back(handle);
   }
 };
+
+cublasHandle_t take_or_create(const HandleKey& key) {
+  {
+    std::lock_guard<std::mutex> lock(g_pool_mutex);
+    auto free = g_free_handles.find(key);
+    if (free != g_free_handles.end() && !free->second.empty()) {
+      const cublasHandle_t handle = free->second.back();
+      free->second.pop_back();
+      return handle;
+    }
+  }
+  cublasHandle_t handle = nullptr;
+  FASTRNN_CUBLAS_CHECK(cublasCreate(&handle));  // on the current device (the caller's guard)
+  // Default math: float32 stays float32 unless a call asks for TF32 (compute type below).
+  FASTRNN_CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
+  // Bound once, for good; this also selects the handle's own default workspace.
+  FASTRNN_CUBLAS_CHECK(cublasSetStream(handle, key.second));
+  return handle;
+}
 
 }  // namespace
 
 cublasHandle_t cublas_handle(int device, cudaStream_t stream) {
   thread_local ThreadHandles mine;
-  if (mine.by_device.size() <= static_cast<size_t>(device)) mine.by_device.resize(device + 1);
-  cublasHandle_t& handle = mine.by_device[device];
-  if (!handle) {
-    {
-      std::lock_guard<std::mutex> lock(g_pool_mutex);
-      if (g_free_handles.size() > static_cast<size_t>(device) && !g_free_handles[device].empty()) {
-        handle = g_free_handles[device].back();
-        g_free_handles[device].pop_back();
-      }
-    }
-    if (!handle) {
-      FASTRNN_CUBLAS_CHECK(cublasCreate(&handle));  // on the current device (the caller's guard)
-      // Default math: float32 stays float32 unless a call asks for TF32 (compute type below).
-      FASTRNN_CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
-    }
-  }
-  FASTRNN_CUBLAS_CHECK(cublasSetStream(handle, stream));
+  const HandleKey key{device, stream};
+  for (const auto& [held_key, handle] : mine.held)
+    if (held_key == key) return handle;  // a few entries: one per stream this thread used
+  const cublasHandle_t handle = take_or_create(key);
+  mine.held.emplace_back(key, handle);
   return handle;
 }
 

@@ -13,14 +13,21 @@
 
 namespace fastrnn::cuda {
 
-template <typename T> constexpr cudaDataType_t data_type();
+template <typename scalar_t> constexpr cudaDataType_t data_type();
 template <> constexpr cudaDataType_t data_type<float>() { return CUDA_R_32F; }
 template <> constexpr cudaDataType_t data_type<__half>() { return CUDA_R_16F; }
 template <> constexpr cudaDataType_t data_type<__nv_bfloat16>() { return CUDA_R_16BF; }
 
-// A cuBLAS handle for `device`, bound to `stream`, for the calling thread. Handles are pooled
-// per device and reused across threads (a thread returns its handles when it exits); they are
-// never destroyed, because at process exit the CUDA context may already be gone.
+// A cuBLAS handle for the calling thread's GEMMs on `stream` of `device`. A handle serves one
+// (device, stream) for its whole life: cuBLAS keeps its workspace per handle (cublasSetStream
+// resets a handle to its own default workspace pool), so a handle moved from stream to stream
+// would let a GEMM queued on one stream share the workspace with a GEMM still running on another.
+// With one handle per stream, GEMMs on two streams never share a workspace (PyTorch keys its
+// cuBLAS workspaces the same way, by handle and stream). Handles are per thread (a handle is not
+// safe to use from two threads at once) and pooled per (device, stream): a thread returns its
+// handles when it exits, and a later thread on the same stream takes one. They are never
+// destroyed, because at process exit the CUDA context may already be gone; a process that cycles
+// through many streams keeps one handle per stream address it has used.
 cublasHandle_t cublas_handle(int device, cudaStream_t stream);
 
 // One operand: a row-major matrix at `ptr` with leading dimension `ld`, used as stored

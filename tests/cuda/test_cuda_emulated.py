@@ -7,13 +7,13 @@ lengths, reverse, projection, the GEMMs' shapes and transpositions, the half typ
 threads, one per CUDA thread, with barriers for __syncthreads, warp shuffles and grid.sync.
 "Device pointers" are host addresses, so NumPy arrays serve as device memory. This checks the
 logic of the CUDA code on machines without a GPU; the GPU itself (its memory model, cuBLAS's
-real arithmetic, speed) is tests/test_cuda.py's job.
+real arithmetic, speed) is tests/cuda/test_cuda.py's job.
 
 Build it and point the tests at it (.ci/run does this):
 
     cmake -S . -B build/emu -DFASTRNN_CUDA=OFF -DFASTRNN_CUDA_EMULATION=ON
     cmake --build build/emu --target _cuda_emulated
-    FASTRNN_CUDA_EMULATOR=build/emu python -m pytest tests/test_cuda_emulated.py
+    FASTRNN_CUDA_EMULATOR=build/emu python -m pytest tests/cuda/test_cuda_emulated.py
 
 Without FASTRNN_CUDA_EMULATOR the tests skip, unless FASTRNN_REQUIRE_CUDA_EMULATOR=1.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import threading
 import warnings
 import zlib
 
@@ -110,10 +111,25 @@ def _rel(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
-def run_layer(mode, dtype, T, B, I, H, *, P=0, reverse=False, lengths=None, algo=STANDARD,
-              bias=True, training=True, seed=0):
+def run_layer(*args, **kwargs):
     """Forward (and backward when training) through the emulated CUDA code and the reference;
     returns the algo that ran and {name: relative error} for every output and gradient."""
+    return _finish(layer_calls(*args, **kwargs))
+
+
+def _finish(calls):
+    """Runs what is left of a layer_calls generator; returns its result."""
+    try:
+        while True:
+            next(calls)
+    except StopIteration as done:
+        return done.value
+
+
+def layer_calls(mode, dtype, T, B, I, H, *, P=0, reverse=False, lengths=None, algo=STANDARD,
+                bias=True, training=True, seed=0, stream=0):
+    """run_layer as a generator that pauses after the forward call, so that tests can interleave
+    the calls of several layers; `stream` is the stream handle that the calls pass."""
     rng = np.random.default_rng(seed)
     buf, G, R = Buffers(dtype), GATES[mode], P or H
     cell, dcode = CELL[mode], DTYPE_CODE[dtype]
@@ -135,10 +151,11 @@ def run_layer(mode, dtype, T, B, I, H, *, P=0, reverse=False, lengths=None, algo
     workspace = np.full(max(fwd_bytes, 1), 0xFF, np.uint8)
     y, h_n = buf.poisoned((T, B, R)), buf.poisoned((B, R))
     c_n = buf.poisoned((B, H)) if mode == "lstm" else None
-    emu.layer_forward(cell, dcode, T, B, I, H, P, reverse, code, False, 0, 0, _addr(x), _addr(h0),
-                      _addr(c0), _addr(w_ih), _addr(w_hh), _addr(b_ih), _addr(b_hh), _addr(w_hr),
-                      _addr(lengths_arr), _addr(y), _addr(h_n), _addr(c_n), _addr(reserve),
-                      _addr(workspace))
+    emu.layer_forward(cell, dcode, T, B, I, H, P, reverse, code, False, 0, stream, _addr(x),
+                      _addr(h0), _addr(c0), _addr(w_ih), _addr(w_hh), _addr(b_ih), _addr(b_hh),
+                      _addr(w_hr), _addr(lengths_arr), _addr(y), _addr(h_n), _addr(c_n),
+                      _addr(reserve), _addr(workspace))
+    yield
 
     v = (lambda a: None if a is None else buf.value(a))
     ry, rh, rc, saved = reference.layer_forward(
@@ -159,7 +176,7 @@ def run_layer(mode, dtype, T, B, I, H, *, P=0, reverse=False, lengths=None, algo
                   bias_hh=b_hh, weight_hr=w_hr)
     grads = {k: None if a is None else buf.poisoned(a.shape) for k, a in inputs.items()}
     workspace = np.full(max(bwd_bytes, 1), 0xFF, np.uint8)
-    emu.layer_backward(cell, dcode, T, B, I, H, P, reverse, code, False, 0, 0, _addr(x),
+    emu.layer_backward(cell, dcode, T, B, I, H, P, reverse, code, False, 0, stream, _addr(x),
                        _addr(h0), _addr(c0), _addr(w_ih), _addr(w_hh), _addr(b_ih), _addr(b_hh),
                        _addr(w_hr), _addr(lengths_arr), _addr(reserve), _addr(dy), _addr(dh_n),
                        _addr(dc_n), *[_addr(grads[k]) for k in GRADIENTS], _addr(workspace))
@@ -258,6 +275,63 @@ def test_more_units_than_multiprocessors_and_a_batch_of_16():
                              algo=PERSISTENT, seed=_seed("wide"))
     assert code == PERSISTENT
     _check(errors, "float32")
+
+
+# ---- cuBLAS handles and workspaces per stream (csrc/cuda/gemm.cu) ------------------------------
+# On a GPU the GEMMs that one thread queues on two streams run at the same time: they must never
+# share a cuBLAS workspace. The emulation runs everything in order, but its cuBLAS keeps each
+# handle's stream and workspace as cuBLAS does and logs them per GEMM (emulation/gemm_log.h).
+# Stream handles here are made-up addresses: the emulation never dereferences them.
+
+def _workspaces_by_stream(log, streams):
+    assert log, "no GEMM was logged"
+    assert {stream for _, stream, _ in log} == set(streams), \
+        "every GEMM runs on the stream that its call named"
+    return {s: {ws for _, stream, ws in log if stream == s} for s in streams}
+
+
+@pytest.mark.parametrize("algo", [STANDARD, PERSISTENT])
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_gemms_on_two_streams_from_one_thread_never_share_a_workspace(mode, algo):
+    streams = (0x51000 + 16 * algo, 0x52000 + 16 * algo)
+    emu.start_gemm_log()
+    try:
+        calls = {s: layer_calls(mode, "float32", 5, 3, 4, 6, lengths=[5, 2, 4], algo=algo,
+                                reverse=s == streams[1], stream=s, seed=_seed("streams", mode, s))
+                 for s in streams}
+        for c in calls.values():  # forward on the first stream, then on the second
+            next(c)
+        results = {s: _finish(c) for s, c in calls.items()}  # backward likewise
+    finally:
+        log = emu.take_gemm_log()
+    for code, errors in results.values():
+        assert code == algo
+        _check(errors, "float32")
+    used = _workspaces_by_stream(log, streams)
+    shared = used[streams[0]] & used[streams[1]]
+    assert not shared, f"GEMMs on two streams used the same cuBLAS workspace(s) {shared}"
+
+
+def test_a_handle_left_by_an_exited_thread_serves_only_its_own_stream():
+    # A thread's handles go back to a pool when it exits, while their GEMMs may still run on the
+    # GPU: a later thread on another stream must not be handed one of them.
+    streams = (0x61000, 0x62000)
+    results = []
+    emu.start_gemm_log()
+    try:
+        for k, s in enumerate(streams * 3):
+            worker = threading.Thread(target=lambda s=s, k=k: results.append(run_layer(
+                "gru", "float32", 4, 2, 3, 5, algo=STANDARD, stream=s, seed=_seed("pool", k))))
+            worker.start()
+            worker.join()
+    finally:
+        log = emu.take_gemm_log()
+    assert len(results) == 6
+    for _, errors in results:
+        _check(errors, "float32")
+    used = _workspaces_by_stream(log, streams)
+    shared = used[streams[0]] & used[streams[1]]
+    assert not shared, f"GEMMs on two streams used the same cuBLAS workspace(s) {shared}"
 
 
 # ---- the NumPy-level API's GPU path (fastrnn/_device_arrays.py) over the emulated module --------
@@ -365,7 +439,7 @@ def test_functional_api_device_argument_errors(emulated_backend):
 # module's layer calls are routed to its CUDA functions, which allocate with torch, pass the
 # storage addresses and the stream to the kernels and hand back the gradients; the results are
 # compared with torch.nn on the same CPU tensors. (Device checks and streams themselves need a
-# GPU: tests/test_cuda.py.)
+# GPU: tests/cuda/test_cuda.py.)
 
 @pytest.fixture
 def torch_on_emulated_cuda(emulated_backend, monkeypatch):

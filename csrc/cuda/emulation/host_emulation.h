@@ -1,11 +1,13 @@
 // Host emulation of the parts of CUDA, cuBLAS and cooperative groups that fastrnn's CUDA backend
 // uses, so that the same kernels and driver (csrc/cuda) compile with a host compiler and run on
-// CPU threads: see cuda/platform.cuh. Test use only (tests/test_cuda_emulated.py).
+// CPU threads: see cuda/platform.cuh. Test use only (tests/cuda/test_cuda_emulated.py).
 //
 // Execution model: a kernel launch runs its blocks one after another; within a block every CUDA
 // thread is a std::thread, so __syncthreads and warp shuffles are real barriers among them.
 // A cooperative launch runs all blocks at once, and grid.sync() is a barrier across all of them.
-// "Device memory" is host memory; streams are ignored (everything runs in order, synchronously).
+// "Device memory" is host memory; streams are ignored (everything runs in order, synchronously),
+// except that the emulated cuBLAS keeps each handle's stream and workspace as cuBLAS does and
+// records them per GEMM (gemm_log.h), so tests can check which workspace a stream's GEMMs use.
 // One emulated device with a few multiprocessors (so that the persistent kernel spreads its
 // units over several blocks even at small sizes) and an H100's shared-memory limits.
 #pragma once
@@ -23,6 +25,8 @@
 #include <tuple>
 #include <utility>
 #include <vector>
+
+#include "cuda/emulation/gemm_log.h"
 
 // ---- qualifiers ---------------------------------------------------------------------------------
 #define __global__
@@ -110,8 +114,8 @@ inline __nv_bfloat16 __float2bfloat16_rn(float x) {
   return {static_cast<uint16_t>((f + rounding) >> 16)};
 }
 
-template <typename T>
-inline T __ldcg(const T* p) {
+template <typename scalar_t>
+inline scalar_t __ldcg(const scalar_t* p) {
   return *p;
 }
 
@@ -236,7 +240,13 @@ enum cudaDataType_t : int { CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_16BF = 14 };
 enum cublasComputeType_t : int { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_TF32 = 77 };
 enum cublasGemmAlgo_t : int { CUBLAS_GEMM_DEFAULT = -1 };
 enum libraryPropertyType : int { MAJOR_VERSION = 0, MINOR_VERSION = 1, PATCH_LEVEL = 2 };
-struct fastrnn_emu_cublas_context {};
+// A handle: its stream and the workspace its GEMMs use. cublasSetStream resets the workspace to
+// the handle's own default pool (as cuBLAS documents); cublasSetWorkspace sets a caller's buffer.
+struct fastrnn_emu_cublas_context {
+  cudaStream_t stream = nullptr;
+  unsigned char default_workspace[16];  // stands for cuBLAS's default workspace pool
+  const void* workspace = default_workspace;
+};
 using cublasHandle_t = fastrnn_emu_cublas_context*;
 
 inline const char* cublasGetStatusName(cublasStatus_t s) {
@@ -247,7 +257,15 @@ inline cublasStatus_t cublasCreate(cublasHandle_t* h) {
   *h = new fastrnn_emu_cublas_context;
   return CUBLAS_STATUS_SUCCESS;
 }
-inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+inline cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t stream) {
+  h->stream = stream;
+  h->workspace = h->default_workspace;
+  return CUBLAS_STATUS_SUCCESS;
+}
+inline cublasStatus_t cublasSetWorkspace(cublasHandle_t h, void* workspace, size_t bytes) {
+  h->workspace = workspace != nullptr && bytes > 0 ? workspace : h->default_workspace;
+  return CUBLAS_STATUS_SUCCESS;
+}
 inline cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) {
   return CUBLAS_STATUS_SUCCESS;
 }
@@ -277,16 +295,17 @@ inline void store_element(void* p, cudaDataType_t t, int64_t i, float v) {
 
 // C (m x n, column-major) = alpha op(A) op(B) + beta C, as cuBLAS defines it (a beta of 0 never
 // reads C, so an unwritten C's NaNs do not leak in).
-inline cublasStatus_t cublasGemmEx_64(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb,
-                                      int64_t m, int64_t n, int64_t k, const void* alpha,
-                                      const void* A, cudaDataType_t at, int64_t lda, const void* B,
-                                      cudaDataType_t bt, int64_t ldb, const void* beta, void* C,
-                                      cudaDataType_t ct, int64_t ldc, cublasComputeType_t,
-                                      cublasGemmAlgo_t) {
+inline cublasStatus_t cublasGemmEx_64(cublasHandle_t handle, cublasOperation_t ta,
+                                      cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
+                                      const void* alpha, const void* A, cudaDataType_t at,
+                                      int64_t lda, const void* B, cudaDataType_t bt, int64_t ldb,
+                                      const void* beta, void* C, cudaDataType_t ct, int64_t ldc,
+                                      cublasComputeType_t, cublasGemmAlgo_t) {
   if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
   if (lda < std::max<int64_t>(1, ta == CUBLAS_OP_N ? m : k) ||
       ldb < std::max<int64_t>(1, tb == CUBLAS_OP_N ? k : n) || ldc < std::max<int64_t>(1, m))
     return CUBLAS_STATUS_INVALID_VALUE;
+  fastrnn::emu::gemm_log().record({handle, handle->stream, handle->workspace});
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
   for (int64_t j = 0; j < n; ++j) {
     for (int64_t i = 0; i < m; ++i) {
