@@ -45,7 +45,7 @@ def _warn_once(reason: str) -> None:
                   f"(warned once)", FallbackWarning, stacklevel=4)
 
 
-# ---- whole calls: why the kernels cannot run one --------------------------------------------------
+# ---- whole calls: why the kernels cannot run one ---------------------------------------------
 
 def _dtype_names(dtypes) -> str:
     names = [str(d).replace("torch.", "") for d in dtypes]

@@ -1,5 +1,5 @@
 """PackedSequence handling: packed data to the core's padded, time-major form and back, and the
-checks of a PackedSequence that torch.nn does not make.
+checks of a PackedSequence that torch.nn does not make (the checks themselves: ``_validate``).
 
 Packing and unpacking read the batch sizes' values, which torch.compile cannot trace (their
 shapes are data). torch's own pad_packed_sequence / pack_padded_sequence are functions TorchDynamo
@@ -7,13 +7,13 @@ never traces, so under torch.compile each such call runs eagerly between compile
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from .. import _validate
 from ._ops import _np
 
 
@@ -27,42 +27,24 @@ def padded_to_packed(padded: Tensor, lengths: Tensor) -> Tensor:
     return pack_padded_sequence(padded, lengths, enforce_sorted=True).data
 
 
-def packed_problem(data: Tensor, batch_sizes: Tensor, sorted_indices: Optional[Tensor],
-                   unsorted_indices: Optional[Tensor]) -> str:
-    """What is wrong with a PackedSequence ('' if nothing) that torch.nn's packed path does not
-    check: batch_sizes a 1-D CPU int64 tensor of non-increasing, non-negative sizes (as
-    pack_padded_sequence makes them) that add up to the rows of data; sorted_indices and
-    unsorted_indices (each may be None) permutations of the batch, and one the other's inverse
-    when both are given (PackedSequence inverts whatever it is given, leaving entries of a
-    non-permutation uninitialised)."""
-    if (batch_sizes.dtype != torch.int64 or batch_sizes.dim() != 1
-            or batch_sizes.device.type != "cpu" or batch_sizes.layout != torch.strided):
-        return (f"batch_sizes: expected a 1-D CPU int64 tensor, got a {batch_sizes.dim()}-D "
-                f"{batch_sizes.device.type} {batch_sizes.dtype} tensor")
-    sizes = _np(batch_sizes)  # NumPy's small-array operations cost less than torch's
-    if sizes[-1] < 0 or (sizes[1:] > sizes[:-1]).any():
-        return (f"batch_sizes: expected non-increasing, non-negative sizes, got "
-                f"{sizes[:10].tolist()}{' ...' if sizes.size > 10 else ''}")
-    total = int(sizes.sum())
-    if data.dim() == 2 and data.size(0) != total:  # another rank: check_forward_args says so
-        return f"data has {data.size(0)} rows, but batch_sizes add up to {total}"
-    B = int(sizes[0])
-    given = {}  # torch.nn accepts either index tensor alone (a PackedSequence may hold only one)
-    for name, t in (("sorted_indices", sorted_indices), ("unsorted_indices", unsorted_indices)):
-        if t is None:
-            continue
-        if (not isinstance(t, Tensor) or t.dtype != torch.int64 or t.shape != (B,)
-                or t.device.type != "cpu" or t.layout != torch.strided):
-            got = (f"a {tuple(t.shape)} {t.dtype} tensor on {t.device}"
-                   if isinstance(t, Tensor) else type(t).__name__)
-            return f"{name}: expected a ({B},) CPU int64 tensor (B = batch_sizes[0]), got {got}"
-        given[name] = _np(t)
-        if not np.array_equal(np.sort(given[name]), np.arange(B)):
-            return (f"{name}: expected a permutation of the batch, got "
-                    f"{given[name][:10].tolist()}{' ...' if B > 10 else ''}")
-    if len(given) == 2:
-        order, inverse = given["sorted_indices"], given["unsorted_indices"]
-        if not (inverse[order] == np.arange(B)).all():
-            return ("unsorted_indices: expected the inverse of sorted_indices, got "
-                    f"{inverse[:10].tolist()} for {order[:10].tolist()}")
-    return ""
+def _info(t: Tensor) -> _validate.TensorInfo:
+    """A tensor as _validate's checks take it."""
+    info = _validate.TensorInfo(str(t.dtype), tuple(t.shape), str(t.device),
+                                t.layout == torch.strided, None)
+    # the values as NumPy: its small-array operations cost less than torch's
+    return info._replace(values=_np(t)) if info.is_cpu_int64() else info
+
+
+def _index_info(t) -> Union[_validate.TensorInfo, str, None]:
+    """An index field: None, a tensor's info, or the type name of something else."""
+    if t is None or isinstance(t, Tensor):
+        return None if t is None else _info(t)
+    return type(t).__name__
+
+
+def check_packed(owner: str, data: Tensor, batch_sizes: Tensor, sorted_indices: Optional[Tensor],
+                 unsorted_indices: Optional[Tensor]) -> None:
+    """The checks of a PackedSequence that torch.nn does not make (see
+    ``_validate.torch_packed_sequence``): a RuntimeError naming ``owner`` and the problem."""
+    _validate.torch_packed_sequence(owner, tuple(data.shape), _info(batch_sizes),
+                                    _index_info(sorted_indices), _index_info(unsorted_indices))

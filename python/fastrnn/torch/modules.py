@@ -1,4 +1,4 @@
-"""The modules: ``RNN``, ``LSTM`` and ``GRU`` (torch.nn's, with fastrnn's kernels) and :func:`convert`.
+"""The modules ``RNN``, ``LSTM`` and ``GRU`` (torch.nn's, on fastrnn's kernels) and :func:`convert`.
 
 A module's forward takes torch.nn's arguments apart as torch.nn does, runs each layer and
 direction on the kernels (``_ops``) and gives the results back in the caller's form. Calls the
@@ -12,11 +12,12 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
+from .. import _validate
 from .. import cuda as _cuda_api
-from .._cells import CELLS, CellSpec, has_cell_state, num_gates
+from .._cells import CELLS, CellSpec, has_cell_state
 from ._fallback import _warn_once, fallback_reason
 from ._ops import ALGO_CODES, layer
-from ._packed import packed_problem, packed_to_padded, padded_to_packed
+from ._packed import check_packed, packed_to_padded, padded_to_packed
 
 
 def _torch_mode(spec: CellSpec) -> str:
@@ -103,11 +104,9 @@ class _FastRNNMixin:
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             if hx is not None and not _well_formed_hx(hx, is_lstm, rank=3):
-                if is_lstm and _well_formed_hx(hx, True, rank=None):
-                    # torch.nn's LSTM checks no packed call: its kernel reads past such states
-                    raise RuntimeError(f"{type(self).__name__}: for a PackedSequence input, hx "
-                                       f"and cx should be 3-D but got ({hx[0].dim()}-D, "
-                                       f"{hx[1].dim()}-D) tensors")
+                if is_lstm and _well_formed_hx(hx, True, rank=None):  # torch.nn: no check
+                    _validate.torch_packed_state_ranks(type(self).__name__,
+                                                       (hx[0].dim(), hx[1].dim()))
                 return None
             return _Call(data, hx, batch_sizes[0], True, batch_sizes, sorted_indices,
                          unsorted_indices)
@@ -152,7 +151,7 @@ class _FastRNNMixin:
         """Every layer and direction, time-major; dropout between layers as torch applies it
         (on the packed data when the input was packed, so the masks are torch's)."""
         D = 2 if self.bidirectional else 1
-        self._check_dropout()
+        _validate.torch_dropout(type(self).__name__, self.dropout, self.training, self.num_layers)
         algo = ALGO_CODES[_cuda_api.check_algo(getattr(self, "algo", "auto"))]
         layer_input, h_n, c_n = x, [], []
         for i in range(self.num_layers):
@@ -219,50 +218,19 @@ class _FastRNNMixin:
         data = torch.nn.functional.dropout(data, self.dropout, True)
         return packed_to_padded(data, batch_sizes)[0]
 
-    def _check_dropout(self) -> None:
-        if self.training and self.num_layers > 1 and self.dropout != 0 \
-                and not 0 <= self.dropout <= 1:  # an attribute changed after construction
-            raise RuntimeError(f"{type(self).__name__}: dropout probability has to be between 0 "
-                               f"and 1, but got {self.dropout}")
-
     def _check_packed(self, call: _Call) -> None:
-        problem = packed_problem(call.data, call.batch_sizes, call.sorted_indices,
-                                 call.unsorted_indices)
-        if problem:  # torch's unpacking writes out of bounds for some of them
-            raise RuntimeError(f"{type(self).__name__}: PackedSequence: {problem}")
+        check_packed(type(self).__name__, call.data, call.batch_sizes, call.sorted_indices,
+                     call.unsorted_indices)
 
     def _check_weights(self, mode: str) -> None:
         """The parameters fit the module's sizes. torch.nn does not check them (its kernels
         raise, broadcast a bias, or read past a weight), so neither would the fallback: a
         RuntimeError, as torch's kernels raise, naming the first parameter that does not fit."""
-        D = 2 if self.bidirectional else 1
-        H, P = self.hidden_size, self.proj_size
-        R = P if P > 0 else H
-        GH = num_gates(mode) * H
-        per = 2 + (2 if self.bias else 0) + (1 if P > 0 else 0)  # tensors per layer, direction
-        weights, names = self._flat_weights, self._flat_weights_names
-        if len(weights) != self.num_layers * D * per:
-            raise RuntimeError(
-                f"{type(self).__name__}: the module has the parameters {names}, but its "
-                f"attributes (num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
-                f"bias={self.bias}, proj_size={P}) want {self.num_layers * D * per}; were they "
-                f"changed after construction?")
-        for i, w in enumerate(weights):  # in torch.nn's order: ih, hh, [b_ih, b_hh], [hr]
-            k = i % per
-            if k == 0:
-                shape = (GH, self.input_size if i < D * per else R * D)
-            elif k == 1:
-                shape = (GH, R)
-            elif P > 0 and k == per - 1:
-                shape = (P, H)
-            else:
-                shape = (GH,)
-            if w.shape != shape:
-                raise RuntimeError(
-                    f"{type(self).__name__}: parameter {names[i]}: expected shape {shape} "
-                    f"(input_size={self.input_size}, hidden_size={H}, proj_size={P}, "
-                    f"num_layers={self.num_layers}, bidirectional={self.bidirectional}), "
-                    f"got {tuple(w.shape)}")
+        _validate.torch_parameters(
+            type(self).__name__, self._flat_weights_names,
+            [tuple(w.shape) for w in self._flat_weights], mode, input_size=self.input_size,
+            hidden_size=self.hidden_size, proj_size=self.proj_size, num_layers=self.num_layers,
+            bidirectional=self.bidirectional, bias=self.bias)
 
 
 class RNN(_FastRNNMixin, torch.nn.RNN):
