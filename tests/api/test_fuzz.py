@@ -14,7 +14,7 @@
    lengths, params, backward gradients, constructor arguments), of ``fastrnn.functional`` and of
    the raw extension ``fastrnn._core`` (bad cell codes, non-contiguous/unaligned/byte-swapped
    arrays, mismatched or tampered reserves), each with exactly one thing wrong, must raise the
-   exception the README documents for it (all within TypeError, ValueError, IndexError,
+   exception docs/errors.md documents for it (all within TypeError, ValueError, IndexError,
    KeyError, RuntimeError, MemoryError). The cases run in a child process so that a crash
    (segfault, abort) fails this test with the signal and the last case started, instead of
    ending the test run. Cases are drawn from a seeded NumPy generator, one generator per case.

@@ -78,7 +78,7 @@ def test_team_matches_reference(mode, size, dtype, threads):
 def test_recurrence_is_bitwise_independent_of_thread_count(mode, threads):
     """Threads split hidden units, never a sum: every output and state gradient is bitwise the same
     for 1, 2 and 3 threads. (dx, dW and db come from BLAS GEMMs over all steps, whose summation
-    order OpenBLAS may choose by thread count; README says so.)"""
+    order OpenBLAS may choose by thread count; docs/threads.md says so.)"""
     T, B, I, H = 5, 13, 24, 257
     a = make_layer_inputs(mode, T, B, I, H, dtype=np.float32, seed=3)
     rng = np.random.default_rng(4)

@@ -28,8 +28,8 @@ for any thread count (threads split the hidden units, never a sum), and a caller
 pool busy runs its team alone and hands OpenBLAS's jobs to threads of their own (the split stays
 OpenBLAS's, by its thread count), so at one thread count every call must give the serial bits,
 whatever the other threads do. But OpenBLAS itself picks a different blocking of the summed
-dimension for some GEMMs with one thread than with several (README, "Threads, determinism,
-concurrency"), so while the count changes under a call, results that pass through a GEMM may
+dimension for some GEMMs with one thread than with several (docs/threads.md),
+so while the count changes under a call, results that pass through a GEMM may
 differ in the last bits: the churn test compares those with a tolerance (conftest's TOLERANCES,
 meant for summation-order differences), and asserts bitwise equality only where no BLAS call is
 involved (the forward of batch >= 8 without projection: input projection and recurrence both run
