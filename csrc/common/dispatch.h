@@ -1,10 +1,28 @@
 // Runtime values to template arguments, for both backends (docs/design.md §8: dispatch in three
 // levels, dtype, cell, compile-time flags; every switch ends in a thrown error naming the value).
 //
-// This header is the one list of cells in C++: a new cell is one line in FASTRNN_CELLS below,
-// one value of fastrnn::Cell (csrc/fastrnn/fastrnn.h), its CellInfo (gates, cell state), and its
+// The cells are listed once, in fastrnn/cell.h (FASTRNN_CELLS, included from here): a new cell is
+// one value of fastrnn::Cell and one X(...) there, its CellInfo (name, gates, cell state), and its
 // math once per backend (csrc/cpu/cells.h, csrc/cuda/cell_math.cuh) with the traits the drivers
-// read. Drivers never name a cell.
+// read. Drivers never name a cell: they get it from dispatch_cell as a template argument.
+//
+// Names shared by the backends (the same idea has the same name in csrc/cpu and csrc/cuda):
+//   scalar_t           the element type of a template (float, double, __half, ...); never T
+//   T                  the sequence length (steps), as in LayerShape::T; t is one step's time
+//   CellInfo<kCell>    what a cell is: kName, kGates, kHasCellState (fastrnn/cell.h)
+//   CellMath<kCell>    the cell's pointwise math, forward and backward, and the traits the
+//                      drivers read (cpu/cells.h, cuda/cell_math.cuh); derives from CellInfo
+//   ForwardWorkspace,  the scratch carved out of the caller's workspace by one forward or
+//   BackwardWorkspace  backward call (offsets of each region, and the total)
+//   ReserveLayout      how the reserve is cut into sections (hs, cs, acts, ms) of per-slot
+//                      states and per-step saved activations
+//   StateSlots         the storage of the recurrent state across one layer's walk: the
+//                      reserve's T+1 slots in training, two ping-pong buffers in inference (CUDA:
+//                      h and c together; CPU: one per state). The CPU's slot arithmetic alone
+//                      (which slot step t reads and writes) is SlotOrder.
+//   xp, hp             the input and recurrent pre-activations (X W_ih^T, h W_hh^T, with biases)
+//   dgx, dgh           their gradients (dgh differs from dgx only in CellMath's
+//                      kRecurrentGradGate)
 #pragma once
 
 #include <stdexcept>
@@ -16,15 +34,14 @@
 
 namespace fastrnn {
 
-// X(Cell value) for every cell, in code order.
-#define FASTRNN_CELLS(X) X(RnnTanh) X(RnnRelu) X(Lstm) X(Gru)
-
+// A cell as a value (CellTag<kCell>::value), for generic lambdas.
 template <Cell kCell>
 using CellTag = std::integral_constant<Cell, kCell>;
 
-template <typename T>
+// A type as a value, for generic lambdas: fn(TypeTag<float>{}).
+template <typename scalar_t>
 struct TypeTag {
-  using type = T;
+  using type = scalar_t;
 };
 
 // fn(CellTag<cell>{}) with the cell as a compile-time constant.

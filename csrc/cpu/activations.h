@@ -34,7 +34,7 @@
 
 namespace fastrnn::cpu {
 
-template <typename T>
+template <typename scalar_t>
 struct FloatTraits;
 
 template <>
@@ -74,8 +74,8 @@ FASTRNN_INLINE To bits_as(From v) {
 }
 
 // Clamp into [-limit, limit]; written with comparisons so that NaN passes through.
-template <typename T>
-FASTRNN_INLINE T clamp_sym(T x, T limit) {
+template <typename scalar_t>
+FASTRNN_INLINE scalar_t clamp_sym(scalar_t x, scalar_t limit) {
   x = x > limit ? limit : x;
   return x < -limit ? -limit : x;
 }
@@ -110,30 +110,30 @@ FASTRNN_INLINE double expm1_reduced(double r) {
 }
 
 // expm1(x) for |x| <= kExpArgMax; also returns 2^n so exp(x) = expm1 + 1 can be formed exactly.
-template <typename T>
-FASTRNN_INLINE T expm1_bounded(T x) {
-  using F = FloatTraits<T>;
+template <typename scalar_t>
+FASTRNN_INLINE scalar_t expm1_bounded(scalar_t x) {
+  using F = FloatTraits<scalar_t>;
   using Bits = typename F::Bits;
-  const T shifted = x * F::kLog2e + F::kShifter;   // round(x / ln2) in the low mantissa bits
-  const T n = shifted - F::kShifter;
-  const T r = (x - n * F::kLn2Hi) - n * F::kLn2Lo;
+  const scalar_t shifted = x * F::kLog2e + F::kShifter;   // round(x / ln2) in the low mantissa bits
+  const scalar_t n = shifted - F::kShifter;
+  const scalar_t r = (x - n * F::kLn2Hi) - n * F::kLn2Lo;
   const Bits n_bits = bits_as<Bits>(shifted);
-  const T scale = bits_as<T>(static_cast<Bits>((n_bits + F::kBias) << F::kMantissa));
-  return scale * expm1_reduced(r) + (scale - T(1));
+  const scalar_t scale = bits_as<scalar_t>(static_cast<Bits>((n_bits + F::kBias) << F::kMantissa));
+  return scale * expm1_reduced(r) + (scale - scalar_t(1));
 }
 
-template <typename T>
-FASTRNN_INLINE T fast_sigmoid(T x) {
-  const T limit = FloatTraits<T>::kExpArgMax;
-  const T e = expm1_bounded(clamp_sym(-x, limit));
-  const T s = T(1) / (T(2) + e);  // 1 / (1 + exp(-x))
-  return x < -limit ? T(0) : s;   // the true value is subnormal: flushed, as FTZ would
+template <typename scalar_t>
+FASTRNN_INLINE scalar_t fast_sigmoid(scalar_t x) {
+  const scalar_t limit = FloatTraits<scalar_t>::kExpArgMax;
+  const scalar_t e = expm1_bounded(clamp_sym(-x, limit));
+  const scalar_t s = scalar_t(1) / (scalar_t(2) + e);  // 1 / (1 + exp(-x))
+  return x < -limit ? scalar_t(0) : s;   // the true value is subnormal: flushed, as FTZ would
 }
 
-template <typename T>
-FASTRNN_INLINE T fast_tanh(T x) {
-  const T e = expm1_bounded(T(2) * clamp_sym(x, FloatTraits<T>::kTanhArgMax));
-  return __builtin_copysign(e / (e + T(2)), x);  // odd function: keeps the sign of -0
+template <typename scalar_t>
+FASTRNN_INLINE scalar_t fast_tanh(scalar_t x) {
+  const scalar_t e = expm1_bounded(scalar_t(2) * clamp_sym(x, FloatTraits<scalar_t>::kTanhArgMax));
+  return __builtin_copysign(e / (e + scalar_t(2)), x);  // odd function: keeps the sign of -0
 }
 
 }  // namespace fastrnn::cpu

@@ -13,19 +13,19 @@ namespace fastrnn {
 
 namespace {
 
-template <typename T>
+template <typename scalar_t>
 struct ActivationArgs {
   Activation kind;
-  const T* x;
-  T* y;
+  const scalar_t* x;
+  scalar_t* y;
   int64_t n;
 };
 
-template <typename T>
+template <typename scalar_t>
 struct ActivationKernel {
-  static FASTRNN_INLINE void run(const ActivationArgs<T>& a) {
-    const T* FASTRNN_RESTRICT x = a.x;
-    T* FASTRNN_RESTRICT y = a.y;
+  static FASTRNN_INLINE void run(const ActivationArgs<scalar_t>& a) {
+    const scalar_t* FASTRNN_RESTRICT x = a.x;
+    scalar_t* FASTRNN_RESTRICT y = a.y;
     if (a.kind == Activation::Sigmoid) {
       for (int64_t k = 0; k < a.n; ++k) y[k] = cpu::fast_sigmoid(x[k]);
     } else {
@@ -36,12 +36,12 @@ struct ActivationKernel {
 
 }  // namespace
 
-template <typename T>
-void apply_activation(Activation kind, const T* x, T* y, int64_t n) {
+template <typename scalar_t>
+void apply_activation(Activation kind, const scalar_t* x, scalar_t* y, int64_t n) {
   if (kind != Activation::Sigmoid && kind != Activation::Tanh)
     throw std::invalid_argument("fastrnn: unknown activation " + std::to_string(static_cast<int>(kind)));
   cpu::DenormalsAreZero ftz;  // as inside the layer kernels
-  cpu::run_on_isa<ActivationKernel<T>>(cpu::active_isa(), ActivationArgs<T>{kind, x, y, n});
+  cpu::run_on_isa<ActivationKernel<scalar_t>>(cpu::active_isa(), ActivationArgs<scalar_t>{kind, x, y, n});
 }
 template void apply_activation<float>(Activation, const float*, float*, int64_t);
 template void apply_activation<double>(Activation, const double*, double*, int64_t);

@@ -1,4 +1,4 @@
-// Flush denormals to zero for the duration of a kernel call (DESIGN.md §4): denormal
+// Flush denormals to zero for the duration of a kernel call (docs/design.md §4): denormal
 // arithmetic is ~100x slower on x86 and carries no information an RNN needs.
 #pragma once
 

@@ -16,6 +16,7 @@
 #include <memory>
 #include <vector>
 
+#include "common/dispatch.h"
 #include "cpu/blas.h"
 #include "cpu/cells.h"
 #include "cpu/denormals.h"
@@ -56,20 +57,29 @@ inline bool forward_uses_team(const LayerShape& s) {
   return uses_team_recurrence(s) && !large_single_row;
 }
 
+// Large batches compute X W_ih^T inside the team, tile by tile, right before the tile's
+// recurrent product: no (T, B, G*H) buffer goes to memory and back, and no separate GEMM call.
+// Small batches (few rows per weight load) keep one GEMM over all T*B rows, which reads W_ih once.
+// Only the team fuses it: every other path reads the input pre-activations xp, and the workspace
+// has xp exactly when this is false (ForwardWorkspace), so the two cannot disagree.
+inline bool fuses_input_projection(const LayerShape& s) { return forward_uses_team(s) && s.B >= 8; }
+
+template <Cell kCell>
 struct ForwardWorkspace {
   int64_t xp, hp, pack, pack_ih, bias, h_pingpong, c_pingpong, m, h_proj, total;
   ForwardWorkspace(const LayerShape& s, bool training) {
-    const int64_t GH = s.gate_width(), B = s.B;
+    const int64_t GH = CellMath<kCell>::kGates * s.H, B = s.B;
     const bool team = forward_uses_team(s), fused = fuses_input_projection(s);
+    constexpr bool kC = CellMath<kCell>::kHasCellState;
     int64_t at = 0;
     auto take = [&at](int64_t n) { return take_aligned(at, n); };
     xp = take(fused ? 0 : s.T * B * GH);                         // X W_ih^T + biases, all steps
-    pack_ih = take(fused ? packed_input_elements(s.cell, s.H, s.I) : 0);
+    pack_ih = take(fused ? packed_input_elements<kCell>(s.H, s.I) : 0);
     hp = take(team ? 0 : B * GH);                                // h_prev W_hh^T, one step
-    pack = take(team ? packed_recurrent_elements(s.cell, s.H) : 0);
+    pack = take(team ? packed_recurrent_elements<kCell>(s.H) : 0);
     bias = take(GH);                                             // b_ih (+ b_hh)
     h_pingpong = take(training ? 0 : 2 * B * s.R());             // inference keeps 2 states
-    c_pingpong = take(training || !has_cell_state(s.cell) ? 0 : 2 * B * s.H);
+    c_pingpong = take(training || !kC ? 0 : 2 * B * s.H);
     m = take(s.P > 0 && !training ? B * s.H : 0);                // training keeps m in reserve
     h_proj = take(s.P > 0 ? B * s.R() : 0);
     total = at;
@@ -88,18 +98,21 @@ inline int64_t backward_chunk_steps(const LayerShape& s) {
   return std::min<int64_t>(s.T, std::max<int64_t>(16, (kMinRows + s.B - 1) / s.B));
 }
 
+template <Cell kCell>
 struct BackwardWorkspace {
   int64_t chunk, dgx, dgh, dh, dc, dh_cell, dh_out, pack, total;
-  BackwardWorkspace(const LayerShape& s) {
-    const int64_t GH = s.gate_width(), B = s.B, R = s.R(), H = s.H;
+  explicit BackwardWorkspace(const LayerShape& s) {
+    using Math = CellMath<kCell>;
+    const int64_t GH = Math::kGates * s.H, B = s.B, R = s.R(), H = s.H;
     chunk = backward_chunk_steps(s);
     int64_t at = 0;
     auto take = [&at](int64_t n) { return take_aligned(at, n); };
-    pack = take(uses_team_recurrence(s) ? packed_recurrent_elements(s.cell, H) : 0);
+    pack = take(uses_team_recurrence(s) ? packed_recurrent_elements<kCell>(H) : 0);
     dgx = take(chunk * B * GH);                                  // pre-activation gradients
-    dgh = s.cell == Cell::Gru ? take(chunk * B * H) : dgx;       // GRU's n gate: dn * r
+    // dgh: kRecurrentGradGate's own (GRU: dn * r); the other gates' dgh is dgx
+    dgh = Math::kRecurrentGradDiffers ? take(chunk * B * H) : dgx;
     dh = take(2 * B * R);                                        // dh_next / dh_prev ping-pong
-    dc = take(has_cell_state(s.cell) ? 2 * B * H : 0);
+    dc = take(Math::kHasCellState ? 2 * B * H : 0);
     dh_cell = take(B * H);                                       // gradient of the cell output
     dh_out = take(s.P > 0 ? s.T * B * R : 0);                    // projection: dW_hr needs all
     total = at;
@@ -109,7 +122,7 @@ struct BackwardWorkspace {
 template <typename scalar_t, Cell kCell>
 void forward_impl(const ForwardArgs<scalar_t>& a) {
   using Math = CellMath<kCell>;
-  constexpr bool kC = has_cell_state(kCell);
+  constexpr bool kC = Math::kHasCellState;
   const LayerShape& s = a.shape;
   const int64_t T = s.T, B = s.B, I = s.I, H = s.H, R = s.R(), GH = Math::kGates * H;
   const bool training = a.reserve != nullptr;
@@ -118,92 +131,90 @@ void forward_impl(const ForwardArgs<scalar_t>& a) {
   const Isa isa = active_isa();
   DenormalsAreZero ftz;
 
-  const ForwardWorkspace w(s, training);
-  scalar_t* xp = a.workspace + w.xp;
+  const ForwardWorkspace<kCell> w(s, training);
+  const bool team = forward_uses_team(s), fused = fuses_input_projection(s);
+  // The per-step path reads xp, which the workspace holds only when the projection is not fused.
+  if (fused && !team) throw std::logic_error("fastrnn: a fused input projection needs the team");
+  scalar_t* xp = fused ? nullptr : a.workspace + w.xp;
   scalar_t* bias_x = a.workspace + w.bias;
 
   // 1. Input projection for every step at once (unless the team fuses it into the steps). All
-  //    biases fold into Xp except GRU's b_hn, which must stay inside r * (W_hn h + b_hn): GRU
-  //    adds b_hh to Hp instead.
-  const bool fused = fuses_input_projection(s);
+  //    biases fold into Xp where the cell allows it (kFoldsRecurrentBias); otherwise (GRU, whose
+  //    b_hn must stay inside r * (W_hn h + b_hn)) b_hh is added to Hp instead.
   if (has_bias)
     for (int64_t k = 0; k < GH; ++k)
-      bias_x[k] = a.b_ih[k] + (Math::kDistinctGradH ? scalar_t(0) : a.b_hh[k]);
+      bias_x[k] = a.b_ih[k] + (Math::kFoldsRecurrentBias ? a.b_hh[k] : scalar_t(0));
   if (!fused) {
     if (has_bias) broadcast_rows(xp, bias_x, T * B, GH);
     gemm<scalar_t>(false, true, T * B, GH, I, 1, a.x, I, a.w_ih, I, has_bias ? 1 : 0, xp, GH);
   }
 
-  const StateSlots slots{T, s.reverse};
-  ReserveView<scalar_t, kCell> rv(a.reserve, s);
+  const SlotOrder order{T, s.reverse};
+  const ReserveLayout<scalar_t, kCell> reserve(a.reserve, s);
   const int64_t acts_width = saved_acts_width<kCell>(H);
-  auto h_slot = [&](int64_t slot) {
-    return training ? rv.hs + slot * B * R : a.workspace + w.h_pingpong + (slot & 1) * B * R;
-  };
-  auto c_slot = [&](int64_t slot) {
-    return training ? rv.cs + slot * B * H : a.workspace + w.c_pingpong + (slot & 1) * B * H;
-  };
-  std::memcpy(h_slot(slots.initial()), a.h0, B * R * sizeof(scalar_t));
-  if (kC) std::memcpy(c_slot(slots.initial()), a.c0, B * H * sizeof(scalar_t));
+  const StateSlots<scalar_t> h_slots{training ? reserve.hs : a.workspace + w.h_pingpong, B * R,
+                                     !training};
+  const StateSlots<scalar_t> c_slots{training ? reserve.cs : a.workspace + w.c_pingpong, B * H,
+                                     !training};
+  std::memcpy(h_slots.at(order.initial()), a.h0, B * R * sizeof(scalar_t));
+  if (kC) std::memcpy(c_slots.at(order.initial()), a.c0, B * H * sizeof(scalar_t));
 
   // 2. The recurrence.
-  if (forward_uses_team(s)) {
+  const bool hp_has_bias = !Math::kFoldsRecurrentBias && has_bias;
+  if (team) {
     // Tile groups of the widest vectors: never more members than the narrowest split has.
     const int64_t group_units = kMaxPanelWidth<scalar_t> * TileShape<kCell>::kForwardBlocks;
     const int64_t groups = (H + group_units - 1) / group_units;
     const int members = recurrence_members(2 * B * GH * R, groups);
     SpinBarrier barrier(members);
-    const bool gru_bias = Math::kDistinctGradH && has_bias;
     RecurrenceForwardArgs<scalar_t> r{
-        s, a.lengths, fused ? nullptr : xp, a.x, a.w_ih, has_bias ? bias_x : nullptr,
-        a.workspace + w.pack_ih, a.w_hh, gru_bias ? a.b_hh : nullptr, a.workspace + w.pack,
-        StateSlotsView<scalar_t>{training ? rv.hs : a.workspace + w.h_pingpong, B * R, !training},
-        StateSlotsView<scalar_t>{training ? rv.cs : a.workspace + w.c_pingpong, B * H, !training},
-        a.y, training ? rv.acts : nullptr, acts_width, 0, members, &barrier};
+        s, a.lengths, xp, a.x, a.w_ih, has_bias ? bias_x : nullptr,
+        a.workspace + w.pack_ih, a.w_hh, hp_has_bias ? a.b_hh : nullptr, a.workspace + w.pack,
+        h_slots, c_slots, a.y, training ? reserve.acts : nullptr, acts_width, 0, members,
+        &barrier};
     run_recurrence<RecurrenceForwardArgs<scalar_t>, ForwardMember<scalar_t, kCell>>(r, members);
   } else {
-    const bool hp_has_bias = Math::kDistinctGradH && has_bias;
     for (int64_t step = 0; step < T; ++step) {
       const int64_t t = time_at(s, step);
-      const scalar_t* h_prev = h_slot(slots.prev(t));
+      const scalar_t* h_prev = h_slots.at(order.prev(t));
       scalar_t* hp = a.workspace + w.hp;
       if (hp_has_bias) broadcast_rows(hp, a.b_hh, B, GH);
       gemm<scalar_t>(false, true, B, GH, R, 1, h_prev, R, a.w_hh, R, hp_has_bias ? 1 : 0, hp, GH);
 
       scalar_t* m = nullptr;
-      if (projected) m = training ? rv.ms + t * B * H : a.workspace + w.m;
+      if (projected) m = training ? reserve.ms + t * B * H : a.workspace + w.m;
       const ForwardStep<scalar_t> st{
           B, H, R, t, a.lengths, xp + t * B * GH, hp, h_prev,
-          kC ? c_slot(slots.prev(t)) : nullptr, h_slot(slots.next(t)),
-          kC ? c_slot(slots.next(t)) : nullptr, a.y + t * B * R,
-          training ? rv.acts + t * B * acts_width : nullptr, m};
+          kC ? c_slots.at(order.prev(t)) : nullptr, h_slots.at(order.next(t)),
+          kC ? c_slots.at(order.next(t)) : nullptr, a.y + t * B * R,
+          training ? reserve.acts + t * B * acts_width : nullptr, m};
       run_on_isa<ForwardStepKernel<scalar_t, kCell>>(isa, st);
       if (projected) project_step(st, a.w_hr, a.workspace + w.h_proj);
     }
   }
-  std::memcpy(a.h_n, h_slot(slots.final()), B * R * sizeof(scalar_t));
-  if (kC) std::memcpy(a.c_n, c_slot(slots.final()), B * H * sizeof(scalar_t));
+  std::memcpy(a.h_n, h_slots.at(order.final()), B * R * sizeof(scalar_t));
+  if (kC) std::memcpy(a.c_n, c_slots.at(order.final()), B * H * sizeof(scalar_t));
 }
 
 // Column sums of a (rows x n) matrix added into acc (n), in double: the bias gradients, sums over
 // all T*B rows of the gate gradients. Vectorised per instruction set, columns split across the
 // team.
-template <typename T>
+template <typename scalar_t>
 struct ColumnSums {
-  const T* m;
+  const scalar_t* m;
   int64_t rows, n, first, end;  // columns [first, end)
   double* acc;
 };
 
-template <typename T>
+template <typename scalar_t>
 struct ColumnSumsKernel {
-  static FASTRNN_INLINE void run(const ColumnSums<T>& a) {
+  static FASTRNN_INLINE void run(const ColumnSums<scalar_t>& a) {
     constexpr int64_t kChunk = 256;  // the chunk's accumulators stay in L1
     for (int64_t c = a.first; c < a.end; c += kChunk) {
       const int64_t n = std::min(kChunk, a.end - c);
       double* FASTRNN_RESTRICT acc = a.acc + c;
       for (int64_t r = 0; r < a.rows; ++r) {
-        const T* FASTRNN_RESTRICT row = a.m + r * a.n + c;
+        const scalar_t* FASTRNN_RESTRICT row = a.m + r * a.n + c;
         FASTRNN_IVDEP
         for (int64_t j = 0; j < n; ++j) acc[j] += row[j];
       }
@@ -229,14 +240,15 @@ void add_column_sums(const scalar_t* m, int64_t rows, int64_t n, double* acc) {
 template <typename scalar_t, Cell kCell>
 void backward_impl(const BackwardArgs<scalar_t>& a) {
   using Math = CellMath<kCell>;
-  constexpr bool kC = has_cell_state(kCell);
+  constexpr bool kC = Math::kHasCellState;
+  constexpr bool kDistinct = Math::kRecurrentGradDiffers;
   const LayerShape& s = a.shape;
   const int64_t T = s.T, B = s.B, I = s.I, H = s.H, R = s.R(), GH = Math::kGates * H;
   const bool projected = s.P > 0;
   const Isa isa = active_isa();
   DenormalsAreZero ftz;
 
-  const BackwardWorkspace w(s);
+  const BackwardWorkspace<kCell> w(s);
   scalar_t* dgx = a.workspace + w.dgx;
   scalar_t* dgh = a.workspace + w.dgh;
   scalar_t* dh_next = a.workspace + w.dh;
@@ -252,33 +264,35 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
     else std::fill(dc_next, dc_next + B * H, scalar_t(0));
   }
 
-  const StateSlots slots{T, s.reverse};
-  ReserveView<scalar_t, kCell> rv(a.reserve, s);
+  const SlotOrder order{T, s.reverse};
+  const ReserveLayout<scalar_t, kCell> reserve(a.reserve, s);
   const int64_t acts_width = saved_acts_width<kCell>(H);
 
   // Gradients of everything applied to all steps, for the steps at times [t0, t1) whose
   // pre-activation gradients are in dgx (and dgh) from row 0; the first call writes, the others
   // add.
-  std::vector<double> bias_sums(a.db_ih ? GH + (Math::kDistinctGradH ? H : 0) : 0, 0.0);
+  std::vector<double> bias_sums(a.db_ih ? GH + (kDistinct ? H : 0) : 0, 0.0);
   auto weight_gradients = [&](int64_t t0, int64_t t1, bool first) {
     const int64_t rows = (t1 - t0) * B;
     const scalar_t beta = first ? 0 : 1;
     gemm<scalar_t>(false, false, rows, I, GH, 1, dgx, GH, a.w_ih, I, 0, a.dx + t0 * B * I, I);
     gemm<scalar_t>(true, false, GH, I, rows, 1, dgx, GH, a.x + t0 * B * I, I, beta, a.dw_ih, I);
-    const scalar_t* h_prev_rows = rv.hs + (t0 + slots.first_prev_row_block()) * B * R;
-    if constexpr (Math::kDistinctGradH) {  // GRU: the r and z rows from dgx, the n rows from dgh
-      gemm<scalar_t>(true, false, 2 * H, R, rows, 1, dgx, GH, h_prev_rows, R, beta, a.dw_hh, R);
+    const scalar_t* h_prev_rows = reserve.hs + (t0 + order.first_prev_row_block()) * B * R;
+    if constexpr (kDistinct) {  // the rows before kRecurrentGradGate from dgx, its rows from dgh
+      constexpr int kGate = Math::kRecurrentGradGate;
+      gemm<scalar_t>(true, false, kGate * H, R, rows, 1, dgx, GH, h_prev_rows, R, beta, a.dw_hh,
+                     R);
       gemm<scalar_t>(true, false, H, R, rows, 1, dgh, H, h_prev_rows, R, beta,
-                     a.dw_hh + 2 * H * R, R);
+                     a.dw_hh + kGate * H * R, R);
     } else {
       gemm<scalar_t>(true, false, GH, R, rows, 1, dgx, GH, h_prev_rows, R, beta, a.dw_hh, R);
     }
     if (projected)  // dW_hr = sum_t dh_t^T m_t (padded rows: dh is 0)
       gemm<scalar_t>(true, false, R, H, rows, 1, a.workspace + w.dh_out + t0 * B * R, R,
-                     rv.ms + t0 * B * H, H, beta, a.dw_hr, H);
+                     reserve.ms + t0 * B * H, H, beta, a.dw_hr, H);
     if (a.db_ih) {
       add_column_sums(dgx, rows, GH, bias_sums.data());
-      if (Math::kDistinctGradH) add_column_sums(dgh, rows, H, bias_sums.data() + GH);
+      if (kDistinct) add_column_sums(dgh, rows, H, bias_sums.data() + GH);
     }
   };
 
@@ -288,7 +302,8 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
     const int members = recurrence_members(2 * B * GH * R, groups);
     SpinBarrier barrier(members);
     RecurrenceBackwardArgs<scalar_t> r{
-        s, a.lengths, a.w_hh, a.workspace + w.pack, a.dy, rv.acts, acts_width, rv.hs, rv.cs,
+        s, a.lengths, a.w_hh, a.workspace + w.pack, a.dy, reserve.acts, acts_width, reserve.hs,
+        reserve.cs,
         dgx, dgh, dh_cell, {dh_next, dh_prev}, {dc_next, dc_prev}, 0, 0, 0, 0, true, 0,
         members, &barrier};
     // Chunks of steps in walking order, last first; each covers a contiguous range of times.
@@ -306,8 +321,9 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
       std::swap(dh_next, dh_prev);
       if (kC) std::swap(dc_next, dc_prev);
     }
-  } else if constexpr (Math::kDistinctGradH) {
-    throw std::logic_error("fastrnn: GRU layers always run on the team recurrence");
+  } else if constexpr (kDistinct) {
+    // The per-step path below has no dgh; such cells (GRU) have no projection, so always a team.
+    throw std::logic_error("fastrnn: a cell with a distinct recurrent gradient needs the team");
   } else {
     for (int64_t step = T - 1; step >= 0; --step) {
       const int64_t t = time_at(s, step);
@@ -318,13 +334,14 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
           isa, OutputGradStep<scalar_t>{B, R, t, a.lengths, a.dy + t * B * R, dh_next, dh_out});
       if (projected) gemm<scalar_t>(false, false, B, H, R, 1, dh_out, R, a.w_hr, H, 0, dh_cell, H);
 
-      const scalar_t* cell_out = projected ? rv.ms + t * B * H : rv.hs + slots.next(t) * B * R;
+      const scalar_t* cell_out =
+          projected ? reserve.ms + t * B * H : reserve.hs + order.next(t) * B * R;
       run_on_isa<BackwardStepKernel<scalar_t, kCell>>(
           isa, BackwardStep<scalar_t>{B, H, R, t, a.lengths, dh_cell, dh_next,
-                                      kC ? dc_next : nullptr, rv.acts + t * B * acts_width,
-                                      rv.hs + slots.prev(t) * B * R, cell_out,
-                                      kC ? rv.cs + slots.prev(t) * B * H : nullptr,
-                                      kC ? rv.cs + slots.next(t) * B * H : nullptr,
+                                      kC ? dc_next : nullptr, reserve.acts + t * B * acts_width,
+                                      reserve.hs + order.prev(t) * B * R, cell_out,
+                                      kC ? reserve.cs + order.prev(t) * B * H : nullptr,
+                                      kC ? reserve.cs + order.next(t) * B * H : nullptr,
                                       dgx + t * B * GH, nullptr, dh_prev,
                                       kC ? dc_prev : nullptr});
       // dh_prev (holding the part that bypasses W_hh) += dG_t W_hh
@@ -338,22 +355,19 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
   if (kC) std::memcpy(a.dc0, dc_next, B * H * sizeof(scalar_t));
   if (a.db_ih) {
     for (int64_t k = 0; k < GH; ++k) a.db_ih[k] = static_cast<scalar_t>(bias_sums[k]);
-    // db_hh: the same sums, except GRU's n gate (from dgh)
-    const int64_t shared = Math::kDistinctGradH ? 2 * H : GH;
+    // db_hh: the same sums, except kRecurrentGradGate's (from dgh)
+    const int64_t shared = kDistinct ? Math::kRecurrentGradGate * H : GH;
     std::memcpy(a.db_hh, a.db_ih, shared * sizeof(scalar_t));
     for (int64_t k = shared; k < GH; ++k)
       a.db_hh[k] = static_cast<scalar_t>(bias_sums[GH + k - shared]);
   }
 }
 
+// The sizes of sizes.cpp, for a cell known at run time.
 inline ReserveWidths reserve_widths_of(const LayerShape& s) {
-  switch (s.cell) {
-    case Cell::RnnTanh: return ReserveView<float, Cell::RnnTanh>::widths(s);
-    case Cell::RnnRelu: return ReserveView<float, Cell::RnnRelu>::widths(s);
-    case Cell::Lstm: return ReserveView<float, Cell::Lstm>::widths(s);
-    case Cell::Gru: return ReserveView<float, Cell::Gru>::widths(s);
-  }
-  throw std::invalid_argument("fastrnn: unknown cell kind");
+  return dispatch_cell(s.cell, [&](auto cell) {
+    return ReserveLayout<float, decltype(cell)::value>::widths(s);
+  });
 }
 
 inline int64_t reserve_elements_of(const LayerShape& s) {
@@ -361,27 +375,29 @@ inline int64_t reserve_elements_of(const LayerShape& s) {
   return (s.T + 1) * s.B * w.per_slot + s.T * s.B * w.per_step;
 }
 
-// Dispatch on the cell; every switch ends in a thrown error.
+inline int64_t forward_workspace_elements_of(const LayerShape& s, bool training) {
+  return dispatch_cell(s.cell, [&](auto cell) {
+    return ForwardWorkspace<decltype(cell)::value>(s, training).total;
+  });
+}
+
+inline int64_t backward_workspace_elements_of(const LayerShape& s) {
+  return dispatch_cell(s.cell, [&](auto cell) {
+    return BackwardWorkspace<decltype(cell)::value>(s).total;
+  });
+}
+
+// The entry points: the cell as a template argument (common/dispatch.h).
 template <typename scalar_t>
 void dispatch_forward(const ForwardArgs<scalar_t>& a) {
-  switch (a.shape.cell) {
-    case Cell::RnnTanh: return forward_impl<scalar_t, Cell::RnnTanh>(a);
-    case Cell::RnnRelu: return forward_impl<scalar_t, Cell::RnnRelu>(a);
-    case Cell::Lstm: return forward_impl<scalar_t, Cell::Lstm>(a);
-    case Cell::Gru: return forward_impl<scalar_t, Cell::Gru>(a);
-  }
-  throw std::invalid_argument("fastrnn: unknown cell kind");
+  dispatch_cell(a.shape.cell,
+                [&](auto cell) { forward_impl<scalar_t, decltype(cell)::value>(a); });
 }
 
 template <typename scalar_t>
 void dispatch_backward(const BackwardArgs<scalar_t>& a) {
-  switch (a.shape.cell) {
-    case Cell::RnnTanh: return backward_impl<scalar_t, Cell::RnnTanh>(a);
-    case Cell::RnnRelu: return backward_impl<scalar_t, Cell::RnnRelu>(a);
-    case Cell::Lstm: return backward_impl<scalar_t, Cell::Lstm>(a);
-    case Cell::Gru: return backward_impl<scalar_t, Cell::Gru>(a);
-  }
-  throw std::invalid_argument("fastrnn: unknown cell kind");
+  dispatch_cell(a.shape.cell,
+                [&](auto cell) { backward_impl<scalar_t, decltype(cell)::value>(a); });
 }
 
 }  // namespace fastrnn::cpu

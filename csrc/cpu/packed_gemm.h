@@ -28,13 +28,13 @@
 namespace fastrnn::cpu {
 
 // Vector type and register budget of one instruction set.
-template <typename T, Isa kIsa>
+template <typename scalar_t, Isa kIsa>
 struct Simd {
   static constexpr int kBytes = kIsa == Isa::Avx512 ? 64 : kIsa == Isa::Avx2 ? 32 : 16;
-  static constexpr int V = kBytes / static_cast<int>(sizeof(T));  // lanes
+  static constexpr int V = kBytes / static_cast<int>(sizeof(scalar_t));  // lanes
   static constexpr int kRegisters = kIsa == Isa::Avx512 ? 32 : 16;
   // Unaligned-safe: the loads and stores compile to vmovups.
-  typedef T vec __attribute__((vector_size(kBytes), aligned(sizeof(T))));
+  typedef scalar_t vec __attribute__((vector_size(kBytes), aligned(sizeof(scalar_t))));
   // Rows of the tile for NR panels: MR * NR accumulators + NR panel vectors + 1 broadcast must
   // fit in the register file.
   static constexpr int max_rows(int nr) {
@@ -43,18 +43,18 @@ struct Simd {
 };
 
 // The widest panel any instruction set uses, in elements: buffers sized with it fit every V.
-template <typename T>
-constexpr int64_t kMaxPanelWidth = 64 / sizeof(T);
+template <typename scalar_t>
+constexpr int64_t kMaxPanelWidth = 64 / sizeof(scalar_t);
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 // out[r][p*V + v] = init[r*init_ld + p*V + v] (0 if init is null; init_ld 0 broadcasts one row)
 //                   + sum_k a[r*lda + k] * panels[(k*NR + p)*V + v]
 // for r < MR, p < NR (NR interleaved panels of depth K); out has row stride NR*V.
-template <typename T, Isa kIsa, int MR, int NR>
-FASTRNN_INLINE void tile_product(int64_t K, const T* a, int64_t lda, const T* panels,
-                                 const T* init, int64_t init_ld, T* out) {
-  using S = Simd<T, kIsa>;
+template <typename scalar_t, Isa kIsa, int MR, int NR>
+FASTRNN_INLINE void tile_product(int64_t K, const scalar_t* a, int64_t lda, const scalar_t* panels,
+                                 const scalar_t* init, int64_t init_ld, scalar_t* out) {
+  using S = Simd<scalar_t, kIsa>;
   using vec = typename S::vec;
   constexpr int V = S::V;
   vec acc[MR][NR];
@@ -66,7 +66,7 @@ FASTRNN_INLINE void tile_product(int64_t K, const T* a, int64_t lda, const T* pa
     for (int p = 0; p < NR; ++p)
       w[p] = *reinterpret_cast<const vec*>(panels + (k * NR + p) * V);
     for (int r = 0; r < MR; ++r) {
-      const T s = a[r * lda + k];
+      const scalar_t s = a[r * lda + k];
       for (int p = 0; p < NR; ++p) acc[r][p] += s * w[p];
     }
   }
@@ -75,15 +75,15 @@ FASTRNN_INLINE void tile_product(int64_t K, const T* a, int64_t lda, const T* pa
 }
 
 // The same for any rows <= max_rows(NR), chosen at run time (the batch's last rows).
-template <typename T, Isa kIsa, int NR>
-FASTRNN_INLINE void tile_product_rows(int rows, int64_t K, const T* a, int64_t lda,
-                                      const T* panels, const T* init, int64_t init_ld, T* out) {
-  constexpr int kMax = Simd<T, kIsa>::max_rows(NR);
+template <typename scalar_t, Isa kIsa, int NR>
+FASTRNN_INLINE void tile_product_rows(int rows, int64_t K, const scalar_t* a, int64_t lda,
+                                      const scalar_t* panels, const scalar_t* init, int64_t init_ld, scalar_t* out) {
+  constexpr int kMax = Simd<scalar_t, kIsa>::max_rows(NR);
   static_assert(kMax >= 1 && kMax <= 8, "register budget");
   switch (rows) {
 #define FASTRNN_TILE_ROWS(m)                                                                \
   case m:                                                                                   \
-    if constexpr (m <= kMax) return tile_product<T, kIsa, m, NR>(K, a, lda, panels, init,  \
+    if constexpr (m <= kMax) return tile_product<scalar_t, kIsa, m, NR>(K, a, lda, panels, init,  \
                                                                  init_ld, out);             \
     break;
     FASTRNN_TILE_ROWS(1)
@@ -103,9 +103,9 @@ FASTRNN_INLINE void tile_product_rows(int rows, int64_t K, const T* a, int64_t l
 // when NR panels are interleaved); absent columns are zeros. Two forms cover every use:
 //   the columns are rows of a row-major matrix: W_hh for the forward step;
 //   the columns are columns of a row-major matrix: W_hh for backward.
-template <typename T, int V>
-FASTRNN_INLINE void pack_panel_from_rows(const T* src, int64_t ld, int64_t first_row,
-                                         int64_t rows, int64_t K, T* panel, int64_t k_stride) {
+template <typename scalar_t, int V>
+FASTRNN_INLINE void pack_panel_from_rows(const scalar_t* src, int64_t ld, int64_t first_row,
+                                         int64_t rows, int64_t K, scalar_t* panel, int64_t k_stride) {
   // panel[k][v] = src[(first_row + v) * ld + k]: a transpose. Blocks of 64 k: within a block each
   // source row is read in one sequential run (reading all V rows at each k would hit V lines
   // ld apart, which share L1 sets when ld is a multiple of 1024 bytes: measured 4.5 GB/s, the
@@ -115,27 +115,27 @@ FASTRNN_INLINE void pack_panel_from_rows(const T* src, int64_t ld, int64_t first
   for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
     const int64_t k1 = std::min(K, k0 + kBlock);
     for (int v = 0; v < V; ++v) {
-      T* column = panel + v;
+      scalar_t* column = panel + v;
       if (v < valid) {
-        const T* row = src + (first_row + v) * ld;
+        const scalar_t* row = src + (first_row + v) * ld;
         for (int64_t k = k0; k < k1; ++k) column[k * k_stride] = row[k];
       } else {
-        for (int64_t k = k0; k < k1; ++k) column[k * k_stride] = T(0);
+        for (int64_t k = k0; k < k1; ++k) column[k * k_stride] = scalar_t(0);
       }
     }
   }
 }
 
-template <typename T, int V>
-FASTRNN_INLINE void pack_panel_from_columns(const T* src, int64_t ld, int64_t first_col,
-                                            int64_t cols, int64_t K, T* panel,
+template <typename scalar_t, int V>
+FASTRNN_INLINE void pack_panel_from_columns(const scalar_t* src, int64_t ld, int64_t first_col,
+                                            int64_t cols, int64_t K, scalar_t* panel,
                                             int64_t k_stride) {
   // panel[k][v] = src[k * ld + first_col + v]
   const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(V, cols - first_col));
   for (int64_t k = 0; k < K; ++k) {
-    T* dst = panel + k * k_stride;
-    std::memcpy(dst, src + k * ld + first_col, valid * sizeof(T));
-    std::fill(dst + valid, dst + V, T(0));
+    scalar_t* dst = panel + k * k_stride;
+    std::memcpy(dst, src + k * ld + first_col, valid * sizeof(scalar_t));
+    std::fill(dst + valid, dst + V, scalar_t(0));
   }
 }
 

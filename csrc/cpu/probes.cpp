@@ -22,13 +22,13 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-template <typename T>
+template <typename scalar_t>
 double gemm_gflops(int64_t n, int reps) {
-  std::vector<T> a(n * n, T(1) / n), b(n * n, T(1) / n), c(n * n);
+  std::vector<scalar_t> a(n * n, scalar_t(1) / n), b(n * n, scalar_t(1) / n), c(n * n);
   double best = 0;
   for (int r = 0; r < reps + 1; ++r) {  // the first run warms up
     const auto t0 = Clock::now();
-    cpu::gemm<T>(false, true, n, n, n, 1, a.data(), n, b.data(), n, 0, c.data(), n);
+    cpu::gemm<scalar_t>(false, true, n, n, n, 1, a.data(), n, b.data(), n, 0, c.data(), n);
     if (r > 0) best = std::max(best, 2.0 * n * n * n / seconds_since(t0) / 1e9);
   }
   return best;

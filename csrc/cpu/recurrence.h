@@ -42,23 +42,27 @@ struct TileShape {
 };
 
 // Runs tile_product for nr panels (1..4), chosen at run time.
-template <typename T, Isa kIsa>
-FASTRNN_INLINE void tile_product_any(int nr, int rows, int64_t K, const T* a, int64_t lda,
-                                     const T* panels, const T* init, int64_t init_ld, T* out) {
+template <typename scalar_t, Isa kIsa>
+FASTRNN_INLINE void tile_product_any(int nr, int rows, int64_t K, const scalar_t* a, int64_t lda,
+                                     const scalar_t* panels, const scalar_t* init,
+                                     int64_t init_ld, scalar_t* out) {
+  using S = scalar_t;
   switch (nr) {
-    case 1: return tile_product_rows<T, kIsa, 1>(rows, K, a, lda, panels, init, init_ld, out);
-    case 2: return tile_product_rows<T, kIsa, 2>(rows, K, a, lda, panels, init, init_ld, out);
-    case 3: return tile_product_rows<T, kIsa, 3>(rows, K, a, lda, panels, init, init_ld, out);
-    case 4: return tile_product_rows<T, kIsa, 4>(rows, K, a, lda, panels, init, init_ld, out);
+    case 1: return tile_product_rows<S, kIsa, 1>(rows, K, a, lda, panels, init, init_ld, out);
+    case 2: return tile_product_rows<S, kIsa, 2>(rows, K, a, lda, panels, init, init_ld, out);
+    case 3: return tile_product_rows<S, kIsa, 3>(rows, K, a, lda, panels, init, init_ld, out);
+    case 4: return tile_product_rows<S, kIsa, 4>(rows, K, a, lda, panels, init, init_ld, out);
     default: return;
   }
 }
 
-// Elements of the packed weights (and GRU's packed b_hh) for either direction, for any V.
-inline int64_t packed_recurrent_elements(Cell cell, int64_t H) {
+// Elements of the packed weights (and of the packed b_hh where it is not folded into xp) for
+// either direction, for any V.
+template <Cell kCell>
+int64_t packed_recurrent_elements(int64_t H) {
   const int64_t units = round_up(H, kMaxPanelWidth<float>);  // float's width bounds every V
-  const int64_t G = num_gates(cell);
-  return units * G * (H + 1);  // panels, then one bias row per panel (used by GRU)
+  const int64_t G = CellMath<kCell>::kGates;
+  return units * G * (H + 1);  // panels, then one bias row per panel (!kFoldsRecurrentBias)
 }
 
 // How many threads a layer's recurrence should use: enough work per step to pay for a barrier
@@ -70,43 +74,31 @@ inline int recurrence_members(int64_t flops_per_step, int64_t groups) {
   return static_cast<int>(std::max<int64_t>(1, n));
 }
 
-// State slots of the forward: training keeps all T+1 in the reserve, inference two (ping-pong).
-template <typename T>
-struct StateSlotsView {
-  T* base;
-  int64_t slot_elems;
-  bool ping_pong;
-  T* at(int64_t slot) const { return base + (ping_pong ? (slot & 1) : slot) * slot_elems; }
-};
-
 // Elements of the packed input weights and input bias used when the input projection is fused
-// into the team (fuses_input_projection).
-inline int64_t packed_input_elements(Cell cell, int64_t H, int64_t I) {
+// into the team (fuses_input_projection, layer_impl.h).
+template <Cell kCell>
+int64_t packed_input_elements(int64_t H, int64_t I) {
   const int64_t units = round_up(H, kMaxPanelWidth<float>);
-  return units * num_gates(cell) * (I + 1);
+  return units * CellMath<kCell>::kGates * (I + 1);
 }
 
-// Large batches compute X W_ih^T inside the team, tile by tile, right before the tile's
-// recurrent product: no (T, B, G*H) buffer goes to memory and back, and no separate GEMM call.
-// Small batches (few rows per weight load) keep one GEMM over all T*B rows, which reads W_ih once.
-inline bool fuses_input_projection(const LayerShape& s) { return s.P == 0 && s.B >= 8; }
-
-template <typename T>
+template <typename scalar_t>
 struct RecurrenceForwardArgs {
   LayerShape shape;
   const int64_t* lengths;
-  const T* xp;          // (T, B, G*H) input pre-activations incl. folded biases, or nullptr:
-                        // fused, from x, w_ih and bias_x
-  const T* x;           // (T, B, I) when fused
-  const T* w_ih;        // (G*H, I) when fused
-  const T* bias_x;      // (G*H) when fused with bias: b_ih (+ b_hh except GRU), else nullptr
-  T* pack_ih;           // packed_input_elements(cell, H, I) when fused
-  const T* w_hh;        // (G*H, H)
-  const T* b_hh;        // (G*H) GRU with bias only (b_hn stays inside r * (...)), else nullptr
-  T* pack;              // packed_recurrent_elements(cell, H)
-  StateSlotsView<T> h, c;
-  T* y;                 // (T, B, H)
-  T* acts;              // (T, B, S*H) or nullptr (inference)
+  const scalar_t* xp;      // (T, B, G*H) input pre-activations incl. folded biases, or nullptr:
+                           // fused, from x, w_ih and bias_x
+  const scalar_t* x;       // (T, B, I) when fused
+  const scalar_t* w_ih;    // (G*H, I) when fused
+  const scalar_t* bias_x;  // (G*H) when fused with bias: b_ih (+ b_hh if kFoldsRecurrentBias),
+                           // else nullptr
+  scalar_t* pack_ih;       // packed_input_elements<kCell>(H, I) when fused
+  const scalar_t* w_hh;    // (G*H, H)
+  const scalar_t* b_hh;    // (G*H) with bias where !kFoldsRecurrentBias, else nullptr
+  scalar_t* pack;          // packed_recurrent_elements<kCell>(H)
+  StateSlots<scalar_t> h, c;  // kHasCellState for c
+  scalar_t* y;             // (T, B, H)
+  scalar_t* acts;          // (T, B, S*H) or nullptr (inference)
   int64_t acts_width;
   // team
   int member, members;
@@ -115,17 +107,18 @@ struct RecurrenceForwardArgs {
 
 // Packs rows [ub0 * V, ...) of a (G*H, K) gate-stacked weight for the tile group at unit block
 // ub0 (nb unit blocks x G gates, interleaved), and the matching bias values (if any) per panel.
-template <typename T, int V, int G>
-FASTRNN_INLINE void pack_gate_group(const T* w, int64_t H, int64_t K, int64_t ub0, int nb,
-                                    T* group, const T* bias, T* bias_group) {
+template <typename scalar_t, int V, int G>
+FASTRNN_INLINE void pack_gate_group(const scalar_t* w, int64_t H, int64_t K, int64_t ub0, int nb,
+                                    scalar_t* group, const scalar_t* bias, scalar_t* bias_group) {
   for (int q = 0; q < nb; ++q)
     for (int g = 0; g < G; ++g) {
       const int64_t ub = ub0 + q;
-      pack_panel_from_rows<T, V>(w + g * H * K, K, ub * V, H, K, group + (q * G + g) * V,
-                                 nb * G * V);
+      pack_panel_from_rows<scalar_t, V>(w + g * H * K, K, ub * V, H, K,
+                                        group + (q * G + g) * V, nb * G * V);
       if (bias != nullptr)
         for (int v = 0; v < V; ++v)
-          bias_group[(q * G + g) * V + v] = ub * V + v < H ? bias[g * H + ub * V + v] : T(0);
+          bias_group[(q * G + g) * V + v] =
+              ub * V + v < H ? bias[g * H + ub * V + v] : scalar_t(0);
     }
 }
 
@@ -142,59 +135,60 @@ struct MemberBlocks {
   }
 };
 
-template <typename T, Cell kCell>
+template <typename scalar_t, Cell kCell>
 struct ForwardMember {
   template <Isa kIsa>
-  static FASTRNN_INLINE void run(const RecurrenceForwardArgs<T>& a) {
+  static FASTRNN_INLINE void run(const RecurrenceForwardArgs<scalar_t>& a) {
     using Tiles = TileShape<kCell>;
-    constexpr int V = Simd<T, kIsa>::V;
+    constexpr int V = Simd<scalar_t, kIsa>::V;
     constexpr int G = Tiles::kGates;
     constexpr int kBlocks = Tiles::kForwardBlocks;
     constexpr int kPanels = Tiles::kForwardPanels;
-    constexpr int MR = Simd<T, kIsa>::max_rows(kPanels);
-    constexpr bool kC = has_cell_state(kCell);
+    constexpr int MR = Simd<scalar_t, kIsa>::max_rows(kPanels);
+    constexpr bool kC = CellMath<kCell>::kHasCellState;
     const LayerShape& s = a.shape;
-    const int64_t T_ = s.T, B = s.B, H = s.H, I = s.I, GH = G * H;
+    const int64_t T = s.T, B = s.B, H = s.H, I = s.I, GH = G * H;
     const bool fused = a.xp == nullptr;
     const MemberBlocks mine(H, V, kBlocks, a.member, a.members);
     const int64_t blocks = mine.blocks, first_block = mine.first, end_block = mine.end;
     // Tile groups (kBlocks unit blocks x G gates, interleaved) starting at unit block ub0, and
     // their bias values, V per panel.
-    T* bias_pack = a.pack + blocks * G * H * V;
+    scalar_t* bias_pack = a.pack + blocks * G * H * V;
     auto group = [&](int64_t ub0) { return a.pack + ub0 * G * H * V; };
-    T* bias_x_pack = fused ? a.pack_ih + blocks * G * I * V : nullptr;
+    scalar_t* bias_x_pack = fused ? a.pack_ih + blocks * G * I * V : nullptr;
     auto group_ih = [&](int64_t ub0) { return a.pack_ih + ub0 * G * I * V; };
 
     // This member's panels: the rows of W_hh (and W_ih) for its units, gate by gate.
     for (int64_t ub0 = first_block; ub0 < end_block; ub0 += kBlocks) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlocks, end_block - ub0));
-      pack_gate_group<T, V, G>(a.w_hh, H, H, ub0, nb, group(ub0), a.b_hh,
-                               bias_pack + ub0 * G * V);
+      pack_gate_group<scalar_t, V, G>(a.w_hh, H, H, ub0, nb, group(ub0), a.b_hh,
+                                      bias_pack + ub0 * G * V);
       if (fused)
-        pack_gate_group<T, V, G>(a.w_ih, H, I, ub0, nb, group_ih(ub0), a.bias_x,
-                                 bias_x_pack + ub0 * G * V);
+        pack_gate_group<scalar_t, V, G>(a.w_ih, H, I, ub0, nb, group_ih(ub0), a.bias_x,
+                                        bias_x_pack + ub0 * G * V);
     }
 
-    alignas(64) T tile[MR * kPanels * V];
-    alignas(64) T tile_x[MR * kPanels * V];  // the input projection's tile, when fused
-    const StateSlots slots{T_, s.reverse};
-    for (int64_t step = 0; step < T_; ++step) {
-      const int64_t t = s.reverse ? T_ - 1 - step : step;
-      const ForwardStep<T> st{B, H, H, t, a.lengths, fused ? nullptr : a.xp + t * B * GH,
-                              nullptr, a.h.at(slots.prev(t)),
-                              kC ? a.c.at(slots.prev(t)) : nullptr, a.h.at(slots.next(t)),
-                              kC ? a.c.at(slots.next(t)) : nullptr, a.y + t * B * H,
-                              a.acts ? a.acts + t * B * a.acts_width : nullptr, nullptr};
-      const T* x_t = fused ? a.x + t * B * I : nullptr;
+    alignas(64) scalar_t tile[MR * kPanels * V];
+    alignas(64) scalar_t tile_x[MR * kPanels * V];  // the input projection's tile, when fused
+    const SlotOrder order{T, s.reverse};
+    for (int64_t step = 0; step < T; ++step) {
+      const int64_t t = s.reverse ? T - 1 - step : step;
+      const ForwardStep<scalar_t> st{B, H, H, t, a.lengths, fused ? nullptr : a.xp + t * B * GH,
+                                     nullptr, a.h.at(order.prev(t)),
+                                     kC ? a.c.at(order.prev(t)) : nullptr, a.h.at(order.next(t)),
+                                     kC ? a.c.at(order.next(t)) : nullptr, a.y + t * B * H,
+                                     a.acts ? a.acts + t * B * a.acts_width : nullptr, nullptr};
+      const scalar_t* x_t = fused ? a.x + t * B * I : nullptr;
       for (int64_t ub0 = first_block; ub0 < end_block; ub0 += kBlocks) {
         const int nb = static_cast<int>(std::min<int64_t>(kBlocks, end_block - ub0));
         const int nr = nb * G;
-        const T* init = a.b_hh ? bias_pack + ub0 * G * V : nullptr;
+        const scalar_t* init = a.b_hh ? bias_pack + ub0 * G * V : nullptr;
         for (int64_t b0 = 0; b0 < B; b0 += MR) {
           const int rows = static_cast<int>(std::min<int64_t>(MR, B - b0));
           if (fused) {
-            tile_product_any<T, kIsa>(nr, rows, I, x_t + b0 * I, I, group_ih(ub0),
-                                      a.bias_x ? bias_x_pack + ub0 * G * V : nullptr, 0, tile_x);
+            tile_product_any<scalar_t, kIsa>(nr, rows, I, x_t + b0 * I, I, group_ih(ub0),
+                                             a.bias_x ? bias_x_pack + ub0 * G * V : nullptr, 0,
+                                             tile_x);
           } else {
             // The pointwise pass reads this tile's input pre-activations: a scattered piece of
             // a buffer far larger than the caches. Ask for it now, so that it arrives while
@@ -202,21 +196,22 @@ struct ForwardMember {
             for (int r = 0; r < rows; ++r)
               for (int q = 0; q < nb; ++q)
                 for (int g = 0; g < G; ++g)
-                  for (int line = 0; line < V * int(sizeof(T)); line += 64)
+                  for (int line = 0; line < V * int(sizeof(scalar_t)); line += 64)
                     __builtin_prefetch(reinterpret_cast<const char*>(
                                            st.xp_t + (b0 + r) * GH + g * H + (ub0 + q) * V) +
                                        line);
           }
-          tile_product_any<T, kIsa>(nr, rows, H, st.h_prev + b0 * H, H, group(ub0), init, 0,
-                                    tile);
+          tile_product_any<scalar_t, kIsa>(nr, rows, H, st.h_prev + b0 * H, H, group(ub0), init,
+                                           0, tile);
           for (int q = 0; q < nb; ++q) {
             const int64_t u = (ub0 + q) * V;
-            const Preactivations<T> p =
-                fused ? Preactivations<T>{tile_x + q * G * V, nr * V, V, tile + q * G * V,
-                                          nr * V, V}
-                      : Preactivations<T>{st.xp_t + b0 * GH + u, GH, H, tile + q * G * V,
-                                          nr * V, V};
-            forward_pointwise<T, kCell>(st, b0, b0 + rows, u, std::min<int64_t>(V, H - u), p);
+            const Preactivations<scalar_t> p =
+                fused ? Preactivations<scalar_t>{tile_x + q * G * V, nr * V, V, tile + q * G * V,
+                                                 nr * V, V}
+                      : Preactivations<scalar_t>{st.xp_t + b0 * GH + u, GH, H, tile + q * G * V,
+                                                 nr * V, V};
+            forward_pointwise<scalar_t, kCell>(st, b0, b0 + rows, u, std::min<int64_t>(V, H - u),
+                                               p);
           }
         }
       }
@@ -225,22 +220,22 @@ struct ForwardMember {
   }
 };
 
-template <typename T>
+template <typename scalar_t>
 struct RecurrenceBackwardArgs {
   LayerShape shape;
   const int64_t* lengths;
-  const T* w_hh;        // (G*H, H)
-  T* pack;              // packed_recurrent_elements(cell, H)
-  const T* dy;          // (T, B, H)
-  const T* acts;        // (T, B, S*H)
+  const scalar_t* w_hh;    // (G*H, H)
+  scalar_t* pack;          // packed_recurrent_elements<kCell>(H)
+  const scalar_t* dy;      // (T, B, H)
+  const scalar_t* acts;    // (T, B, S*H)
   int64_t acts_width;
-  const T* hs;          // (T+1, B, H) saved states
-  const T* cs;          // (T+1, B, H) LSTM
-  T* dgx;               // (chunk, B, G*H) for times [chunk_t0, chunk_t0 + chunk)
-  T* dgh;               // (chunk, B, H) GRU's n gate (cells.h), else unused
-  T* dh_cell;           // (B, H)
-  T* dh[2];             // (B, H) ping-pong; dh[cur0] holds the arriving gradient on entry
-  T* dc[2];             // (B, H) LSTM ping-pong; dc[cur0] likewise
+  const scalar_t* hs;      // (T+1, B, H) saved states
+  const scalar_t* cs;      // (T+1, B, H) kHasCellState
+  scalar_t* dgx;           // (chunk, B, G*H) for times [chunk_t0, chunk_t0 + chunk)
+  scalar_t* dgh;           // (chunk, B, H) kRecurrentGradGate's dgh (cells.h), else unused
+  scalar_t* dh_cell;       // (B, H)
+  scalar_t* dh[2];         // (B, H) ping-pong; dh[cur0] holds the arriving gradient on entry
+  scalar_t* dc[2];         // (B, H) kHasCellState ping-pong; dc[cur0] likewise
   // This call runs steps step_end-1 down to step_begin (in the layer's walking order), whose
   // times start at chunk_t0; the first call of a layer also packs the weights.
   int64_t step_begin, step_end, chunk_t0;
@@ -250,19 +245,20 @@ struct RecurrenceBackwardArgs {
   SpinBarrier* barrier;
 };
 
-template <typename T, Cell kCell>
+template <typename scalar_t, Cell kCell>
 struct BackwardMember {
   template <Isa kIsa>
-  static FASTRNN_INLINE void run(const RecurrenceBackwardArgs<T>& a) {
+  static FASTRNN_INLINE void run(const RecurrenceBackwardArgs<scalar_t>& a) {
     using Tiles = TileShape<kCell>;
-    constexpr int V = Simd<T, kIsa>::V;
+    constexpr int V = Simd<scalar_t, kIsa>::V;
     constexpr int G = Tiles::kGates;
     constexpr int NR = Tiles::kBackwardPanels;
-    constexpr int MR = Simd<T, kIsa>::max_rows(NR);
-    constexpr bool kC = has_cell_state(kCell);
-    constexpr bool kDistinct = CellMath<kCell>::kDistinctGradH;
+    constexpr int MR = Simd<scalar_t, kIsa>::max_rows(NR);
+    using Math = CellMath<kCell>;
+    constexpr bool kC = Math::kHasCellState;
+    constexpr bool kDistinct = Math::kRecurrentGradDiffers;
     const LayerShape& s = a.shape;
-    const int64_t T_ = s.T, B = s.B, H = s.H, GH = G * H, K = GH;
+    const int64_t T = s.T, B = s.B, H = s.H, GH = G * H, K = GH;
     const MemberBlocks mine(H, V, NR, a.member, a.members);
     const int64_t first_block = mine.first, end_block = mine.end;
     const int64_t u_begin = std::min(H, first_block * V);
@@ -274,36 +270,39 @@ struct BackwardMember {
     for (int64_t ub0 = first_block; a.pack_weights && ub0 < end_block; ub0 += NR) {
       const int nb = static_cast<int>(std::min<int64_t>(NR, end_block - ub0));
       for (int q = 0; q < nb; ++q)
-        pack_panel_from_columns<T, V>(a.w_hh, H, (ub0 + q) * V, H, K, group(ub0) + q * V, nb * V);
+        pack_panel_from_columns<scalar_t, V>(a.w_hh, H, (ub0 + q) * V, H, K, group(ub0) + q * V,
+                                             nb * V);
     }
 
-    alignas(64) T tile[MR * NR * V];
-    const StateSlots slots{T_, s.reverse};
+    alignas(64) scalar_t tile[MR * NR * V];
+    const SlotOrder order{T, s.reverse};
     int cur = a.cur0;  // dh[cur], dc[cur]: gradients arriving from the later step
     for (int64_t step = a.step_end - 1; step >= a.step_begin; --step) {
-      const int64_t t = s.reverse ? T_ - 1 - step : step;
-      T* dh_next = a.dh[cur];
-      T* dh_prev = a.dh[1 - cur];
+      const int64_t t = s.reverse ? T - 1 - step : step;
+      scalar_t* dh_next = a.dh[cur];
+      scalar_t* dh_prev = a.dh[1 - cur];
       // A. This member's units: gradient of the cell output, then the pointwise backward.
       total_output_grad(0, B, u_begin, u_count, H, t, a.lengths, a.dy + t * B * H, dh_next,
                         a.dh_cell);
-      const BackwardStep<T> st{B, H, H, t, a.lengths, a.dh_cell, dh_next,
-                               kC ? a.dc[cur] : nullptr, a.acts + t * B * a.acts_width,
-                               a.hs + slots.prev(t) * B * H, a.hs + slots.next(t) * B * H,
-                               kC ? a.cs + slots.prev(t) * B * H : nullptr,
-                               kC ? a.cs + slots.next(t) * B * H : nullptr,
-                               a.dgx + (t - a.chunk_t0) * B * GH,
-                               kDistinct ? a.dgh + (t - a.chunk_t0) * B * H : nullptr,
-                               dh_prev,
-                               kC ? a.dc[1 - cur] : nullptr};
-      if (u_count > 0) backward_pointwise<T, kCell>(st, 0, B, u_begin, u_count, u_begin, u_count);
+      const BackwardStep<scalar_t> st{B, H, H, t, a.lengths, a.dh_cell, dh_next,
+                                      kC ? a.dc[cur] : nullptr, a.acts + t * B * a.acts_width,
+                                      a.hs + order.prev(t) * B * H, a.hs + order.next(t) * B * H,
+                                      kC ? a.cs + order.prev(t) * B * H : nullptr,
+                                      kC ? a.cs + order.next(t) * B * H : nullptr,
+                                      a.dgx + (t - a.chunk_t0) * B * GH,
+                                      kDistinct ? a.dgh + (t - a.chunk_t0) * B * H : nullptr,
+                                      dh_prev,
+                                      kC ? a.dc[1 - cur] : nullptr};
+      if (u_count > 0)
+        backward_pointwise<scalar_t, kCell>(st, 0, B, u_begin, u_count, u_begin, u_count);
       a.barrier->arrive_and_wait();
       // B. dh_prev[:, units] += dGh_t W_hh[:, units], tile by tile through the register file.
-      //    dGh_t is dG_t except GRU's n gate: the product's depth splits into the gates taken
-      //    from dgx (all, or GRU's r and z) and GRU's n gate from dgh.
-      const T* dgx_t = a.dgx + (t - a.chunk_t0) * B * GH;
-      const T* dgh_t = a.dgh + (t - a.chunk_t0) * B * H;
-      const int64_t K_x = kDistinct ? 2 * H : GH;
+      //    dGh_t is dG_t except in the gate kRecurrentGradGate (GRU's n), the last one: the
+      //    product's depth splits into the gates taken from dgx (all, or the ones before it)
+      //    and that gate from dgh.
+      const scalar_t* dgx_t = a.dgx + (t - a.chunk_t0) * B * GH;
+      const scalar_t* dgh_t = a.dgh + (t - a.chunk_t0) * B * H;
+      const int64_t K_x = kDistinct ? Math::kRecurrentGradGate * H : GH;
       for (int64_t ub0 = first_block; ub0 < end_block; ub0 += NR) {
         const int nr = static_cast<int>(std::min<int64_t>(NR, end_block - ub0));
         const int64_t u = ub0 * V;
@@ -311,17 +310,17 @@ struct BackwardMember {
         for (int64_t b0 = 0; b0 < B; b0 += MR) {
           const int rows = static_cast<int>(std::min<int64_t>(MR, B - b0));
           for (int r = 0; r < rows; ++r) {  // stage the bypass part: the tile may pass H
-            T* row = tile + r * nr * V;
-            std::memcpy(row, dh_prev + (b0 + r) * H + u, cols * sizeof(T));
-            std::fill(row + cols, row + nr * V, T(0));
+            scalar_t* row = tile + r * nr * V;
+            std::memcpy(row, dh_prev + (b0 + r) * H + u, cols * sizeof(scalar_t));
+            std::fill(row + cols, row + nr * V, scalar_t(0));
           }
-          tile_product_any<T, kIsa>(nr, rows, K_x, dgx_t + b0 * GH, GH, group(ub0), tile,
-                                    nr * V, tile);
+          tile_product_any<scalar_t, kIsa>(nr, rows, K_x, dgx_t + b0 * GH, GH, group(ub0), tile,
+                                           nr * V, tile);
           if (kDistinct)
-            tile_product_any<T, kIsa>(nr, rows, H, dgh_t + b0 * H, H,
-                                      group(ub0) + K_x * nr * V, tile, nr * V, tile);
+            tile_product_any<scalar_t, kIsa>(nr, rows, H, dgh_t + b0 * H, H,
+                                             group(ub0) + K_x * nr * V, tile, nr * V, tile);
           for (int r = 0; r < rows; ++r)
-            std::memcpy(dh_prev + (b0 + r) * H + u, tile + r * nr * V, cols * sizeof(T));
+            std::memcpy(dh_prev + (b0 + r) * H + u, tile + r * nr * V, cols * sizeof(scalar_t));
         }
       }
       cur = 1 - cur;

@@ -8,11 +8,11 @@ int64_t reserve_elements(const LayerShape& s) { return cpu::reserve_elements_of(
 ReserveWidths reserve_widths(const LayerShape& s) { return cpu::reserve_widths_of(s); }
 
 int64_t forward_workspace_elements(const LayerShape& s, bool training) {
-  return cpu::ForwardWorkspace(s, training).total;
+  return cpu::forward_workspace_elements_of(s, training);
 }
 
 int64_t backward_workspace_elements(const LayerShape& s) {
-  return cpu::BackwardWorkspace(s).total;
+  return cpu::backward_workspace_elements_of(s);
 }
 
 }  // namespace fastrnn

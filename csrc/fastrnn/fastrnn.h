@@ -2,11 +2,11 @@
 //
 // Shape legend (every sequence tensor is time-major and C-contiguous):
 //   T  steps           B  batch            I  input size
-//   H  hidden size     G  gates: 1 (vanilla), 4 (LSTM: i,f,g,o), 3 (GRU: r,z,n)
+//   H  hidden size     G  gates: 1 (vanilla), 4 (LSTM: i,f,g,o), 3 (GRU: r,z,n); cell.h
 //   P  LSTM projection size (proj_size; 0 = none)
 //   R  size of the recurrent state h and of the output: P if P > 0, else H
 //
-// Conventions are PyTorch's (see DESIGN.md §1), so weights move across unchanged.
+// Conventions are PyTorch's (see docs/design.md §1), so weights move across unchanged.
 // Variable lengths: steps t >= lengths[b] leave the state untouched and write zeros to y;
 // the reverse direction walks t = T-1 .. 0, so sequence b starts at lengths[b]-1.
 #pragma once
@@ -17,21 +17,9 @@
 #include <string>
 #include <vector>
 
+#include "fastrnn/cell.h"
+
 namespace fastrnn {
-
-enum class Cell : int { RnnTanh = 0, RnnRelu = 1, Lstm = 2, Gru = 3 };
-
-inline int num_gates(Cell cell) {
-  switch (cell) {
-    case Cell::RnnTanh:
-    case Cell::RnnRelu: return 1;
-    case Cell::Lstm: return 4;
-    case Cell::Gru: return 3;
-  }
-  throw std::invalid_argument("fastrnn: unknown cell kind " + std::to_string(static_cast<int>(cell)));
-}
-
-constexpr bool has_cell_state(Cell cell) { return cell == Cell::Lstm; }
 
 struct LayerShape {
   Cell cell;
