@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ["is_available", "is_compiled", "device_count", "device_info", "unavailable_reason",
-           "ALGOS", "DTYPES"]
+           "ALGOS", "DTYPES", "ALGO_CODES", "DTYPE_CODES"]
 
 ALGOS = ("standard", "persistent", "auto")
 DTYPES = ("float32", "float16", "bfloat16")  # codes 0, 1, 2 of the extension
-_ALGO_CODES = {name: code for code, name in enumerate(ALGOS)}
-_DTYPE_CODES = {name: code for code, name in enumerate(DTYPES)}
+ALGO_CODES = {name: code for code, name in enumerate(ALGOS)}    # the extension's codes
+DTYPE_CODES = {name: code for code, name in enumerate(DTYPES)}
+_ALGO_CODES, _DTYPE_CODES = ALGO_CODES, DTYPE_CODES  # their former names (fastrnn.torch uses them)
 
 _lock = threading.Lock()
 _module: Any = None
@@ -156,17 +157,17 @@ def torch_allows_tf32() -> bool:
 # ---- what one layer call needs -------------------------------------------------------------------
 
 def check_algo(algo: str) -> str:
-    if algo not in _ALGO_CODES:
+    if algo not in ALGO_CODES:
         raise ValueError(f"algo: expected one of {ALGOS}, got {algo!r}")
     return algo
 
 
 def dtype_code(dtype_name: str, argument: str = "x") -> int:
-    if dtype_name not in _DTYPE_CODES:
+    if dtype_name not in DTYPE_CODES:
         from .errors import DtypeError
         raise DtypeError(f"{argument}: expected dtype float32, float16 or bfloat16 on CUDA, got "
                          f"{dtype_name}")
-    return _DTYPE_CODES[dtype_name]
+    return DTYPE_CODES[dtype_name]
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class Plan:
 def plan(cell: int, dtype: int, T: int, B: int, I: int, H: int, P: int, algo: str,
          device: int, training: bool) -> Plan:
     module = _require()
-    code = module.resolve_algo(cell, dtype, T, B, I, H, P, _ALGO_CODES[check_algo(algo)], device)
+    code = module.resolve_algo(cell, dtype, T, B, I, H, P, ALGO_CODES[check_algo(algo)], device)
     fwd, bwd = module.workspace_bytes(cell, dtype, T, B, I, H, P, training, code)
     per_slot, per_step = module.reserve_widths(cell, H, P, dtype)
     reserve = (T + 1) * B * per_slot + T * B * per_step if training else 0

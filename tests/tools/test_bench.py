@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from fastrnn import bench
+from fastrnn import _core, bench
 
 # The torch peer joins whenever torch is importable (it is in the test extra).
 AVAILABLE = {name for name, peer in bench.PEERS.items() if peer.unavailable() is None}
@@ -119,7 +119,7 @@ def test_floor_by_hand():
     assert cfg.whh_bytes() == 4 * 5 * 5 * 4
     assert (cfg.forward_bytes(), cfg.forward_backward_bytes()) == (fwd_bytes, fb_bytes)
     probe = bench.read_probe_bytes(cfg.whh_bytes())
-    ceilings = bench.Ceilings(threads=1, gemm={"float32": {"gflops": 100.0}},
+    ceilings = bench.CpuCeilings(threads=1, gemm={"float32": {"gflops": 100.0}},
                               read={probe: {"gbs": 75.0}})
     floor = bench.floor_times(cfg, ceilings)
     fwd_flops = 2 * 4 * 5 * (4 + 5) * 2 * 3  # 2160
@@ -145,7 +145,7 @@ def test_read_probe_sizes():
 def test_ceilings_measured_by_the_core():
     configs = [bench.parse_config("lstm:T=3,B=2,I=4,H=5"),
                bench.parse_config("gru:T=1,B=1,H=256,dtype=float64")]
-    measured = bench._measure_ceilings(configs, gemm_n=64)
+    measured = bench.CpuCeilings.measure(configs, gemm_n=64)
     assert set(measured.gemm) == {"float32", "float64"}
     assert set(measured.read) == {bench.read_probe_bytes(c.whh_bytes()) for c in configs}
     assert all("_core" in m["method"] and _positive_finite(m["gflops"])
@@ -156,13 +156,13 @@ def test_ceilings_measured_by_the_core():
 
 def test_core_probes_reject_bad_arguments():
     with pytest.raises(ValueError, match="dtype"):
-        bench._core.measure_gemm_gflops("float16", 64, 1)
+        _core.measure_gemm_gflops("float16", 64, 1)
     with pytest.raises(ValueError, match="n: expected"):
-        bench._core.measure_gemm_gflops("float32", 0, 1)
+        _core.measure_gemm_gflops("float32", 0, 1)
     with pytest.raises(ValueError, match="nbytes"):
-        bench._core.measure_read_gbs(10, 1)
+        _core.measure_read_gbs(10, 1)
     with pytest.raises(ValueError, match="reps"):
-        bench._core.measure_read_gbs(1 << 16, 0)
+        _core.measure_read_gbs(1 << 16, 0)
 
 
 def test_flop_convention():
@@ -315,18 +315,19 @@ def test_gpu_suites_list_without_gpu(capsys):
 
 def test_gpu_counts_and_floor():
     cfg = bench.parse_config("lstm:T=3,B=2,I=4,H=5")
-    counts = bench.gpu_counts(bench.GpuRow(cfg))  # Config's own counts in float32
+    counts = bench.work_counts(cfg)  # Config's own counts in float32
     assert counts["forward"] == {"flops": cfg.forward_flops(), "bytes": cfg.forward_bytes()}
     assert counts["forward_backward"] == {"flops": 3 * cfg.forward_flops(),
                                           "bytes": cfg.forward_backward_bytes()}
-    half = bench.gpu_counts(bench.GpuRow(cfg, dtype="bfloat16"))
+    half = bench.work_counts(cfg, dtype="bfloat16")
     assert half["forward"]["bytes"] * 2 == cfg.forward_bytes()
     # packed, 4 of the 6 steps of work: 2*G*H*(I+H)*4 FLOPs; T*|W_hh| + |W_ih| + 4*(I+H) elements
-    packed = bench.gpu_counts(bench.GpuRow(cfg, packed=True), rows=4)
+    packed = bench.work_counts(cfg, rows=4)
     assert packed["forward"] == {"flops": 2 * 4 * 5 * 9 * 4, "bytes": (300 + 80 + 36) * 4}
     assert packed["forward_backward"]["bytes"] == 2 * 416 * 4 + 4 * 4 * 5 * 4
-    ceilings = {"hbm": {"gbs": 100.0}, "gemm": {"float32": {"tflops": 1e-3}}}
-    floor = bench.gpu_floor_times(counts, ceilings, "float32")
+    ceilings = bench.GpuCeilings(hbm={"gbs": 100.0}, gemm={"float32": {"tflops": 1e-3}})
+    floor = ceilings.floor_times(counts, "float32")
+    assert floor == bench.floor_times(cfg, ceilings, "float32")
     assert floor["forward"]["floor_s"] == pytest.approx(max(2160 / 1e9, 1736 / 100e9))
     assert floor["forward"]["bound"] == "compute"
     lengths = bench.packed_lengths(100, 16, seed=3)
@@ -355,15 +356,16 @@ def test_gpu_row_harness_on_the_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "Event", _HostEvent)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
     settings = bench.Settings(repeats=3, min_repeats=2, warmup=1, warmup_s=0, budget=0)
-    ceilings = {"hbm": {"gbs": 10.0}, "gemm": {dt: {"tflops": 0.01} for dt in bench.GPU_DTYPES}}
+    ceilings = bench.GpuCeilings(hbm={"gbs": 10.0},
+                                 gemm={dt: {"tflops": 0.01} for dt in bench.GPU_DTYPES})
     rows = [bench.GpuRow(bench.parse_config("lstm:T=5,B=3,I=4,H=6")),
             bench.GpuRow(bench.parse_config("gru:T=6,B=4,I=3,H=5"), packed=True),
             bench.GpuRow(bench.parse_config("rnn_tanh:T=4,B=2,I=3,H=4,layers=2,bidirectional=1")),
             bench.GpuRow(bench.parse_config("lstm:T=3,B=2,I=4,H=5"), dtype="bfloat16")]
-    results = [bench._json_safe(bench.run_gpu_row(r, settings, ceilings, device="cpu"))
+    results = [bench.json_safe(bench.run_gpu_row(r, settings, ceilings, device="cpu"))
                for r in rows]
     for r in results[:3]:
-        assert bench._gpu_row_failed(r) is None, r
+        assert bench.row_failure(r) is None, r
         assert r["torch_nn_path"] == "native (not cuDNN)"  # no cuDNN on the CPU
         for name in ("fastrnn", "cudnn"):
             for kind in ("forward", "forward_backward"):
@@ -386,20 +388,204 @@ def test_gpu_row_harness_on_the_cpu(tmp_path, monkeypatch):
     fallback = results[3]
     assert "fastrnn.torch ran torch.nn's implementation" in fallback["fastrnn"]["error"]
     assert "forward" in fallback["cudnn"] and fallback["ratio"] == {}
-    assert "fastrnn.torch ran torch.nn" in bench._gpu_row_failed(fallback)
+    assert "fastrnn.torch ran torch.nn" in bench.row_failure(fallback)
 
-    table = bench._gpu_table(results)
+    table = bench.cudnn_table(results)
     assert len(table) == 2 + len(rows)
     header = [c.strip() for c in table[0].strip("|").split("|")]
     assert {"algo", "fastrnn fwd ms", "cuDNN fwd ms", "fwd ratio", "f+b ratio", "floor% f+b",
             "err y vs cuDNN"} <= set(header)
     cells = dict(zip(header, (c.strip() for c in table[2].strip("|").split("|"))))
     assert cells["fwd ratio"] == f"{results[0]['ratio']['forward']:.2f}x"
-    summary = bench.gpu_targets_summary(results)
+    summary = bench.targets_summary(results)
     assert summary["rows_measured"] == 3 and summary["rows_total"] == 4
-    meta = {"ceilings": ceilings, "device": {"name": "cpu"}}
+    meta = {"ceilings": ceilings.to_dict(), "device": {"name": "cpu"}}
     path = tmp_path / "gpu.json"
-    bench.write_gpu_json(str(path), meta, settings, "custom", results, complete=True)
+    bench.write_json(str(path), bench.gpu_document(meta, settings, "custom", results,
+                                                   complete=True))
     doc = json.loads(path.read_text())
     assert doc["mode"] == "cuda" and doc["complete"] and len(doc["results"]) == len(rows)
-    assert doc["meta"]["ceilings"] == ceilings and len(doc["failed"]) == 1
+    assert doc["meta"]["ceilings"] == ceilings.to_dict() and len(doc["failed"]) == 1
+
+
+# ---- the pieces both modes share ------------------------------------------------------------
+
+class _FakeTime:
+    """time.perf_counter of the timing module, advanced by the calls under measurement."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_measure_on_the_wall_clock_stops_by_budget(monkeypatch):
+    """A 0.4 s call: one warm-up run is enough (it used budget/4), then runs until the budget of
+    1 s is spent; the garbage collector is off inside the runs and back on after."""
+    import gc
+
+    fake = _FakeTime()
+    monkeypatch.setattr(bench.timing, "time", fake)
+    gc_states = []
+
+    def call():
+        gc_states.append(gc.isenabled())
+        fake.now += 0.4
+
+    settings = bench.Settings(repeats=50, min_repeats=2, warmup=2, warmup_s=0.2, budget=1.0)
+    m = bench.measure([call], settings)
+    assert m["warmup"] == 1
+    assert m["n"] == 3 and m["times_s"] == pytest.approx([0.4] * 3)
+    assert m["median_s"] == pytest.approx(0.4) and m["spread"] == pytest.approx(0, abs=1e-9)
+    assert gc_states == [False] * 4 and gc.isenabled()
+    # repeats caps the runs, min_repeats outlasts a zero budget
+    assert bench.measure([call], bench.Settings(repeats=2, min_repeats=1, warmup=1, warmup_s=0,
+                                                budget=100))["n"] == 2
+    assert bench.measure([call], bench.Settings(repeats=9, min_repeats=4, warmup=1, warmup_s=0,
+                                                budget=0))["n"] == 4
+
+
+class _RecordingClock:
+    """A device clock that records what measure asks of it; run k takes durations[k] seconds
+    (its marks are milliseconds, as CUDA events give)."""
+
+    def __init__(self, log, durations):
+        self.log, self.durations = log, list(durations)
+
+    def wait(self):
+        self.log.append("wait")
+
+    def time_call(self, call):
+        self.log.append("start")
+        call()
+        self.log.append("stop")
+        return 1e3 * self.durations.pop(0)
+
+    def seconds(self, mark):
+        return mark / 1e3
+
+
+def test_measure_rotates_inputs_and_prepares_each_run():
+    """Runs take the calls in turn, each after prepare(i) of the same input set; the clock
+    waits after each warm-up run and once at the end; its marks become the times."""
+    log = []
+    calls = [lambda: log.append("call0"), lambda: log.append("call1")]
+    clock = _RecordingClock(log, [0.005, 0.001, 0.004, 0.002, 0.003])
+    settings = bench.Settings(repeats=5, min_repeats=2, warmup=3, warmup_s=0, budget=1e9)
+    m = bench.measure(calls, settings, clock, prepare=lambda i: log.append(f"prep{i}"))
+    warm = ["prep0", "call0", "wait", "prep1", "call1", "wait", "prep0", "call0", "wait"]
+    timed = [step for k in (1, 0, 1, 0, 1) for step in (f"prep{k}", "start", f"call{k}", "stop")]
+    assert log == warm + timed + ["wait"]
+    assert m["warmup"] == 3 and m["n"] == 5
+    assert m["times_s"] == pytest.approx([0.005, 0.001, 0.004, 0.002, 0.003])
+    assert (m["median_s"], m["min_s"], m["q1_s"], m["q3_s"]) == pytest.approx(
+        (0.003, 0.001, 0.002, 0.004))
+    assert m["spread"] == pytest.approx(2 / 3)
+
+
+def test_cuda_event_clock_starts_each_run_on_an_idle_gpu(monkeypatch):
+    torch = pytest.importorskip("torch")
+    log = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.at = None
+
+        def record(self):
+            log.append("record")
+            self.at = len(log)
+
+        def elapsed_time(self, end):
+            return 1e3 * (end.at - self.at)  # ms
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: log.append("sync"))
+    clock = bench.CudaEventClock()
+    mark = clock.time_call(lambda: log.append("call"))
+    assert log == ["sync", "record", "call", "record"]
+    assert clock.seconds(mark) == 2.0
+    clock.wait()
+    assert log[-1] == "sync"
+
+
+def test_add_rates_per_device():
+    m = {"median_s": 2.0, "min_s": 1.0}
+    assert bench.add_rates(dict(m), 4e9, 0.5) == {**m, "gflops": 2.0, "gflops_best": 4.0,
+                                                  "floor_fraction": 0.25}
+    assert bench.add_rates(dict(m), 4e12, 1.0, unit="tflops") == {**m, "tflops": 2.0,
+                                                                  "floor_fraction": 0.5}
+
+
+def test_one_floor_rule_for_both_devices():
+    """The CPU's and the GPU's ceilings put the same floor under the same work at the same
+    rates; each records the rates under its own names."""
+    cfg = bench.parse_config("gru:T=4,B=2,I=3,H=5")
+    probe = bench.read_probe_bytes(cfg.whh_bytes())
+    cpu = bench.CpuCeilings(threads=1, gemm={"float32": {"gflops": 2.0}},
+                            read={probe: {"gbs": 3.0}})
+    gpu = bench.GpuCeilings(hbm={"gbs": 3.0}, gemm={"float32": {"tflops": 2e-3}})
+    on_cpu, on_gpu = bench.floor_times(cfg, cpu), bench.floor_times(cfg, gpu, "float32")
+    for phase, counts in bench.work_counts(cfg).items():
+        a, b = on_cpu[phase], on_gpu[phase]
+        for key in ("flops", "bytes", "bound"):
+            assert a[key] == b[key]
+        for key in ("compute_s", "memory_s", "floor_s"):
+            assert a[key] == pytest.approx(b[key])
+        assert (a["flops"], a["bytes"]) == (counts["flops"], counts["bytes"])
+        assert a["floor_s"] == max(counts["flops"] / 2e9, counts["bytes"] / 3e9)
+        assert (a["gemm_gflops"], a["read_gbs"]) == (2.0, 3.0)
+        assert (b["gemm_tflops"], b["hbm_gbs"]) == (2e-3, 3.0)
+
+
+def test_cells_dtypes_and_algos_come_from_the_package():
+    from fastrnn import _cells, cuda
+
+    assert set(bench.GPU_DTYPES) == set(cuda.DTYPES) and bench.GPU_DTYPES[:2] == ("float32",
+                                                                                  "bfloat16")
+    vanilla = tuple(m for m in _cells.MODES if _cells.CELLS[m].nonlinearity)
+    assert bench.CELL_ALIASES == {"rnn": vanilla, "vanilla": vanilla}
+    algo = next(a for a in bench.build_parser()._actions if a.dest == "algo")
+    assert set(algo.choices) == set(cuda.ALGOS) and algo.choices[0] == "auto"
+
+
+def test_gpu_mode_end_to_end_on_the_cpu(tmp_path, monkeypatch, capsys):
+    """The GPU mode through the shared run loop, without a GPU: host-clock events, fake
+    ceilings and device description, rows run on the CPU. The bfloat16 row, which fastrnn.torch
+    hands to torch.nn on the CPU, fails the run (exit 1) after every file is written."""
+    torch = pytest.importorskip("torch")
+    from fastrnn.bench import run_gpu
+
+    monkeypatch.setattr(torch.cuda, "Event", _HostEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    monkeypatch.setattr(run_gpu, "gpu_unavailable_reason", lambda: None)
+    device = {"index": 0, "name": "host", "capability": "0.0", "multiprocessors": 1,
+              "memory_bytes": 1 << 30, "l2_bytes": None}
+    monkeypatch.setattr(run_gpu, "collect_meta", lambda argv, kind: {
+        "fastrnn_version": "x", "build_info": {"cuda": False}, "device": device,
+        "torch_version": torch.__version__, "torch_cuda": None, "cudnn_version": None,
+        "date_utc": "now", "argv": list(argv)})
+    ceilings = bench.GpuCeilings(hbm={"gbs": 10.0, "method": "fake"},
+                                 gemm={dt: {"tflops": 0.01, "n": 64} for dt in bench.GPU_DTYPES})
+    monkeypatch.setattr(bench.GpuCeilings, "measure", classmethod(lambda cls, *a: ceilings))
+    real_run_gpu_row = run_gpu.run_gpu_row
+    monkeypatch.setattr(run_gpu, "run_gpu_row",
+                        lambda *a, **k: real_run_gpu_row(*a, device="cpu", **k))
+    path, md_path = tmp_path / "gpu.json", tmp_path / "gpu.md"
+    argv = FAST + ["--device", "cuda", "--config", "lstm:T=3,B=2,I=4,H=5",
+                   "--dtypes", "float32,bfloat16", "--json", str(path), "--markdown", str(md_path)]
+    assert bench.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "GPU benchmark against torch.nn (cuDNN)" in out and "HBM      : 10 GB/s" in out
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 2 and "2 row(s) in" in out
+    assert "[1/2] lstm T=3 B=2 I=4 H=5 float32" in err and "FAILED (error, or non-finite" in err
+    doc = json.loads(path.read_text())
+    assert doc["complete"] and doc["meta"]["ceilings"] == ceilings.to_dict()
+    assert [r["row"]["dtype"] for r in doc["results"]] == ["float32", "bfloat16"]
+    assert doc["results"][0]["ratio"] and len(doc["failed"]) == 1
+    assert doc["meta"]["wall_s"] > 0 and "torch_max_memory_bytes" in doc["meta"]
+    md = md_path.read_text()
+    assert md.startswith("### fastrnn x on host, suite 'custom'") and "- targets: " in md
+    assert [line for line in md.splitlines() if line.startswith("|")] == table
