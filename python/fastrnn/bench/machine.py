@@ -37,6 +37,7 @@ def collect_meta(argv: Sequence[str], device: str = "cpu") -> Dict[str, object]:
         **(_cpu_software(info) if cpu else _gpu_software()),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        **({"machine": platform.machine()} if cpu else {}),
         "cpu_model": _cpu_model(),
         **(_cpu_state() if cpu else {}),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -51,8 +52,8 @@ def _cpu_software(info: Dict[str, object]) -> Dict[str, object]:
 
 def _cpu_state() -> Dict[str, object]:
     """The CPUs, the threads each BLAS library runs, and how busy the machine is right now."""
-    return {"machine": platform.machine(), "threads": _threads_summary(_loaded_blas_libraries()),
-            "loadavg_start": loadavg(), "cpu_busy_start": cpu_busy_by_others()}
+    return {"threads": _threads_summary(_loaded_blas_libraries()), "loadavg_start": loadavg(),
+            "cpu_busy_start": cpu_busy_by_others()}
 
 
 def _gpu_software() -> Dict[str, object]:
