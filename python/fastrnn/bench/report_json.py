@@ -32,6 +32,7 @@ GPU_JSON_SCHEMA = 1
 
 def cpu_document(meta: Dict[str, object], settings: Settings, suite: str,
                  results: List[Dict[str, object]]) -> Dict[str, object]:
+    """The CPU mode's document: the peers' results of each configuration, and how to read them."""
     return {"schema": JSON_SCHEMA, "meta": meta, "suite": suite,
             "settings": dataclasses.asdict(settings), "flop_convention": FLOP_CONVENTION,
             "bytes_convention": BYTES_CONVENTION, "floor_convention": FLOOR_CONVENTION,
@@ -41,6 +42,8 @@ def cpu_document(meta: Dict[str, object], settings: Settings, suite: str,
 
 def gpu_document(meta: Dict[str, object], settings: Settings, suite: str,
                  results: List[Dict[str, object]], complete: bool) -> Dict[str, object]:
+    """The GPU mode's document: the rows' results, how to read them, the targets' summary and
+    the failed rows."""
     return {"schema": GPU_JSON_SCHEMA, "mode": "cuda", "complete": complete, "suite": suite,
             "meta": meta, "settings": dataclasses.asdict(settings),
             "conventions": {"flops": FLOP_CONVENTION, "bytes": BYTES_CONVENTION,
