@@ -3,10 +3,10 @@
 // A cell's code (its fastrnn::Cell value) is the number the Python side passes
 // (python/fastrnn/_cells.py holds the same list; _core.CELL_CODES is exported from this one and a
 // test checks that the two agree). CellInfo<kCell> is what a cell *is* -- its name, its gates,
-// whether it carries a cell state -- and every backend's math struct (cpu/cells.h,
-// cuda/cell_math.cuh) derives from it; num_gates() and has_cell_state() below are the same facts
-// for a cell known at run time only. common/dispatch.h turns a run-time cell into CellInfo's
-// template argument.
+// whether it carries a cell state or takes a projection -- and every backend's math struct
+// (cpu/cells.h, cuda/cell_math.cuh) derives from it; num_gates(), has_cell_state(),
+// can_project() and cell_name() below are the same facts for a cell known at run time only.
+// common/dispatch.h turns a run-time cell into CellInfo's template argument.
 //
 // Adding a cell: one value of Cell, one X(...) in FASTRNN_CELLS, one CellInfo below, then its
 // math and traits once per backend (docs/design.md §9).
@@ -28,17 +28,21 @@ struct CellInfo;
 // kName: the name the Python API takes (_cells.CellSpec.mode).
 // kGates: G, the gates per hidden unit: the weights have G*H rows, gate g in rows [g*H, (g+1)*H).
 // kHasCellState: the cell carries a cell state c besides h (LSTM): c0, c_n, dc0 exist.
+// kCanProject: the layer may take a projection W_hr (P, H) of its output (torch.nn.LSTM's
+//   proj_size), so that the state h has R = P < H units.
 template <>
 struct CellInfo<Cell::RnnTanh> {
   static constexpr const char* kName = "rnn_tanh";
   static constexpr int kGates = 1;
   static constexpr bool kHasCellState = false;
+  static constexpr bool kCanProject = false;
 };
 template <>
 struct CellInfo<Cell::RnnRelu> {
   static constexpr const char* kName = "rnn_relu";
   static constexpr int kGates = 1;
   static constexpr bool kHasCellState = false;
+  static constexpr bool kCanProject = false;
 };
 // Gates i, f, g, o (PyTorch's order).
 template <>
@@ -46,6 +50,7 @@ struct CellInfo<Cell::Lstm> {
   static constexpr const char* kName = "lstm";
   static constexpr int kGates = 4;
   static constexpr bool kHasCellState = true;
+  static constexpr bool kCanProject = true;
 };
 // Gates r, z, n (PyTorch's order).
 template <>
@@ -53,6 +58,7 @@ struct CellInfo<Cell::Gru> {
   static constexpr const char* kName = "gru";
   static constexpr int kGates = 3;
   static constexpr bool kHasCellState = false;
+  static constexpr bool kCanProject = false;
 };
 
 namespace cell_list {
@@ -92,6 +98,9 @@ constexpr int num_gates(Cell cell) {
 }
 constexpr bool has_cell_state(Cell cell) {
   return cell_list::with_info(cell, [](auto info) { return decltype(info)::kHasCellState; });
+}
+constexpr bool can_project(Cell cell) {
+  return cell_list::with_info(cell, [](auto info) { return decltype(info)::kCanProject; });
 }
 constexpr const char* cell_name(Cell cell) {
   return cell_list::with_info(cell, [](auto info) { return decltype(info)::kName; });

@@ -1,4 +1,5 @@
-"""Type stub of ``fastrnn._core``, the pybind11 extension (csrc/bindings/module.cpp).
+"""Type stub of ``fastrnn._core``, the pybind11 extension (csrc/bindings/module.cpp; its argument
+checks are csrc/bindings/args.cpp).
 
 Keep it in step with the ``m.def`` calls there: tests/test_typing.py checks that both declare
 the same names, compares each function with the signature line pybind11 writes into its
@@ -16,7 +17,8 @@ Conventions:
   (``numpy.int64`` included) and rejects floats.
 - ``reverse`` and ``training`` are bound with ``noconvert()``: a bool (pybind11 also lets
   ``numpy.bool_`` through), never an int.
-- ``cell`` is the code of ``fastrnn.functional.MODES``: 0 rnn_tanh, 1 rnn_relu, 2 lstm, 3 gru.
+- ``cell`` is the code of ``fastrnn.functional.MODES``: 0 rnn_tanh, 1 rnn_relu, 2 lstm, 3 gru
+  (``CELL_CODES``).
 """
 from typing import Any, SupportsIndex, TypeVar
 
@@ -28,6 +30,13 @@ from fastrnn.errors import DtypeError as DtypeError
 from fastrnn.errors import LengthsError as LengthsError
 
 _FloatT = TypeVar("_FloatT", bound=np.floating[Any])
+
+# ---- the cells ----------------------------------------------------------------------------------
+
+# ``{name: code}`` for every cell the core has, from its C++ list of cells (csrc/fastrnn/cell.h):
+# ``{"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}``. fastrnn._cells holds the same list on
+# the Python side; tests/cpu/test_cell_codes.py checks that the two agree.
+CELL_CODES: dict[str, int]
 
 # ---- one recurrent layer, one direction ---------------------------------------------------------
 
