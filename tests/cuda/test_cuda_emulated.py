@@ -29,7 +29,10 @@ import zlib
 import numpy as np
 import pytest
 
+import fastrnn.cuda
+from conftest import EMULATED_GPU_TOLERANCES
 from fastrnn import reference
+from fastrnn._cells import CELLS, MODES, num_gates
 
 _DIR = os.environ.get("FASTRNN_CUDA_EMULATOR", "")
 _REQUIRED = os.environ.get("FASTRNN_REQUIRE_CUDA_EMULATOR") == "1"
@@ -58,12 +61,9 @@ def _need_emulator():
         pytest.skip(_why_not)
 
 
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
-CELL = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
-DTYPE_CODE = {"float32": 0, "float16": 1, "bfloat16": 2}
-STANDARD, PERSISTENT, AUTO = 0, 1, 2
-# ||out - ref|| / ||ref|| against float64 on the same (rounded) inputs; NaN never passes.
-TOLERANCES = {"float32": (1e-5, 1e-4), "float16": (5e-3, 1e-2), "bfloat16": (2e-2, 4e-2)}
+CELL = {mode: spec.code for mode, spec in CELLS.items()}
+DTYPE_CODE = fastrnn.cuda.DTYPE_CODES
+STANDARD, PERSISTENT, AUTO = (fastrnn.cuda.ALGO_CODES[a] for a in ("standard", "persistent", "auto"))
 GRADIENTS = ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
@@ -131,7 +131,7 @@ def layer_calls(mode, dtype, T, B, I, H, *, P=0, reverse=False, lengths=None, al
     """run_layer as a generator that pauses after the forward call, so that tests can interleave
     the calls of several layers; `stream` is the stream handle that the calls pass."""
     rng = np.random.default_rng(seed)
-    buf, G, R = Buffers(dtype), GATES[mode], P or H
+    buf, G, R = Buffers(dtype), num_gates(mode), P or H
     cell, dcode = CELL[mode], DTYPE_CODE[dtype]
 
     def rand(*shape):
@@ -188,7 +188,7 @@ def layer_calls(mode, dtype, T, B, I, H, *, P=0, reverse=False, lengths=None, al
 
 
 def _check(errors, dtype):
-    out_tol, grad_tol = TOLERANCES[dtype]
+    out_tol, grad_tol = (EMULATED_GPU_TOLERANCES[dtype][k] for k in ("output", "grad"))
     bad = {k: e for k, e in errors.items()
            if not e <= (grad_tol if k.startswith("d") else out_tol)}
     assert not bad, f"relative errors over tolerance ({dtype}): {bad}"
@@ -200,7 +200,7 @@ def _seed(*key) -> int:
 
 @pytest.mark.parametrize("algo", [STANDARD, PERSISTENT])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("mode", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
+@pytest.mark.parametrize("mode", MODES)
 def test_float32_every_cell_direction_and_algo_with_lengths(mode, reverse, algo):
     code, errors = run_layer(mode, "float32", 6, 3, 7, 13, lengths=[6, 2, 5], reverse=reverse,
                              algo=algo, seed=_seed(mode, reverse, algo))
@@ -373,7 +373,7 @@ def _read(device_array, dtype=np.float32) -> np.ndarray:
 def test_functional_api_on_dlpack_device_arrays(emulated_backend, mode, algo):
     import fastrnn
     rng = np.random.default_rng(_seed("dlpack", mode, algo))
-    T, B, I, H, G = 5, 3, 4, 6, GATES[mode]
+    T, B, I, H, G = 5, 3, 4, 6, num_gates(mode)
     host = {name: (rng.standard_normal(shape) * 0.5).astype(np.float32) for name, shape in (
         ("x", (T, B, I)), ("h0", (B, H)), ("c0", (B, H)), ("w_ih", (G * H, I)),
         ("w_hh", (G * H, H)), ("b_ih", (G * H,)), ("b_hh", (G * H,)))}

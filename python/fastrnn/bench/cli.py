@@ -52,9 +52,9 @@ def _add_selection_options(p: argparse.ArgumentParser) -> None:
                         "a GPU, torch with CUDA and fastrnn's CUDA backend)")
     p.add_argument("--suite", choices=sorted(SUITES) + sorted(GPU_SUITES),
                    help="configurations to run (default: quick, under a minute on 2 cores; "
-                        "full: DESIGN.md section 5 CPU rows, takes long; smoke: tiny sizes; "
-                        "with --device cuda: gpu (its default), the GPU rows of DESIGN.md "
-                        "section 5 plus batch 1-8 latency and packed-input rows, or gpu-quick, "
+                        "full: the CPU rows of docs/design.md §5, takes long; smoke: tiny sizes; "
+                        "with --device cuda: gpu (its default), the GPU rows of docs/design.md "
+                        "§5 plus batch 1-8 latency and packed-input rows, or gpu-quick, "
                         "a few of them)")
     p.add_argument("--config", action="append", metavar="SPEC", type=_arg(parse_config),
                    help="run this configuration instead of a suite (repeatable), e.g. "
