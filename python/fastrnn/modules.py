@@ -161,7 +161,7 @@ class _RNNBase(Generic[_State]):
         return self.train(False)
 
     def __repr__(self) -> str:
-        extra = ", nonlinearity='relu'" if self.mode == "rnn_relu" else ""
+        extra = ", nonlinearity='relu'" if _cells.cell(self.mode).nonlinearity == "relu" else ""
         extra += f", proj_size={self.proj_size}" if self.proj_size else ""
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
                 f"num_layers={self.num_layers}, bias={self.bias}, batch_first={self.batch_first}, "
