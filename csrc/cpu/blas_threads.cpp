@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu/denormals.h"
 #include "cpu/thread_team.h"
 #include "fastrnn/fastrnn.h"
 
@@ -58,10 +59,17 @@ void run_jobs_in_team(int /*sync: always 1*/, openblas_dojob_callback dojob, int
   // at once overwrote each other's (wrong results, tests/test_stress.py; also reproduced in plain
   // C against the library). OpenBLAS's own thread server serialises its calls in the same way.
   std::lock_guard<std::mutex> one_call_at_a_time(*g_jobs_mutex);
-  cpu::run_team(numjobs, [&jobs](int member, int team) {
+  // Every job runs in the BLAS caller's denormal mode (cpu/denormals.h): the team's members
+  // through run_team, the extra threads here.
+  const unsigned flush_bits = cpu::flush_bits_of_this_thread();
+  cpu::run_team(numjobs, [&jobs, flush_bits](int member, int team) {
     std::vector<std::thread> extra;
     if (member == 0)
-      for (int i = team; i < jobs.count; ++i) extra.emplace_back([&jobs, i] { jobs.run(i); });
+      for (int i = team; i < jobs.count; ++i)
+        extra.emplace_back([&jobs, i, flush_bits] {
+          const cpu::FlushModeOf mode(flush_bits);
+          jobs.run(i);
+        });
     if (member < jobs.count) jobs.run(member);
     for (auto& t : extra) t.join();
   });

@@ -21,7 +21,6 @@
 #include <cstring>
 
 #include "cpu/cells.h"
-#include "cpu/denormals.h"
 #include "cpu/isa.h"
 #include "cpu/packed_gemm.h"
 #include "cpu/step.h"
@@ -329,11 +328,11 @@ struct BackwardMember {
 };
 
 // Team bodies: every member runs the whole sequence. A team cut short (the pool busy with another
-// caller) runs the sequence on member 0 alone.
+// caller) runs the sequence on member 0 alone. The members flush denormals as their caller does
+// (run_team; forward_impl and backward_impl hold a DenormalsAreZero).
 template <typename Args, typename Kernel>
 void run_recurrence(Args args, int members) {
   auto body = [&args](int member, int size) {
-    DenormalsAreZero ftz;  // per thread (MXCSR)
     Args mine = args;
     SpinBarrier solo(1);
     if (size != args.members) {

@@ -1,6 +1,8 @@
 // fastrnn's thread pool (see thread_team.h).
 #include "cpu/thread_team.h"
 
+#include "cpu/denormals.h"
+
 #include <pthread.h>
 #include <sched.h>
 
@@ -141,17 +143,34 @@ void openmp_trampoline(void* data) {
   call.body(call.context, call.rt.thread_num(), call.rt.num_threads());
 }
 
+// A team's work runs in its caller's floating-point mode (denormals.h): every member takes the
+// caller's flush-to-zero bits for the body's duration, whichever thread it is and whoever started
+// that thread (a thread inherits its creator's mode, which for a pool or OpenMP thread is an
+// accident of which call first needed it).
+struct InCallersMode {
+  TeamBody body;
+  void* context;
+  unsigned flush_bits;
+};
+
+void run_in_callers_mode(void* data, int member, int size) noexcept {
+  const InCallersMode& call = *static_cast<const InCallersMode*>(data);
+  const FlushModeOf mode(call.flush_bits);
+  call.body(call.context, member, size);
+}
+
 }  // namespace
 
 void run_team(int size, TeamBody body, void* context) {
   (void)g_atfork_registered;
   if (size <= 1) return body(context, 0, 1);
+  InCallersMode in_mode{body, context, flush_bits_of_this_thread()};
   if (const OpenMpEntryPoints* rt = g_openmp.load(std::memory_order_acquire)) {
-    OpenMpCall call{body, context, *rt};
+    OpenMpCall call{run_in_callers_mode, &in_mode, *rt};
     rt->parallel(openmp_trampoline, &call, static_cast<unsigned>(size), 0);
     return;
   }
-  if (!g_pool->run(size, body, context)) body(context, 0, 1);
+  if (!g_pool->run(size, run_in_callers_mode, &in_mode)) body(context, 0, 1);
 }
 
 int team_threads() {

@@ -27,7 +27,8 @@ using TeamBody = void (*)(void* context, int member, int size);
 
 // Runs body(context, member, size) for member = 0 .. size-1 concurrently, the caller being member
 // 0. `size` may come out smaller than asked (the pool is busy with another caller's team, or the
-// host runtime is inside a parallel region): bodies must use the size they are given.
+// host runtime is inside a parallel region): bodies must use the size they are given. Every
+// member runs in the caller's denormal mode (flush-to-zero bits, denormals.h).
 void run_team(int size, TeamBody body, void* context);
 
 // Team bodies must not throw: the other members may be waiting for this one at a barrier (and
