@@ -1,14 +1,17 @@
 // The sequence driver: one layer, one direction, any cell. Forward and BPTT backward.
-// Written once, generic over the cell (cells.h holds each cell's pointwise math).
+// Written once, generic over the cell: cells.h holds each cell's pointwise math and the traits
+// (CellMath<kCell>::k...) that are all this file knows of a cell; it names no cell.
 //
 // Two recurrence paths:
 //   the team (recurrence.h): packed W_hh per thread, register-tile products fused with the
 //     pointwise pass, one barrier per step; the input projection inside the tiles from B = 8;
 //     backward's weight gradients as BLAS GEMMs per chunk of steps. The default.
 //   per step through BLAS: Xp = X W_ih^T + bias (one GEMM), then per step Hp = h_prev W_hh^T
-//     (GEMM, GEMV at B = 1) and one pointwise pass; backward one GEMM per step. Used for LSTM
-//     with a projection, and for the forward at B = 1 with a large W_hh and a short sequence
-//     (forward_uses_team).
+//     (GEMM, GEMV at B = 1) and one pointwise pass; backward one GEMM per step. Used for layers
+//     with a projection (LSTM's proj_size), and for the forward at B = 1 with a large W_hh and a
+//     short sequence (forward_uses_team).
+// Denormals are flushed to zero on the calling thread for the whole call (DenormalsAreZero), and
+// on every thread that works for it (run_team; denormals.h).
 #pragma once
 
 #include <algorithm>
