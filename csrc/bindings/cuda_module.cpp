@@ -190,7 +190,7 @@ fc::Algo algo_of(int code) {
 LayerShape shape_of(int cell, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, bool reverse) {
   if (T < 1 || B < 1 || I < 1 || H < 1 || P < 0)
     throw py::value_error("sizes: expected T, B, I, H >= 1 and P >= 0");
-  if (P > 0 && (cell_of(cell) != Cell::Lstm || P >= H))
+  if (P > 0 && (!can_project(cell_of(cell)) || P >= H))
     throw py::value_error("P: expected a projection only for an LSTM and P < H, got P = " +
                           std::to_string(P) + " with H = " + std::to_string(H));
   LayerShape s{cell_of(cell), T, B, I, H, reverse, P};
