@@ -236,6 +236,32 @@ def random_lengths(rng: np.random.Generator, T: int, B: int) -> np.ndarray:
     return lengths.astype(np.int64)
 
 
+# The gradients layer_backward returns, by name.
+GRAD_NAMES = ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+# Layers that take each threaded path of the CPU core once (runtime/test_determinism.py,
+# runtime/test_subnormals.py): (mode, T, B, I, H, P).
+THREAD_PATH_CASES = [
+    ("gru", 37, 7, 520, 190, 0),      # separate input projection, M = T*B = 259, G*H = 570
+    ("lstm", 41, 9, 515, 131, 0),     # fused projection; backward GEMMs over 369 rows
+    ("rnn_tanh", 29, 11, 600, 530, 0),
+    ("rnn_relu", 5, 3, 7, 9, 0),      # one block each
+    ("lstm", 20, 1, 33, 400, 0),      # batch 1: forward steps on GEMV (4*400*400 > 2^19)
+    ("lstm", 23, 5, 21, 150, 37),     # projection: per-step BLAS products
+]
+THREAD_PATH_IDS = ["%s-T%dB%dI%dH%dP%d" % c for c in THREAD_PATH_CASES]
+
+
+@pytest.fixture
+def restore_settings():
+    """fastrnn's process-wide settings (threads, deterministic mode) put back after the test."""
+    import fastrnn
+    threads, deterministic = fastrnn.get_num_threads(), fastrnn.get_deterministic()
+    yield
+    fastrnn.set_num_threads(threads)
+    fastrnn.set_deterministic(deterministic)
+
+
 @pytest.fixture
 def layer_inputs():
     """The :func:`make_layer_inputs` factory, as a fixture."""

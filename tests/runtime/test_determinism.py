@@ -19,27 +19,9 @@ import pytest
 
 import fastrnn
 from fastrnn import functional, reference
-from conftest import assert_close, make_layer_inputs, random_lengths
+from conftest import (THREAD_PATH_CASES as CASES, THREAD_PATH_IDS as IDS, GRAD_NAMES as GRADS,
+                      assert_close, make_layer_inputs, random_lengths)
 
-GRADS = ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-# (mode, T, B, I, H, P)
-CASES = [
-    ("gru", 37, 7, 520, 190, 0),      # separate input projection, M = T*B = 259, G*H = 570
-    ("lstm", 41, 9, 515, 131, 0),     # fused projection; backward GEMMs over 369 rows
-    ("rnn_tanh", 29, 11, 600, 530, 0),
-    ("rnn_relu", 5, 3, 7, 9, 0),      # one block each
-    ("lstm", 20, 1, 33, 400, 0),      # batch 1: forward steps on GEMV (4*400*400 > 2^19)
-    ("lstm", 23, 5, 21, 150, 37),     # projection: per-step BLAS products
-]
-IDS = ["%s-T%dB%dI%dH%dP%d" % c for c in CASES]
-
-
-@pytest.fixture
-def restore_settings():
-    threads, deterministic = fastrnn.get_num_threads(), fastrnn.get_deterministic()
-    yield
-    fastrnn.set_num_threads(threads)
-    fastrnn.set_deterministic(deterministic)
 
 
 def _layer(backend, case, dtype, seed):

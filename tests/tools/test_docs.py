@@ -117,15 +117,6 @@ class _Page:
 _pages: Dict[str, _Page] = {}
 
 
-@pytest.fixture
-def process_settings():
-    """The examples may change fastrnn's process-wide settings; put them back afterwards."""
-    threads, deterministic = fastrnn.get_num_threads(), fastrnn.get_deterministic()
-    yield
-    fastrnn.set_num_threads(threads)
-    fastrnn.set_deterministic(deterministic)
-
-
 def _run_block(block: Block, page: _Page) -> None:
     exec(compile(block.code, str(DOCS / block.page), "exec"), page.namespace)
 
@@ -140,7 +131,7 @@ def _params():
 
 
 @pytest.mark.parametrize("block", _params())
-def test_docs_example_runs(block: Block, process_settings):
+def test_docs_example_runs(block: Block, restore_settings):
     reason = _skip_reason(block)
     page = _pages.setdefault(block.page, _Page())
     # Earlier blocks of the page first (when this test runs alone, or after a skipped one's
