@@ -122,9 +122,10 @@ def _run_block(block: Block, page: _Page) -> None:
 
 
 def _params():
-    if not _BLOCKS:
+    if not DOCS.is_dir():
         return [pytest.param(None, marks=pytest.mark.skip(
             reason="docs/ is not beside the tests (installed copy without the source tree)"))]
+    assert _BLOCKS, f"no python code blocks found under {DOCS}"
     return [pytest.param(block, id=f"{block.page}[{block.index}]",
                          marks=[pytest.mark.cuda] if block.marker == "cuda" else [])
             for block in _BLOCKS]
