@@ -252,6 +252,25 @@ THREAD_PATH_CASES = [
 THREAD_PATH_IDS = ["%s-T%dB%dI%dH%dP%d" % c for c in THREAD_PATH_CASES]
 
 
+def assert_same_bits(runs: dict) -> None:
+    """``runs[threads]`` (dicts of arrays or None, one per thread count): every run bit for bit
+    the first one's."""
+    first_threads, first = next(iter(runs.items()))
+    for threads, run in runs.items():
+        for name, value in first.items():
+            if value is None:
+                assert run[name] is None, name
+            else:
+                np.testing.assert_array_equal(run[name], value,
+                                              err_msg=f"{name}, {threads} threads vs {first_threads}")
+
+
+def assert_fuzz_clean(summary: dict, problems: list, count: int) -> None:
+    """A malformed-call fuzzing run (:func:`run_fuzz_child`) found no misbehaving call."""
+    assert not problems, (f"{len(problems)} of {count} malformed calls misbehaved "
+                          f"(rerun one with: {summary['rerun']}):\n" + "\n".join(problems[:30]))
+
+
 @pytest.fixture
 def restore_settings():
     """fastrnn's process-wide settings (threads, deterministic mode) put back after the test."""

@@ -20,7 +20,7 @@ import pytest
 import fastrnn
 from fastrnn import functional, reference
 from conftest import (THREAD_PATH_CASES as CASES, THREAD_PATH_IDS as IDS, GRAD_NAMES as GRADS,
-                      assert_close, make_layer_inputs, random_lengths)
+                      assert_close, assert_same_bits, make_layer_inputs, random_lengths)
 
 
 
@@ -51,13 +51,7 @@ def test_bitwise_identical_across_thread_counts(case, restore_settings):
     for threads in (1, 2, 3):
         fastrnn.set_num_threads(threads)
         runs[threads] = _layer(functional, case, np.float32, seed=7)
-    for threads in (2, 3):
-        for name, value in runs[1].items():
-            if value is None:
-                assert runs[threads][name] is None, name
-            else:
-                np.testing.assert_array_equal(runs[threads][name], value,
-                                              err_msg=f"{name}, {threads} threads vs 1")
+    assert_same_bits(runs)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

@@ -35,7 +35,7 @@ import pytest
 import fastrnn
 from fastrnn import functional, reference
 from conftest import (THREAD_PATH_CASES as CASES, THREAD_PATH_IDS as IDS, GRAD_NAMES as GRADS,
-                      assert_close, make_layer_inputs, random_lengths)
+                      assert_close, assert_same_bits, make_layer_inputs, random_lengths)
 
 # About 1e-39 (float32) and 1e-310 (float64): subnormal with room to spare, either sign.
 SUBNORMAL = {np.float32: 1e-39, np.float64: 1e-310}
@@ -166,13 +166,7 @@ def test_deterministic_mode_is_bitwise_identical_with_subnormals(case, dtype, re
     for threads in (1, 2, 3):
         fastrnn.set_num_threads(threads)
         runs[threads] = _run(case, a, weight_hr, lengths, dy, dh_n, reverse=True)
-    for threads in (2, 3):
-        for name, value in runs[1].items():
-            if value is None:
-                assert runs[threads][name] is None, name
-            else:
-                np.testing.assert_array_equal(runs[threads][name], value,
-                                              err_msg=f"{name}, {threads} threads vs 1")
+    assert_same_bits(runs)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
