@@ -80,7 +80,7 @@ py::tuple backward_typed(int cell, const py::object& x, const py::object& h0,
                          const py::object& b_ih, const py::object& b_hh, const py::object& w_hr,
                          const py::object& lengths, bool reverse, const py::object& reserve_obj,
                          const py::object& dy_obj, const py::object& dh_n_obj,
-                         const py::object& dc_n_obj) {
+                         const py::object& dc_n_obj, bool gate_grads) {
   LayerInputs<scalar_t> in(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse);
   const LayerShape& s = in.shape;
   const GradInputs<scalar_t> grads(s, reserve_obj, dy_obj, dh_n_obj, dc_n_obj);
@@ -91,14 +91,21 @@ py::tuple backward_typed(int cell, const py::object& x, const py::object& h0,
                        sizeof(scalar_t));
   auto dx = empty<scalar_t>({s.T, s.B, s.I});
   auto dh0 = empty<scalar_t>({s.B, s.R()});
-  auto dw_ih = empty<scalar_t>({GH, s.I});
-  auto dw_hh = empty<scalar_t>({GH, s.R()});
-  std::optional<py::array_t<scalar_t>> dc0, db_ih, db_hh, dw_hr;
-  if (s.P > 0) dw_hr = empty<scalar_t>({s.P, s.H});
+  std::optional<py::array_t<scalar_t>> dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr;
+  std::optional<py::array_t<scalar_t>> dgates, dgates_h, dh_proj;  // gate_grads instead
   if (has_cell_state(s.cell)) dc0 = empty<scalar_t>({s.B, s.H});
-  if (in.b_ih) {
-    db_ih = empty<scalar_t>({GH});
-    db_hh = empty<scalar_t>({GH});
+  if (gate_grads) {
+    dgates = empty<scalar_t>({s.T, s.B, GH});
+    if (scales_recurrent_gate(s.cell)) dgates_h = empty<scalar_t>({s.T, s.B, s.H});
+    if (s.P > 0) dh_proj = empty<scalar_t>({s.T, s.B, s.R()});
+  } else {
+    dw_ih = empty<scalar_t>({GH, s.I});
+    dw_hh = empty<scalar_t>({GH, s.R()});
+    if (s.P > 0) dw_hr = empty<scalar_t>({s.P, s.H});
+    if (in.b_ih) {
+      db_ih = empty<scalar_t>({GH});
+      db_hh = empty<scalar_t>({GH});
+    }
   }
   const Scratch workspace = Scratch::of<scalar_t>(ws_elements);
 
@@ -118,11 +125,16 @@ py::tuple backward_typed(int cell, const py::object& x, const py::object& h0,
   a.db_ih = out_ptr(db_ih);
   a.db_hh = out_ptr(db_hh);
   a.dw_hr = out_ptr(dw_hr);
+  a.dgates = out_ptr(dgates);
+  a.dgates_h = out_ptr(dgates_h);
+  a.dh_proj = out_ptr(dh_proj);
   {
     py::gil_scoped_release release;
     fastrnn::layer_backward<scalar_t>(a);
   }
-  return py::make_tuple(dx, dh0, or_none(dc0), dw_ih, dw_hh, or_none(db_ih), or_none(db_hh),
+  if (gate_grads)
+    return py::make_tuple(dx, dh0, or_none(dc0), *dgates, or_none(dgates_h), or_none(dh_proj));
+  return py::make_tuple(dx, dh0, or_none(dc0), *dw_ih, *dw_hh, or_none(db_ih), or_none(db_hh),
                         or_none(dw_hr));
 }
 
@@ -142,11 +154,11 @@ py::tuple layer_backward(int cell, const py::object& x, const py::object& h0, co
                          const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
                          const py::object& b_hh, const py::object& w_hr, const py::object& lengths,
                          bool reverse, const py::object& reserve, const py::object& dy,
-                         const py::object& dh_n, const py::object& dc_n) {
+                         const py::object& dh_n, const py::object& dc_n, bool gate_grads) {
   return dispatch_dtype(as_array(x, "x").dtype(), "x", [&](auto type) {
     using scalar_t = typename decltype(type)::type;
     return backward_typed<scalar_t>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
-                                    reverse, reserve, dy, dh_n, dc_n);
+                                    reverse, reserve, dy, dh_n, dc_n, gate_grads);
   });
 }
 
@@ -238,8 +250,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("bias_hh"), py::arg("weight_hr"), py::arg("lengths"),
         py::arg("reverse").noconvert(), py::arg("reserve"),
         py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+        py::arg("gate_grads").noconvert() = false,
         "BPTT for one layer and direction: returns (dx, dh0, dc0, dweight_ih, dweight_hh, "
-        "dbias_ih, dbias_hh, dweight_hr); absent items are None.");
+        "dbias_ih, dbias_hh, dweight_hr); absent items are None. With gate_grads=True, "
+        "(dx, dh0, dc0, dgates (T,B,G*H), dgates_h (T,B,H) or None, dh_proj (T,B,R) or None): "
+        "the factors of the weight gradients instead of them (BackwardArgs::dgates).");
   m.def("reserve_size", &b::reserve_size, py::arg("cell"), py::arg("T"), py::arg("B"),
         py::arg("I"), py::arg("H"), py::arg("P") = 0,
         "Elements a training forward saves for backward.");

@@ -253,6 +253,9 @@ struct CellMath<Cell::Gru> : CellTraitDefaults<Cell::Gru>, SavingForward<CellMat
   static_assert(CellMath<Cell::name>::kRecurrentGradDiffers ==                                \
                     (CellMath<Cell::name>::kRecurrentGradGate >= 0),                          \
                 "CellMath<" #name ">::kRecurrentGradDiffers disagrees with kRecurrentGradGate"); \
+  static_assert(CellMath<Cell::name>::kRecurrentGradDiffers ==                                \
+                    CellInfo<Cell::name>::kScalesRecurrentGate,                               \
+                "CellMath<" #name ">::kRecurrentGradDiffers disagrees with CellInfo");        \
   static_assert(!CellMath<Cell::name>::kRecurrentGradDiffers ||                               \
                     CellMath<Cell::name>::kRecurrentGradGate == CellMath<Cell::name>::kGates - 1, \
                 "CellMath<" #name ">::kRecurrentGradGate must be the last gate");             \

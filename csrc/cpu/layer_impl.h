@@ -274,11 +274,16 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
   // Gradients of everything applied to all steps, for the steps at times [t0, t1) whose
   // pre-activation gradients are in dgx (and dgh) from row 0; the first call writes, the others
   // add.
-  std::vector<double> bias_sums(a.db_ih ? GH + (kDistinct ? H : 0) : 0, 0.0);
+  std::vector<double> bias_sums(a.db_ih && !a.dgates ? GH + (kDistinct ? H : 0) : 0, 0.0);
   auto weight_gradients = [&](int64_t t0, int64_t t1, bool first) {
     const int64_t rows = (t1 - t0) * B;
     const scalar_t beta = first ? 0 : 1;
     gemm<scalar_t>(false, false, rows, I, GH, 1, dgx, GH, a.w_ih, I, 0, a.dx + t0 * B * I, I);
+    if (a.dgates) {  // the caller forms the weight gradients (BackwardArgs::dgates)
+      std::memcpy(a.dgates + t0 * B * GH, dgx, rows * GH * sizeof(scalar_t));
+      if (kDistinct) std::memcpy(a.dgates_h + t0 * B * H, dgh, rows * H * sizeof(scalar_t));
+      return;
+    }
     gemm<scalar_t>(true, false, GH, I, rows, 1, dgx, GH, a.x + t0 * B * I, I, beta, a.dw_ih, I);
     const scalar_t* h_prev_rows = reserve.hs + (t0 + order.first_prev_row_block()) * B * R;
     if constexpr (kDistinct) {  // the rows before kRecurrentGradGate from dgx, its rows from dgh
@@ -356,7 +361,9 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
   }
   std::memcpy(a.dh0, dh_next, B * R * sizeof(scalar_t));
   if (kC) std::memcpy(a.dc0, dc_next, B * H * sizeof(scalar_t));
-  if (a.db_ih) {
+  if (a.dgates && projected)
+    std::memcpy(a.dh_proj, a.workspace + w.dh_out, T * B * R * sizeof(scalar_t));
+  if (a.db_ih && !a.dgates) {
     for (int64_t k = 0; k < GH; ++k) a.db_ih[k] = static_cast<scalar_t>(bias_sums[k]);
     // db_hh: the same sums, except kRecurrentGradGate's (from dgh)
     const int64_t shared = kDistinct ? Math::kRecurrentGradGate * H : GH;

@@ -30,12 +30,16 @@ struct CellInfo;
 // kHasCellState: the cell carries a cell state c besides h (LSTM): c0, c_n, dc0 exist.
 // kCanProject: the layer may take a projection W_hr (P, H) of its output (torch.nn.LSTM's
 //   proj_size), so that the state h has R = P < H units.
+// kScalesRecurrentGate: the last gate's recurrent pre-activation is scaled by another gate (GRU's
+//   n = tanh(W_in x + b_in + r * (W_hn h + b_hn))), so its gradient on the recurrent side (W_hh,
+//   b_hh) differs from the input side's.
 template <>
 struct CellInfo<Cell::RnnTanh> {
   static constexpr const char* kName = "rnn_tanh";
   static constexpr int kGates = 1;
   static constexpr bool kHasCellState = false;
   static constexpr bool kCanProject = false;
+  static constexpr bool kScalesRecurrentGate = false;
 };
 template <>
 struct CellInfo<Cell::RnnRelu> {
@@ -43,6 +47,7 @@ struct CellInfo<Cell::RnnRelu> {
   static constexpr int kGates = 1;
   static constexpr bool kHasCellState = false;
   static constexpr bool kCanProject = false;
+  static constexpr bool kScalesRecurrentGate = false;
 };
 // Gates i, f, g, o (PyTorch's order).
 template <>
@@ -51,6 +56,7 @@ struct CellInfo<Cell::Lstm> {
   static constexpr int kGates = 4;
   static constexpr bool kHasCellState = true;
   static constexpr bool kCanProject = true;
+  static constexpr bool kScalesRecurrentGate = false;
 };
 // Gates r, z, n (PyTorch's order).
 template <>
@@ -59,6 +65,7 @@ struct CellInfo<Cell::Gru> {
   static constexpr int kGates = 3;
   static constexpr bool kHasCellState = false;
   static constexpr bool kCanProject = false;
+  static constexpr bool kScalesRecurrentGate = true;
 };
 
 namespace cell_list {
@@ -101,6 +108,9 @@ constexpr bool has_cell_state(Cell cell) {
 }
 constexpr bool can_project(Cell cell) {
   return cell_list::with_info(cell, [](auto info) { return decltype(info)::kCanProject; });
+}
+constexpr bool scales_recurrent_gate(Cell cell) {
+  return cell_list::with_info(cell, [](auto info) { return decltype(info)::kScalesRecurrentGate; });
 }
 constexpr const char* cell_name(Cell cell) {
   return cell_list::with_info(cell, [](auto info) { return decltype(info)::kName; });

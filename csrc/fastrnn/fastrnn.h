@@ -84,6 +84,14 @@ struct BackwardArgs : ForwardArgs<scalar_t> {
   scalar_t* db_ih;            // (G*H) or nullptr              out
   scalar_t* db_hh;            // (G*H) or nullptr              out
   scalar_t* dw_hr;            // (P, H) when P > 0, else nullptr   out
+  // Set dgates to receive what the weight gradients are made of instead of them (dw_*, db_* are
+  // then not written and may be nullptr): a caller with several problems folded into one batch
+  // (fastrnn.torch's vmap rules) forms each problem's weight gradients from its own rows.
+  scalar_t* dgates = nullptr;    // (T, B, G*H) pre-activation gradients (0 at padded steps)  out
+  scalar_t* dgates_h = nullptr;  // (T, B, H) kRecurrentGradGate's recurrent part (GRU), else
+                                 // nullptr; its rows of dW_hh and db_hh come from these   out
+  scalar_t* dh_proj = nullptr;   // (T, B, R) gradient of the projected output (P > 0), the
+                                 // left factor of dW_hr                                    out
 };
 
 template <typename scalar_t>

@@ -1,24 +1,22 @@
 """Where fastrnn.torch runs torch's own implementation instead of fastrnn's kernels.
 
-Two cases. A whole call the kernels cannot run (:func:`fallback_reason` says why: a device or
-dtype without kernels, autocast, ``torch.func``, forward-mode AD, tracing for TorchScript or
-ONNX) runs ``torch.nn``'s forward, warning once per reason (:class:`FallbackWarning`). A double
-backward (``create_graph=True``) recomputes one layer and direction with torch's own kernels
-(:func:`torch_layer_grads`), whose graph torch can differentiate again.
+A whole call the kernels cannot run (:func:`fallback_reason` says why: a device or dtype without
+kernels, autocast, tracing for TorchScript or ONNX) runs ``torch.nn``'s forward, warning once per
+reason (:class:`FallbackWarning`). Everything else runs on the kernels: torch.func transforms,
+forward-mode AD and double backward included (``_ops``, ``_batching``, ``_tangent``).
 """
 from __future__ import annotations
 
 import sys
 import threading
 import warnings
-from typing import List, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import cuda as _cuda_api
-from .._cells import MODES, has_cell_state
 from .._validate import FLOAT_DTYPES
 
 # The dtypes each backend has kernels for: the C++ core's float types, and fastrnn.cuda's.
@@ -110,21 +108,12 @@ def fallback_reason(input, hx, weights) -> Optional[str]:
         return "autocast is enabled (the core computes in the tensors' own dtype)"
     if torch.jit.is_tracing() or _in_onnx_export():
         return "torch.jit.trace and ONNX export record torch.nn's own operators"
-    if not torch.compiler.is_compiling():
-        if torch._C._functorch.maybe_current_level() is not None:
-            return "torch.func transforms (grad, vmap, jacrev, ...) are not in the core"
-        if torch.autograd.forward_ad._current_level >= 0 and any(
-                torch.autograd.forward_ad.unpack_dual(t).tangent is not None
-                for t in [data, *weights] + _state_tensors(hx)):
-            return "forward-mode AD (dual tensors) is not in the core"
     return None
 
 
-# ---- torch's own single layer (the double-backward path) ---------------------------------------
-_VF_LAYERS = {mode: getattr(torch._VF, mode) for mode in MODES}  # torch names them as we do
+# ---- the valid steps of padded sequences, reversed (the reverse direction) ----------------
 
-
-def _reverse_valid_steps(seq: Tensor, lengths: Optional[Tensor]) -> Tensor:
+def reverse_valid_steps(seq: Tensor, lengths: Optional[Tensor]) -> Tensor:
     """Reverse each sequence's first lengths[b] steps in time (padding stays where it is)."""
     if lengths is None:
         return seq.flip(0)
@@ -132,50 +121,3 @@ def _reverse_valid_steps(seq: Tensor, lengths: Optional[Tensor]) -> Tensor:
     t = torch.arange(T, device=lengths.device).unsqueeze(1)
     index = torch.where(t < lengths, lengths - 1 - t, t).to(seq.device)  # (T, B)
     return seq.gather(0, index.unsqueeze(2).expand_as(seq))
-
-
-def torch_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
-    """One layer and direction with torch's kernels, the core's conventions (lengths, reverse)."""
-    has_bias = b_ih is not None
-    params = [w_ih, w_hh] + ([b_ih, b_hh] if has_bias else []) + ([w_hr] if w_hr is not None else [])
-    if reverse:
-        x = _reverse_valid_steps(x, lengths)
-    order = torch.arange(x.shape[1])
-    if lengths is not None:  # packed input wants lengths sorted in decreasing order
-        sorted_lengths, order = torch.sort(lengths, descending=True)
-        x, h0 = x[:, order], h0[order]
-        c0 = c0[order] if c0 is not None else None
-    hx = (h0.unsqueeze(0), c0.unsqueeze(0)) if has_cell_state(mode) else h0.unsqueeze(0)
-    vf = _VF_LAYERS[mode]
-    if lengths is None:
-        out = vf(x, hx, params, has_bias, 1, 0.0, False, False, False)
-        y = out[0]
-    else:
-        data, batch_sizes = torch._VF._pack_padded_sequence(x, sorted_lengths, False)
-        out = vf(data, batch_sizes, hx, params, has_bias, 1, 0.0, False, False)
-        y = torch._VF._pad_packed_sequence(out[0], batch_sizes, False, 0.0, x.shape[0])[0]
-        inverse = torch.argsort(order)
-        y = y[:, inverse]
-        out = (y,) + tuple(state[:, inverse] for state in out[1:])
-    if reverse:
-        y = _reverse_valid_steps(y, lengths)
-    states = tuple(state[0] for state in out[1:])
-    return (y,) + states
-
-
-def torch_layer_grads(saved, mode: str, reverse: bool, dy, dh_n, dc_n, needs_grad):
-    """Differentiable gradients for a double backward: torch's own layer, recomputed, then
-    torch.autograd.grad with create_graph=True. ``saved``: the nine tensor inputs of a layer
-    call (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths)."""
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths = saved
-    outputs = torch_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
-    grad_outputs = (dy, dh_n, dc_n)[:len(outputs)]
-    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None]
-    wanted = [i for i, (t, need) in enumerate(zip(saved[:8], needs_grad)) if t is not None and need]
-    result: List[Optional[Tensor]] = [None] * len(saved)
-    if pairs and wanted:
-        grads = torch.autograd.grad([o for o, _ in pairs], [saved[i] for i in wanted],
-                                    [g for _, g in pairs], create_graph=True, allow_unused=True)
-        for i, g in zip(wanted, grads):
-            result[i] = g
-    return result

@@ -13,6 +13,7 @@ functions over the CUDA emulator.
 """
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Tuple
 
 import torch
@@ -22,8 +23,9 @@ import fastrnn.torch as _package  # the package, for the bridges (see above); no
 from .. import _core
 from .. import cuda as _cuda_api
 from .._cells import CELLS
-from ._fallback import _warn_once, torch_layer_grads
+from . import _batching
 from ._runtime import follow_torch_threads
+from ._tangent import layer_tangent
 
 _SPECS_BY_CODE = {spec.code: spec for spec in CELLS.values()}  # the ``cell`` argument is a code
 _CUDA_DTYPE_CODES = {getattr(torch, name): _cuda_api.dtype_code(name) for name in _cuda_api.DTYPES}
@@ -192,57 +194,148 @@ def _(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, res
             for t in (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)]
 
 
+_layer_forward_op.register_vmap(functools.partial(_batching.forward_rule, _layer_forward_op))
+_layer_backward_op.register_vmap(functools.partial(_batching.backward_rule, _layer_backward_op))
+
+
 # ---- autograd --------------------------------------------------------------------------------
+# Eager calls go through two autograd.Functions, which torch.func's transforms understand
+# (setup_context, generate_vmap_rule): _LayerFunction (the layer; its backward is the core's
+# BPTT, its jvp the tangent recurrence of _tangent) and _LayerBackward (that backward as a
+# differentiable operation, for create_graph=True). Plain tensors reach the bridges directly;
+# tensors batched by vmap (torch.func.vmap, is_grads_batched, jacrev, ...) reach the custom
+# operators, whose vmap rules (_batching) fold them into the batch.
+
+def _batched(tensors) -> bool:
+    return any(t is not None and torch._C._functorch.is_batchedtensor(t) for t in tensors)
+
+
+def _transforms_active() -> bool:
+    """A torch.func transform or forward-mode AD is active: the call needs the autograd.Function
+    even without a gradient to save (vmap, jvp)."""
+    return (torch._C._functorch.maybe_current_level() is not None
+            or torch.autograd.forward_ad._current_level >= 0)
+
+
+def _run_forward(tensors, lengths, cell, reverse, save, algo):
+    if torch.compiler.is_compiling() or _batched((*tensors, lengths)):
+        return _layer_forward_op(*tensors, lengths, cell, reverse, save, algo)
+    return _package._core_forward(*tensors, lengths, cell, reverse, save, algo)
+
+
+def _run_backward(saved, reserve, dy, dh_n, dc_n, cell, reverse, algo) -> List[Tensor]:
+    if torch.compiler.is_compiling() or _batched((*saved, reserve, dy, dh_n, dc_n)):
+        return _layer_backward_op(*saved, reserve, dy, dh_n, dc_n, cell, reverse, algo)
+    return _package._core_backward(*saved, reserve, dy, dh_n, dc_n, cell, reverse, algo)
+
 
 def _layer_grads(saved: Tuple, reserve: Tensor, cell: int, reverse: bool, algo: int, dy, dh_n,
                  dc_n, needs_grad) -> List[Optional[Tensor]]:
     """Gradients of the nine tensor inputs of a layer call (None where not needed or absent)."""
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths = saved
-    if torch.is_grad_enabled():  # create_graph=True: the core's backward is not differentiable
-        _warn_once("double backward (create_graph=True) is not in the core")
-        return torch_layer_grads(saved, _SPECS_BY_CODE[cell].mode, reverse, dy, dh_n, dc_n,
-                                 needs_grad)
+    x, h0, c0 = saved[:3]
     dy = x.new_zeros(x.shape[0], x.shape[1], h0.shape[1]) if dy is None else dy.contiguous()
     dh_n = torch.zeros_like(h0) if dh_n is None else dh_n.contiguous()
     if c0 is not None:
         dc_n = torch.zeros_like(c0) if dc_n is None else dc_n.contiguous()
     else:
         dc_n = None
-    if torch.compiler.is_compiling():
-        grads = _layer_backward_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve,
-                                   dy, dh_n, dc_n, cell, reverse, algo)
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():  # create_graph=True
+        grads = _LayerBackward.apply(*saved, reserve, dy, dh_n, dc_n, cell, reverse, algo)
     else:
-        grads = _package._core_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
-                                        reserve, dy, dh_n, dc_n, cell, reverse, algo)
-    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        grads = _run_backward(saved, reserve, dy, dh_n, dc_n, cell, reverse, algo)
     return [g if (t is not None and need) else None
-            for g, t, need in zip(grads, inputs, needs_grad)] + [None]
+            for g, t, need in zip(grads, saved[:8], needs_grad)] + [None]
 
 
 class _LayerFunction(torch.autograd.Function):
-    """Eager autograd node of one layer and direction (the custom operator's twin)."""
+    """Autograd node of one layer and direction (eager; the custom operator's twin)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, save,
-                algo):
-        y, h_n, c_n, reserve = _package._core_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                      lengths, cell, reverse, save, algo)
-        ctx.saved = save
+    def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, save, algo):
+        return _run_forward((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), lengths, cell, reverse,
+                            save, algo)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        *tensors, cell, reverse, save, algo = inputs
+        y, _, c_n, reserve = output
+        ctx.cell, ctx.reverse, ctx.algo, ctx.saved = cell, reverse, algo, save
+        ctx.has_cell = tensors[2] is not None
         if save:  # the reserve too, so that saved-tensor hooks (checkpoint, offload) see it
-            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve)
-            ctx.cell, ctx.reverse, ctx.algo = cell, reverse, algo
-        if c0 is None:
+            ctx.save_for_backward(*tensors, reserve)
+        ctx.save_for_forward(*tensors, y)
+        ctx.mark_non_differentiable(reserve)
+        if not ctx.has_cell:
             ctx.mark_non_differentiable(c_n)
-        return y, h_n, c_n
 
     @staticmethod
-    def backward(ctx, dy, dh_n, dc_n):
+    def backward(ctx, dy, dh_n, dc_n, _d_reserve):
         if not ctx.saved:
             raise RuntimeError("fastrnn.torch: this layer ran without saving for backward")
         *saved, reserve = ctx.saved_tensors
         grads = _layer_grads(tuple(saved), reserve, ctx.cell, ctx.reverse, ctx.algo, dy, dh_n,
-                             dc_n, ctx.needs_input_grad[:8])
+                             dc_n if ctx.has_cell else None, ctx.needs_input_grad[:8])
         return (*grads, None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        *primals, lengths, y = ctx.saved_tensors
+        dy, dh_n, dc_n = layer_tangent(_SPECS_BY_CODE[ctx.cell].mode, primals[:8], y, lengths,
+                                       ctx.reverse, tangents[:8])
+        return dy, dh_n, dc_n, None
+
+
+class _LayerBackward(torch.autograd.Function):
+    """The core's backward of one layer and direction as a differentiable operation.
+
+    Its inputs: the layer's (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths), the reserve and
+    the incoming gradients u = (dy, dh_n, dc_n); its outputs g = J^T u, the eight gradients. Its
+    own backward, for cotangents w of g: d<w, g>/du = J w (the tangent for w), and
+    d<w, g>/dtheta = d<u, J w>/dtheta, by autograd through the tangent recurrence and, for its
+    use of the layer's output, the core's backward again (_tangent's docstring)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy, dh_n, dc_n, cell,
+                reverse, algo):
+        return tuple(_run_backward((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths), reserve,
+                                   dy, dh_n, dc_n, cell, reverse, algo))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        *tensors, cell, reverse, algo = inputs
+        ctx.cell, ctx.reverse, ctx.algo = cell, reverse, algo
+        ctx.save_for_backward(*tensors[:9], *tensors[10:])
+
+    @staticmethod
+    def backward(ctx, *cotangents):
+        *theta, lengths, dy, dh_n, dc_n = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        create_graph = torch.is_grad_enabled()
+        tangents = [w if (t is not None and w is not None and w.numel()) else None
+                    for t, w in zip(theta, cotangents)]
+        with torch.enable_grad():
+            # Leaves of the local graph; with create_graph the inputs themselves, so that the
+            # result stays differentiable with respect to them.
+            leaves = [None if t is None else
+                      t if (create_graph and t.requires_grad) else t.detach().requires_grad_()
+                      for t in theta]
+            mode = _SPECS_BY_CODE[ctx.cell].mode
+            y = layer(mode, *leaves, lengths, ctx.reverse, ctx.algo)[0]
+            jw = layer_tangent(mode, leaves, y, lengths, ctx.reverse, tangents)
+            inner = sum((u * t).sum() for u, t in zip((dy, dh_n, dc_n), jw) if u is not None)
+            wanted = [i for i, t in enumerate(leaves) if t is not None and needs[i]]
+            found = torch.autograd.grad(inner, [leaves[i] for i in wanted], allow_unused=True,
+                                        create_graph=create_graph) if wanted else ()
+        grads: List[Optional[Tensor]] = [None] * 8
+        for i, g in zip(wanted, found):
+            grads[i] = g if g is not None else torch.zeros_like(theta[i])
+        d_u = [t if (create_graph or t is None) else t.detach() for t in jw]
+        d_u = [d if need else None for d, need in zip(d_u, needs[10:13])]
+        return (*grads, None, None, *d_u, None, None, None)
 
 
 def _op_setup_context(ctx, inputs, output):
@@ -272,8 +365,8 @@ def layer(mode: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: 
     cell = CELLS[mode].code
     if torch.compiler.is_compiling():
         y, h_n, c_n, _ = _layer_forward_op(*args, lengths, cell, reverse, save, algo)
-    elif save:
-        y, h_n, c_n = _LayerFunction.apply(*args, lengths, cell, reverse, save, algo)
+    elif save or _transforms_active():
+        y, h_n, c_n, _ = _LayerFunction.apply(*args, lengths, cell, reverse, save, algo)
     else:  # no gradient wanted: no autograd node either
         y, h_n, c_n, _ = _package._core_forward(*args, lengths, cell, reverse, save, algo)
     return y, h_n, (c_n if c0 is not None else None)

@@ -1,0 +1,195 @@
+"""vmap rules of the custom operators ``fastrnn::layer_forward`` / ``fastrnn::layer_backward``.
+
+What ``torch.func.vmap`` (and ``is_grads_batched``, ``jacobian(vectorize=True)``, gradcheck's
+batched-gradient check, ``jacrev``, per-sample gradients) turns a layer call into:
+
+- **A vmapped dimension on the data** (inputs, states, lengths, incoming gradients) **folds into
+  the batch**: N problems of batch B are one core call of batch N*B. The backward's weight
+  gradients are then per problem: the core returns the pre-activation gradients
+  (``layer_backward(..., gate_grads=True)``) and each problem's weight gradients are formed from
+  its own rows (one batched GEMM per weight) -- the layer's backward is linear in its incoming
+  gradients, so N of them cost one backward over N*B rows.
+- **Vmapped weights** (an ensemble, ``stack_module_state`` + ``functional_call``) run as a loop of
+  core calls, one per member (the core has no grouped weights; measured in bench/RESULTS.md).
+- The reserve of N folded problems is handed back per problem (``(N, reserve_size(B))``, each row
+  one problem's reserve), so that every output is truly batched and nested transforms compose.
+  The core's reserve is a sequence of sections, each ``(slots, B, width)`` (``ReserveLayout`` in
+  csrc/cpu/step.h); :func:`_reserve_sections` lists them.
+
+CUDA tensors loop over the vmapped dimension (their reserve is raw bytes of another layout).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _core
+from .._cells import CELLS
+from ._runtime import follow_torch_threads
+
+_SPECS_BY_CODE = {spec.code: spec for spec in CELLS.values()}
+_WEIGHTS = slice(3, 8)  # w_ih, w_hh, b_ih, b_hh, w_hr among the operators' tensor arguments
+
+
+def _reserve_sections(cell: int, T: int, H: int, R: int, P: int) -> List[Tuple[int, int]]:
+    """(slots, width) of each section of the CPU reserve, in order (hs | cs | acts | ms)."""
+    spec = _SPECS_BY_CODE[cell]
+    per_slot, per_step = _core.reserve_widths(cell, H, P)
+    sections = [(T + 1, R)]
+    if spec.has_cell_state:
+        sections.append((T + 1, H))
+    sections.append((T, per_step - (H if P else 0)))
+    if P:
+        sections.append((T, H))
+    assert sum(w for s, w in sections if s == T + 1) == per_slot
+    return sections
+
+
+def _fold_reserve(reserve: Tensor, dim: Optional[int], N: int, B: int,
+                  sections) -> Tensor:
+    """One folded problem's reserve (batch N*B) from N problems' reserves, (N, L) at ``dim``,
+    or one reserve shared by all (``dim`` None)."""
+    parts, at = [], 0
+    batched = reserve.movedim(dim, 0) if dim is not None else reserve
+    for slots, width in sections:
+        n = slots * B * width
+        if dim is None:
+            part = batched[at:at + n].view(slots, 1, B, width).expand(slots, N, B, width)
+        else:
+            part = batched[:, at:at + n].reshape(N, slots, B, width).transpose(0, 1)
+        parts.append(part.reshape(-1))
+        at += n
+    return torch.cat(parts)
+
+
+def _unfold_reserve(folded: Tensor, N: int, B: int, sections) -> Tensor:
+    """N problems' reserves, (N, L), from the folded problem's (batch N*B)."""
+    parts, at = [], 0
+    for slots, width in sections:
+        n = slots * N * B * width
+        parts.append(folded[at:at + n].view(slots, N, B, width).transpose(0, 1)
+                     .reshape(N, slots * B * width))
+        at += n
+    return torch.cat(parts, 1)
+
+
+def _fold_seq(t: Optional[Tensor], dim: Optional[int], N: int) -> Optional[Tensor]:
+    """(T, B, *) per problem -> (T, N*B, *)."""
+    if t is None:
+        return None
+    if dim is None:
+        return t.unsqueeze(1).expand(t.shape[0], N, *t.shape[1:]).reshape(
+            t.shape[0], N * t.shape[1], *t.shape[2:])
+    t = t.movedim(dim, 1)
+    return t.reshape(t.shape[0], N * t.shape[2], *t.shape[3:])
+
+
+def _fold_rows(t: Optional[Tensor], dim: Optional[int], N: int) -> Optional[Tensor]:
+    """(B, *) per problem -> (N*B, *)."""
+    if t is None:
+        return None
+    t = t.movedim(dim, 0) if dim is not None else t.expand(N, *t.shape)
+    return t.reshape(N * t.shape[1], *t.shape[2:])
+
+
+def _member(args: Sequence, in_dims: Sequence[Optional[int]], n: int) -> list:
+    return [a.select(d, n) if (d is not None and a is not None) else a
+            for a, d in zip(args, in_dims)]
+
+
+def _loop(op, info, in_dims, tensors, flags):
+    """The operator once per vmapped index, results stacked (every output batched at 0)."""
+    outs = [op(*_member(tensors, in_dims, n), *flags) for n in range(info.batch_size)]
+    stacked = [torch.stack(list(parts)) for parts in zip(*outs)]
+    return stacked, [0] * len(stacked)
+
+
+def _weights_batched(in_dims) -> bool:
+    return any(d is not None for d in in_dims[_WEIGHTS])
+
+
+def forward_rule(op, info, in_dims, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell,
+                 reverse, save, algo):
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+    flags = (cell, reverse, save, algo)
+    dims = in_dims[:9]
+    if _weights_batched(dims) or x.is_cuda:
+        return tuple(_loop(op, info, dims, tensors, flags)[0]), (0, 0, 0, 0)
+    N = info.batch_size
+    X = _fold_seq(x, dims[0], N)
+    folded = (X, _fold_rows(h0, dims[1], N), _fold_rows(c0, dims[2], N), w_ih, w_hh, b_ih, b_hh,
+              w_hr, _fold_rows(lengths, dims[8], N))
+    y, h_n, c_n, reserve = op(*folded, *flags)
+    T, B = X.shape[0], X.shape[1] // N
+    y = y.view(T, N, B, y.shape[-1])
+    h_n = h_n.view(N, B, h_n.shape[-1])
+    c_n = c_n.view(N, B, c_n.shape[-1]) if c0 is not None else c_n
+    if save:
+        R, H = h_n.shape[-1], w_hh.shape[0] // _SPECS_BY_CODE[cell].gates
+        P = w_hr.shape[0] if w_hr is not None else 0
+        reserve = _unfold_reserve(reserve, N, B, _reserve_sections(cell, T, H, R, P))
+    return (y, h_n, c_n, reserve), (1, 0, 0 if c0 is not None else None, 0 if save else None)
+
+
+def backward_rule(op, info, in_dims, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve,
+                  dy, dh_n, dc_n, cell, reverse, algo):
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy, dh_n, dc_n)
+    flags = (cell, reverse, algo)
+    if _weights_batched(in_dims) or x.is_cuda:
+        grads, dims = _loop(op, info, in_dims, tensors, flags)
+        return grads, dims
+    N = info.batch_size
+    X = _fold_seq(x, in_dims[0], N)
+    T, B = X.shape[0], X.shape[1] // N
+    R, H = h0.shape[-1], w_hh.shape[0] // _SPECS_BY_CODE[cell].gates
+    P = w_hr.shape[0] if w_hr is not None else 0
+    sections = _reserve_sections(cell, T, H, R, P)
+    folded_reserve = _fold_reserve(reserve, in_dims[9], N, B, sections)
+    h0f, c0f = _fold_rows(h0, in_dims[1], N), _fold_rows(c0, in_dims[2], N)
+    follow_torch_threads()
+    dx, dh0, dc0, dgates, dgates_h, dh_proj = (
+        None if g is None else torch.from_numpy(g) for g in _core.layer_backward(
+            cell, _np(X), _np(h0f), _np(c0f), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh),
+            _np(w_hr), _np(_fold_rows(lengths, in_dims[8], N)), reverse, _np(folded_reserve),
+            _np(_fold_seq(dy, in_dims[10], N)), _np(_fold_rows(dh_n, in_dims[11], N)),
+            _np(_fold_rows(dc_n, in_dims[12], N)), gate_grads=True))
+    weight_grads = _weight_grads(dgates, dgates_h, dh_proj, X, folded_reserve, sections, N, B,
+                                 reverse, has_bias=b_ih is not None)
+    empty = x.new_empty(0)
+    grads = [dx.view(T, N, B, dx.shape[-1]), dh0.view(N, B, R),
+             dc0.view(N, B, H) if dc0 is not None else empty, *weight_grads]
+    dims = [1, 0, 0 if dc0 is not None else None] + [
+        0 if g.numel() else None for g in weight_grads]
+    return grads, dims
+
+
+def _np(t: Optional[Tensor]):
+    return None if t is None else t.detach().contiguous().numpy()
+
+
+def _weight_grads(dgates, dgates_h, dh_proj, X, reserve, sections, N, B, reverse, has_bias):
+    """Each problem's (dW_ih, dW_hh, db_ih, db_hh, dW_hr) from its rows of the pre-activation
+    gradients: sums over its steps and batch rows, as the core forms them for one problem."""
+    T = X.shape[0]
+    G = dgates.view(T, N, B, -1)
+    slots, R = sections[0]
+    hs = reserve[:slots * N * B * R].view(slots, N, B, R)
+    h_prev = hs[1:] if reverse else hs[:-1]  # the state each step read (SlotOrder::prev)
+    G_h = G
+    if dgates_h is not None:  # the scaled gate's rows of dW_hh, db_hh (BackwardArgs::dgates_h)
+        H = dgates_h.shape[-1]
+        G_h = torch.cat([G[..., :-H], dgates_h.view(T, N, B, H)], -1)
+    x = X.view(T, N, B, -1)
+    empty = X.new_empty(0)
+    dw_ih = torch.einsum("tnbg,tnbi->ngi", G, x)
+    dw_hh = torch.einsum("tnbg,tnbr->ngr", G_h, h_prev)
+    db_ih = G.sum((0, 2)) if has_bias else empty
+    db_hh = G_h.sum((0, 2)) if has_bias else empty
+    dw_hr = empty
+    if dh_proj is not None:
+        m_slots, H = sections[-1]
+        ms = reserve[-m_slots * N * B * H:].view(m_slots, N, B, H)
+        dw_hr = torch.einsum("tnbr,tnbh->nrh", dh_proj.view(T, N, B, -1), ms)
+    return [dw_ih, dw_hh, db_ih, db_hh, dw_hr]
