@@ -81,9 +81,9 @@ def _fold_seq(t: Optional[Tensor], dim: Optional[int], N: int) -> Optional[Tenso
         return None
     if dim is None:
         return t.unsqueeze(1).expand(t.shape[0], N, *t.shape[1:]).reshape(
-            t.shape[0], N * t.shape[1], *t.shape[2:])
+            t.shape[0], N * t.shape[1], *t.shape[2:]).contiguous()
     t = t.movedim(dim, 1)
-    return t.reshape(t.shape[0], N * t.shape[2], *t.shape[3:])
+    return t.reshape(t.shape[0], N * t.shape[2], *t.shape[3:]).contiguous()
 
 
 def _fold_rows(t: Optional[Tensor], dim: Optional[int], N: int) -> Optional[Tensor]:
@@ -91,11 +91,11 @@ def _fold_rows(t: Optional[Tensor], dim: Optional[int], N: int) -> Optional[Tens
     if t is None:
         return None
     t = t.movedim(dim, 0) if dim is not None else t.expand(N, *t.shape)
-    return t.reshape(N * t.shape[1], *t.shape[2:])
+    return t.reshape(N * t.shape[1], *t.shape[2:]).contiguous()
 
 
 def _member(args: Sequence, in_dims: Sequence[Optional[int]], n: int) -> list:
-    return [a.select(d, n) if (d is not None and a is not None) else a
+    return [a.select(d, n).contiguous() if (d is not None and a is not None) else a
             for a, d in zip(args, in_dims)]
 
 

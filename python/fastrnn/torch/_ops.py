@@ -266,9 +266,8 @@ class _LayerFunction(torch.autograd.Function):
         if save:  # the reserve too, so that saved-tensor hooks (checkpoint, offload) see it
             ctx.save_for_backward(*tensors, reserve)
         ctx.save_for_forward(*tensors, y)
-        ctx.mark_non_differentiable(reserve)
-        if not ctx.has_cell:
-            ctx.mark_non_differentiable(c_n)
+        # one call: each call replaces the previous one's list
+        ctx.mark_non_differentiable(*([reserve] if ctx.has_cell else [reserve, c_n]))
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n, _d_reserve):
