@@ -18,22 +18,12 @@ from conftest import assert_close
 
 torch = pytest.importorskip("torch")
 import fastrnn.torch as ft  # noqa: E402
+from torch_helpers import module_pair  # noqa: E402
 from torch.nn.utils import parametrize, prune  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 FORMS = ("padded", "batch_first", "unbatched", "packed_sorted", "packed_unsorted")
-
-
-def module_pair(cell, dtype, **kwargs):
-    """(torch.nn module, fastrnn.torch module) with the torch module's random weights in both."""
-    if cell.startswith("rnn"):
-        kwargs["nonlinearity"] = cell[4:]
-    name = "RNN" if cell.startswith("rnn") else cell.upper()
-    theirs = getattr(torch.nn, name)(dtype=dtype, **kwargs)
-    ours = getattr(ft, name)(dtype=dtype, **kwargs)
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return theirs, ours
 
 
 def random_config(seed):
@@ -177,26 +167,6 @@ def test_gradcheck_float64_lengths_bidirectional(cell):
         return (y.data,) + states
 
     assert torch.autograd.gradcheck(f, (x, h0, c0, *params), eps=1e-6, atol=1e-7)
-
-
-def test_double_backward_falls_back_to_torch_with_a_warning():
-    torch.manual_seed(0)
-    theirs, ours = module_pair("lstm", torch.float64, input_size=3, hidden_size=4,
-                               bidirectional=True)
-    x = torch.randn(4, 2, 3, dtype=torch.float64)
-    results = []
-    for m in (theirs, ours):
-        xi = x.clone().requires_grad_(True)
-        y, _ = m(xi)
-        g, = torch.autograd.grad((y ** 2).sum(), xi, create_graph=True)
-        g.pow(2).sum().backward()
-        results.append((g.detach(), xi.grad, m.weight_hh_l0.grad))
-    ft._warned.discard("double backward (create_graph=True) is not in the core")
-    with pytest.warns(ft.FallbackWarning, match="double backward"):
-        xi = x.clone().requires_grad_(True)
-        torch.autograd.grad(ours(xi)[0].sum(), xi, create_graph=True)
-    for a, e in zip(*results):
-        assert_close(a.numpy(), e.numpy(), np.float64, "double backward")
 
 
 def test_nothing_saved_without_grad(monkeypatch):
@@ -381,39 +351,6 @@ def test_convert_keeps_hooks_sharing_pruning_and_parametrizations():
     assert_close(after.detach().numpy(), before.detach().numpy(), np.float32, "converted")
     parametrize.remove_parametrizations(normed, "weight_ih_l0")
     assert type(normed) is ft.RNN
-
-
-def test_torch_func_transforms_fall_back_to_torch():
-    torch.manual_seed(0)
-    theirs, ours = module_pair("lstm", torch.float64, input_size=3, hidden_size=4)
-    x = torch.randn(5, 2, 3, dtype=torch.float64)
-    h0 = torch.randn(1, 2, 4, dtype=torch.float64)
-    c0 = torch.randn(1, 2, 4, dtype=torch.float64)
-    ft._warned.clear()
-    results = []
-    for m in (theirs, ours):
-        params = {n: p.detach() for n, p in m.named_parameters()}
-        g = torch.func.grad(lambda p: torch.func.functional_call(m, p, (x,))[0].pow(2).sum())(
-            params)
-        j = torch.func.jacrev(lambda h: m(x, (h, c0))[0].sum(0))(h0)
-        results.append([g[n] for n in sorted(g)] + [j])
-    for a, e in zip(*results):
-        assert_close(a.detach().numpy(), e.detach().numpy(), np.float64, "torch.func")
-    assert "torch.func transforms (grad, vmap, jacrev, ...) are not in the core" in ft._warned
-
-
-def test_forward_mode_ad_falls_back_to_torch():
-    import torch.autograd.forward_ad as fwAD
-
-    torch.manual_seed(0)
-    theirs, ours = module_pair("gru", torch.float64, input_size=3, hidden_size=4)
-    x, tangent = torch.randn(2, 5, 2, 3, dtype=torch.float64)
-    outs = []
-    for m in (theirs, ours):
-        with fwAD.dual_level():
-            y, _ = m(fwAD.make_dual(x, tangent))
-            outs.append(fwAD.unpack_dual(y).tangent)
-    assert_close(outs[1].detach().numpy(), outs[0].detach().numpy(), np.float64, "tangent")
 
 
 def test_jit_trace_records_torch_operators():

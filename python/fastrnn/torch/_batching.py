@@ -17,9 +17,14 @@ batched-gradient check, ``jacrev``, per-sample gradients) turns a layer call int
   csrc/cpu/step.h); :func:`_reserve_sections` lists them.
 
 CUDA tensors loop over the vmapped dimension (their reserve is raw bytes of another layout).
+
+torch.autograd's ``is_grads_batched``, ``jacobian(vectorize=True)`` and gradcheck's batched-gradient
+check use an older vmap (``torch._vmap_internals``) whose batched tensors reach no vmap rule
+registered in Python; :func:`legacy_backward` takes them apart itself and applies the same rule.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -193,3 +198,26 @@ def _weight_grads(dgates, dgates_h, dh_proj, X, reserve, sections, N, B, reverse
         ms = reserve[-m_slots * N * B * H:].view(m_slots, N, B, H)
         dw_hr = torch.einsum("tnbr,tnbh->nrh", dh_proj.view(T, N, B, -1), ms)
     return [dw_ih, dw_hh, db_ih, db_hh, dw_hr]
+
+
+# ---- the older vmap of torch.autograd (is_grads_batched) ---------------------------------------
+
+def _legacy_level() -> int:
+    """The innermost level of torch._vmap_internals' vmap now running."""
+    level = torch._C._vmapmode_increment_nesting()
+    torch._C._vmapmode_decrement_nesting()
+    return level - 1
+
+
+def legacy_backward(op, tensors, flags) -> List[Tensor]:
+    """``op`` (the backward operator) on tensors some of which are batched by the older vmap
+    (one level of it: what torch.autograd creates): unwrapped, :func:`backward_rule`, wrapped."""
+    level = _legacy_level()
+    is_legacy = torch._C._functorch.is_legacy_batchedtensor
+    dims = [0 if (t is not None and is_legacy(t)) else None for t in tensors]
+    plain = [torch._remove_batch_dim(t, level, 1, 0) if d is not None else t
+             for t, d in zip(tensors, dims)]
+    N = next(t.shape[0] for t, d in zip(plain, dims) if d is not None)
+    grads, out_dims = backward_rule(op, SimpleNamespace(batch_size=N), dims, *plain, *flags)
+    return [torch._add_batch_dim(g.movedim(d, 0), 0, level) if d is not None else g
+            for g, d in zip(grads, out_dims)]

@@ -207,7 +207,13 @@ _layer_backward_op.register_vmap(functools.partial(_batching.backward_rule, _lay
 # operators, whose vmap rules (_batching) fold them into the batch.
 
 def _batched(tensors) -> bool:
+    """Some tensor is batched by torch.func's vmap."""
     return any(t is not None and torch._C._functorch.is_batchedtensor(t) for t in tensors)
+
+
+def _legacy_batched(tensors) -> bool:
+    """Some tensor is batched by torch.autograd's older vmap (is_grads_batched, ...)."""
+    return any(t is not None and torch._C._functorch.is_legacy_batchedtensor(t) for t in tensors)
 
 
 def _transforms_active() -> bool:
@@ -224,7 +230,10 @@ def _run_forward(tensors, lengths, cell, reverse, save, algo):
 
 
 def _run_backward(saved, reserve, dy, dh_n, dc_n, cell, reverse, algo) -> List[Tensor]:
-    if torch.compiler.is_compiling() or _batched((*saved, reserve, dy, dh_n, dc_n)):
+    tensors = (*saved, reserve, dy, dh_n, dc_n)
+    if _legacy_batched(tensors):
+        return _batching.legacy_backward(_layer_backward_op, tensors, (cell, reverse, algo))
+    if torch.compiler.is_compiling() or _batched(tensors):
         return _layer_backward_op(*saved, reserve, dy, dh_n, dc_n, cell, reverse, algo)
     return _package._core_backward(*saved, reserve, dy, dh_n, dc_n, cell, reverse, algo)
 
@@ -313,26 +322,27 @@ class _LayerBackward(torch.autograd.Function):
     def backward(ctx, *cotangents):
         *theta, lengths, dy, dh_n, dc_n = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        create_graph = torch.is_grad_enabled()
+        mode = _SPECS_BY_CODE[ctx.cell].mode
         tangents = [w if (t is not None and w is not None and w.numel()) else None
                     for t, w in zip(theta, cotangents)]
-        with torch.enable_grad():
-            # Leaves of the local graph; with create_graph the inputs themselves, so that the
-            # result stays differentiable with respect to them.
-            leaves = [None if t is None else
-                      t if (create_graph and t.requires_grad) else t.detach().requires_grad_()
-                      for t in theta]
-            mode = _SPECS_BY_CODE[ctx.cell].mode
-            y = layer(mode, *leaves, lengths, ctx.reverse, ctx.algo)[0]
-            jw = layer_tangent(mode, leaves, y, lengths, ctx.reverse, tangents)
-            inner = sum((u * t).sum() for u, t in zip((dy, dh_n, dc_n), jw) if u is not None)
-            wanted = [i for i, t in enumerate(leaves) if t is not None and needs[i]]
-            found = torch.autograd.grad(inner, [leaves[i] for i in wanted], allow_unused=True,
-                                        create_graph=create_graph) if wanted else ()
+        wanted = [i for i, t in enumerate(theta) if t is not None and needs[i]]
+
+        def tangent_at(*values):  # J(theta) w as a function of the wanted inputs
+            at = list(theta)
+            for i, v in zip(wanted, values):
+                at[i] = v
+            y = layer(mode, *at, lengths, ctx.reverse, ctx.algo)[0]
+            return tuple(t for t in layer_tangent(mode, at, y, lengths, ctx.reverse, tangents)
+                         if t is not None)
+
+        # torch.func.vjp rather than autograd.grad: it composes with vmap (batched cotangents)
+        # and with create_graph (its results are differentiable when grad mode is on).
+        jw, pullback = torch.func.vjp(tangent_at, *[theta[i] for i in wanted])
+        found = pullback(tuple(u for u in (dy, dh_n, dc_n) if u is not None)) if wanted else ()
         grads: List[Optional[Tensor]] = [None] * 8
         for i, g in zip(wanted, found):
-            grads[i] = g if g is not None else torch.zeros_like(theta[i])
-        d_u = [t if (create_graph or t is None) else t.detach() for t in jw]
+            grads[i] = g
+        d_u = list(jw) + [None] * (3 - len(jw))
         d_u = [d if need else None for d, need in zip(d_u, needs[10:13])]
         return (*grads, None, None, *d_u, None, None, None)
 
@@ -362,9 +372,11 @@ def layer(mode: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: 
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     args = tuple(t.contiguous() if t is not None else None for t in tensors)
     cell = CELLS[mode].code
-    if torch.compiler.is_compiling():
+    if _transforms_active():  # torch.func (also traced by torch.compile) or forward-mode AD
+        y, h_n, c_n, _ = _LayerFunction.apply(*args, lengths, cell, reverse, save, algo)
+    elif torch.compiler.is_compiling():
         y, h_n, c_n, _ = _layer_forward_op(*args, lengths, cell, reverse, save, algo)
-    elif save or _transforms_active():
+    elif save:
         y, h_n, c_n, _ = _LayerFunction.apply(*args, lengths, cell, reverse, save, algo)
     else:  # no gradient wanted: no autograd node either
         y, h_n, c_n, _ = _package._core_forward(*args, lengths, cell, reverse, save, algo)
