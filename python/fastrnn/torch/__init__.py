@@ -62,9 +62,10 @@ from ._fallback import FallbackWarning, _warned, _warned_lock  # noqa: F401
 # The bridges to the kernels. ``_ops`` calls them through this package, so that tests can replace
 # them here (spies; the CUDA functions on CPU tensors over the CUDA emulator).
 from ._ops import _core_backward, _core_forward, _cuda_backward, _cuda_forward  # noqa: F401
+from ._patch import is_patched, patch, unpatch
 from .modules import GRU, LSTM, RNN, convert
 
-__all__ = ["RNN", "LSTM", "GRU", "convert", "FallbackWarning"]
+__all__ = ["RNN", "LSTM", "GRU", "convert", "patch", "unpatch", "is_patched", "FallbackWarning"]
 
 # Importing fastrnn.torch changes the process, here and nowhere else: fastrnn's parallel work
 # moves onto torch's OpenMP pool (two pools on the same cores slow each other down), and

@@ -15,6 +15,7 @@ from torch.nn.utils.rnn import PackedSequence
 from .. import _validate
 from .. import cuda as _cuda_api
 from .._cells import CELLS, CellSpec, has_cell_state
+from . import _patch
 from ._fallback import _warn_once, fallback_reason
 from ._ops import ALGO_CODES, layer
 from ._packed import check_packed, packed_to_padded, padded_to_packed
@@ -73,6 +74,17 @@ class _FastRNNMixin:
     def __init__(self, *args, algo: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.algo = _cuda_api.check_algo(algo)
+
+    # Pickled (torch.save of a whole model) as the torch.nn class, so that checkpoints load with
+    # torch.load's defaults and without fastrnn; copies keep the class (_patch explains).
+    def __reduce_ex__(self, protocol):
+        return _patch.torch_reduce(self, protocol)
+
+    def __copy__(self):
+        return _patch.same_class_copy(self)
+
+    def __deepcopy__(self, memo):
+        return _patch.same_class_copy(self, memo)
 
     def forward(self, input, hx=None):
         self._update_flat_weights()

@@ -1,0 +1,105 @@
+"""Running unmodified programs on fastrnn: :func:`patch` / :func:`unpatch` and how the modules pickle.
+
+``patch()`` makes ``torch.nn.RNN/LSTM/GRU`` (the names in ``torch.nn`` and ``torch.nn.modules``)
+fastrnn.torch's classes, process-wide, so that a program that builds ``nn.LSTM`` gets fastrnn's;
+modules unpickled meanwhile (``torch.load`` of a whole model) become fastrnn's too.
+``python -m fastrnn.torch script.py args...`` runs a script that way (``__main__``).
+
+Checkpoints: a fastrnn.torch module pickles as its torch.nn class (:func:`torch_reduce`), so a
+model saved with ``torch.save(model)`` is the checkpoint torch.nn would have written: it loads
+with ``torch.load``'s defaults (``weights_only=True`` with the same allow-list a torch.nn model
+needs, e.g. ``torch.serialization.add_safe_globals([torch.nn.LSTM, ...])``) and where fastrnn is
+not installed. Registering fastrnn's classes as safe globals instead would help only readers that
+have fastrnn. The price: a model reloaded without ``patch()`` runs torch.nn's modules until
+``fastrnn.torch.convert`` is applied to it.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+
+import torch
+
+_lock = threading.Lock()
+_saved: dict = {}  # (namespace, name) -> the original object, while patched
+
+
+def _twins() -> dict:
+    from .modules import _TWINS
+    return _TWINS
+
+
+def _namespaces():
+    return (torch.nn, torch.nn.modules)
+
+
+def patch() -> None:
+    """Make ``torch.nn.RNN``, ``torch.nn.LSTM`` and ``torch.nn.GRU`` fastrnn.torch's classes for
+    the whole process (idempotent; :func:`unpatch` undoes it). Modules built before keep their
+    class; :func:`fastrnn.torch.convert` turns them. The fused cells (``nn.LSTMCell``, ...) are
+    not replaced: fastrnn has none yet."""
+    with _lock:
+        if _saved:
+            return
+        for original, twin in _twins().items():
+            for namespace in _namespaces():
+                name = original.__name__
+                _saved[(namespace, name)] = getattr(namespace, name)
+                setattr(namespace, name, twin)
+        base = torch.nn.modules.rnn.RNNBase
+        _saved[(base, "__setstate__")] = base.__dict__["__setstate__"]
+        base.__setstate__ = _setstate_as_twin
+
+
+def unpatch() -> None:
+    """Undo :func:`patch` (no effect when not patched). Modules made meanwhile stay fastrnn's."""
+    with _lock:
+        for (namespace, name), original in _saved.items():
+            setattr(namespace, name, original)
+        _saved.clear()
+
+
+def is_patched() -> bool:
+    return bool(_saved)
+
+
+def _setstate_as_twin(self, state) -> None:
+    """RNNBase.__setstate__ while patched: unpickled torch.nn modules become fastrnn's."""
+    original = _saved.get((torch.nn.modules.rnn.RNNBase, "__setstate__"))
+    (original or torch.nn.Module.__setstate__)(self, state)
+    twin = _twins().get(type(self))
+    if twin is not None:
+        self.__class__ = twin
+
+
+# ---- pickling as the torch.nn class; copies keep the class --------------------------------------
+
+def torch_reduce(module, protocol: int):
+    """``module.__reduce_ex__``: rebuilt as its torch.nn class (see the module docstring).
+
+    The pickle calls the torch.nn class on placeholder sizes, then restores the module's state
+    (``__setstate__`` replaces every attribute): the class is the only global it names, which
+    the allow-list of a torch.nn model already holds. (``__newobj__``, the default, must name the
+    object's own class.)"""
+    torch_class = next((original for original, twin in _twins().items()
+                        if type(module) is twin), None)
+    if torch_class is None:  # a subclass of a twin (parametrized): left as it is
+        return object.__reduce_ex__(module, protocol)
+    return torch_class, _PLACEHOLDER_SIZES, module.__getstate__()
+
+
+_PLACEHOLDER_SIZES = (1, 1)  # input_size, hidden_size: the smallest module to overwrite
+
+
+def same_class_copy(module, memo=None):
+    """``__copy__`` / ``__deepcopy__``: copies keep fastrnn's class (pickling does not)."""
+    cls = type(module)
+    new = cls.__new__(cls)
+    state = module.__getstate__()
+    if memo is None:
+        state = dict(state)
+    else:
+        memo[id(module)] = new
+        state = copy.deepcopy(state, memo)
+    new.__setstate__(state)
+    return new
