@@ -317,9 +317,11 @@ def test_gradient_penalty_and_hessian_vector_product(cell, extra, core_calls):
     assert core_calls["backward"] >= 8  # first backward: 4; the second: the core again
 
 
-def test_third_order_derivative():
+@pytest.mark.parametrize("cell", CELLS)
+def test_third_order_derivative(cell):
+    """The incoming gradient depends on the input too (y**3): each path counted once."""
     torch.manual_seed(10)
-    theirs, ours = module_pair("gru", torch.float64, input_size=2, hidden_size=3)
+    theirs, ours = module_pair(cell, torch.float64, input_size=2, hidden_size=3)
     x = torch.randn(3, 1, 2, dtype=torch.float64)
     results = []
     for m in (theirs, ours):

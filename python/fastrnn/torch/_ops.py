@@ -335,16 +335,36 @@ class _LayerBackward(torch.autograd.Function):
             return tuple(t for t in layer_tangent(mode, at, y, lengths, ctx.reverse, tangents)
                          if t is not None)
 
-        # torch.func.vjp rather than autograd.grad: it composes with vmap (batched cotangents)
-        # and with create_graph (its results are differentiable when grad mode is on).
-        jw, pullback = torch.func.vjp(tangent_at, *[theta[i] for i in wanted])
-        found = pullback(tuple(u for u in (dy, dh_n, dc_n) if u is not None)) if wanted else ()
+        u = tuple(t for t in (dy, dh_n, dc_n) if t is not None)
+        if _batched(cotangents) or _legacy_batched(cotangents):
+            # torch.func.vjp: autograd.grad refuses batched outputs inside vmap
+            jw, pullback = torch.func.vjp(tangent_at, *[theta[i] for i in wanted])
+            found = pullback(u) if wanted else ()
+        else:  # autograd.grad: the same, without torch.func's cost per operation
+            jw, found = _tangent_and_grads(tangent_at, theta, wanted, u)
         grads: List[Optional[Tensor]] = [None] * 8
         for i, g in zip(wanted, found):
             grads[i] = g
         d_u = list(jw) + [None] * (3 - len(jw))
         d_u = [d if need else None for d, need in zip(d_u, needs[10:13])]
         return (*grads, None, None, *d_u, None, None, None)
+
+
+def _tangent_and_grads(tangent_at, theta, wanted, u):
+    """(J w, d<u, J w>/dtheta[wanted]) by autograd.grad; with grad mode on (create_graph), both
+    stay differentiable with respect to the inputs themselves."""
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        # Each input through a view of its own: the gradient counts only the paths through these
+        # uses (u may depend on the same input; autograd adds that path through d_u).
+        leaves = [theta[i].view_as(theta[i]) if (create_graph and theta[i].requires_grad)
+                  else theta[i].detach().requires_grad_() for i in wanted]
+        jw = tangent_at(*leaves)
+        inner = sum((a * b).sum() for a, b in zip(u, jw))
+        found = torch.autograd.grad(inner, leaves, allow_unused=True,
+                                    create_graph=create_graph) if wanted else ()
+    found = [g if g is not None else torch.zeros_like(t) for g, t in zip(found, leaves)]
+    return (jw if create_graph else tuple(t.detach() for t in jw)), found
 
 
 def _op_setup_context(ctx, inputs, output):

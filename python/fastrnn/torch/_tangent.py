@@ -43,18 +43,68 @@ def _add(*terms: Optional[Tensor]) -> Optional[Tensor]:
     return total
 
 
-def _gates(mode: str, gi: Tensor, gh: Tensor) -> Tuple[Tensor, ...]:
-    """The activated gates of every step at once, from the input and recurrent pre-activations."""
-    if mode == "lstm":
+class _LstmTangent:
+    """LSTM: i, f, g, o and the cell state c of every step, then one step's tangent."""
+
+    def __init__(self, gi, gh, h_prev, c0, valid, w_hr, tw_hr):
         i, f, g, o = (gi + gh).chunk(4, -1)
-        return torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-    if mode == "gru":
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        slope = torch.cat([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], -1)
+        cs = [c0]  # the primal cell state: a recurrence of its own (padded steps keep it)
+        for t, (f_t, i_t, g_t) in enumerate(zip(f.unbind(0), i.unbind(0), g.unbind(0))):
+            c_new = torch.addcmul(f_t * cs[-1], i_t, g_t)
+            cs.append(c_new if valid is None else torch.where(valid[t], c_new, cs[-1]))
+        c = torch.stack(cs[1:])
+        tanh_c = torch.tanh(c)
+        self.w_hr, self.tw_hr = w_hr, tw_hr
+        self.steps = list(zip(*(v.unbind(0) for v in (
+            slope, torch.stack(cs[:-1]), f, i, g, tanh_c, o * (1 - tanh_c * tanh_c), o * tanh_c))))
+
+    def step(self, t, dz, dh, dc):
+        slope, c_prev, f, i, g, tanh_c, o_dtanh, m = self.steps[t]
+        di, df, dg, do = (slope * dz).chunk(4, -1)
+        dc = torch.addcmul(torch.addcmul(torch.addcmul(df * c_prev, f, dc), di, g), i, dg)
+        dm = torch.addcmul(do * tanh_c, o_dtanh, dc)
+        if self.w_hr is None:
+            return dm, dc
+        return _add(F.linear(dm, self.w_hr), _linear(m, self.tw_hr)), dc
+
+
+class _GruTangent:
+    """GRU: r, z, n of every step, then one step's tangent; n = tanh(gi_n + r * gh_n) needs the
+    input and recurrent sides apart."""
+
+    def __init__(self, gi, gh, h_prev, c0, valid, w_hr, tw_hr):
         gi_r, gi_z, gi_n = gi.chunk(3, -1)
         gh_r, gh_z, gh_n = gh.chunk(3, -1)
         r, z = torch.sigmoid(gi_r + gh_r), torch.sigmoid(gi_z + gh_z)
-        return r, z, torch.tanh(gi_n + r * gh_n), gh_n
-    z = gi + gh
-    return (torch.tanh(z),) if mode == "rnn_tanh" else ((z > 0).to(z.dtype),)
+        n = torch.tanh(gi_n + r * gh_n)
+        slope_rz = torch.cat([r * (1 - r), z * (1 - z)], -1)
+        self.steps = list(zip(*(v.unbind(0) for v in (
+            slope_rz, 1 - n * n, r, gh_n, z, 1 - z, h_prev - n))))
+
+    def step(self, t, dgi, dgh, dh):
+        slope_rz, slope_n, r, gh_n, z, one_minus_z, h_minus_n = self.steps[t]
+        H = r.shape[-1]
+        rz = dgh[..., :2 * H] if dgi is None else dgh[..., :2 * H] + dgi[..., :2 * H]
+        dr, dz = (slope_rz * rz).chunk(2, -1)
+        dn = torch.addcmul(dr * gh_n, r, dgh[..., 2 * H:])
+        if dgi is not None:
+            dn = dn + dgi[..., 2 * H:]
+        dn = slope_n * dn
+        return torch.addcmul(torch.addcmul(h_minus_n * dz, one_minus_z, dn), z, dh)
+
+
+class _VanillaTangent:
+    """tanh: 1 - h^2; relu: the step function (z > 0)."""
+
+    def __init__(self, mode, gi, gh):
+        pre = gi + gh
+        h = torch.tanh(pre) if mode == "rnn_tanh" else None
+        self.slopes = (1 - h * h if h is not None else (pre > 0).to(pre.dtype)).unbind(0)
+
+    def step(self, t, dz):
+        return self.slopes[t] * dz
 
 
 def layer_tangent(mode: str, primals: Sequence[Optional[Tensor]], y: Tensor,
@@ -64,79 +114,63 @@ def layer_tangent(mode: str, primals: Sequence[Optional[Tensor]], y: Tensor,
     """(dy, dh_n, dc_n or None): the layer's outputs' tangents for the inputs' ``tangents``.
 
     ``primals`` and ``tangents``: (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), None where absent
-    (a tangent: zero). ``y``: the layer's output at ``primals``."""
+    (a tangent: zero). ``y``: the layer's output at ``primals``. Everything that does not depend
+    on the state's tangent is computed for all steps at once; the loop over steps holds one
+    product with ``W_hh`` and a few fused pointwise operations."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = primals
     tx, th0, tc0, tw_ih, tw_hh, tb_ih, tb_hh, tw_hr = tangents
-    T, B = x.shape[0], x.shape[1]
+    T = x.shape[0]
     if reverse:  # each sequence's valid steps reversed: a forward-direction problem
         x, y = reverse_valid_steps(x, lengths), reverse_valid_steps(y, lengths)
         tx = reverse_valid_steps(tx, lengths) if tx is not None else None
-    h_prev = torch.cat([h0.unsqueeze(0), y[:-1]])  # h_{t-1} at every valid step
-    gh = F.linear(h_prev, w_hh, b_hh)
-    gates = _gates(mode, F.linear(x, w_ih, b_ih), gh)
-    # The parts of dz that do not depend on the state's tangent, all steps at once.
-    dgi = _add(_linear(tx, w_ih) if tx is not None else None, _linear(x, tw_ih, tb_ih))
-    dgh_fixed = _linear(h_prev, tw_hh, tb_hh)
     valid = None
     if lengths is not None:
         steps = torch.arange(T, device=lengths.device).unsqueeze(1)
-        valid = (steps < lengths.unsqueeze(0)).to(x.device).unsqueeze(2)  # (T, B, 1)
+        valid = (steps < lengths.unsqueeze(0)).to(x.device).unsqueeze(2).unbind(0)  # (B, 1) each
+    h_prev = torch.cat([h0.unsqueeze(0), y[:-1]])  # h_{t-1} at every valid step
+    gi, gh = F.linear(x, w_ih, b_ih), F.linear(h_prev, w_hh, b_hh)
+    # The parts of dz that do not depend on the state's tangent, all steps at once.
+    dgi = _add(_linear(tx, w_ih) if tx is not None else None, _linear(x, tw_ih, tb_ih))
+    dgh_fixed = _linear(h_prev, tw_hh, tb_hh)
+    if mode == "lstm":
+        cell = _LstmTangent(gi, gh, h_prev, c0, valid, w_hr, tw_hr)
+    elif mode == "gru":
+        cell = _GruTangent(gi, gh, h_prev, c0, valid, w_hr, tw_hr)
+    else:
+        cell = _VanillaTangent(mode, gi, gh)
+    # Per-step views by unbind, once: indexing t would cost a full-size gradient per step in a
+    # backward through this function (the double backward).
+    if mode == "gru":
+        dgi_steps = dgi.unbind(0) if dgi is not None else None
+        fixed = dgh_fixed
+    else:  # the input side joins the fixed part
+        dgi_steps, fixed = None, _add(dgi, dgh_fixed)
+    fixed_steps = fixed.unbind(0) if fixed is not None else None
 
     dh = th0 if th0 is not None else h0.new_zeros(h0.shape)
-    c = c0
     dc = (tc0 if tc0 is not None else c0.new_zeros(c0.shape)) if c0 is not None else None
+    w_hh_t = w_hh.t()
     dys: List[Tensor] = []
     for t in range(T):
-        dgi_t = dgi[t] if dgi is not None else None
-        dgh_t = _add(dgh_fixed[t] if dgh_fixed is not None else None, F.linear(dh, w_hh))
-        gates_t = tuple(g[t] for g in gates)
-        c_new = new_dc = None
+        dz = (torch.addmm(fixed_steps[t], dh, w_hh_t) if fixed_steps is not None
+              else dh @ w_hh_t)
+        new_dc = None
         if mode == "lstm":
-            new_dh, c_new, new_dc = _lstm_step(gates_t, _add(dgi_t, dgh_t), c, dc, w_hr, tw_hr)
+            new_dh, new_dc = cell.step(t, dz, dh, dc)
         elif mode == "gru":
-            new_dh = _gru_step(gates_t, dgi_t, dgh_t, h_prev[t], dh)
-        else:  # tanh: 1 - h^2; relu: the saved step (z > 0)
-            slope = gates_t[0] if mode == "rnn_relu" else 1 - gates_t[0] ** 2
-            new_dh = slope * _add(dgi_t, dgh_t)
+            new_dh = cell.step(t, dgi_steps[t] if dgi_steps is not None else None, dz, dh)
+        else:
+            new_dh = cell.step(t, dz)
         if valid is None:
-            dh, dy_t = new_dh, new_dh
-            c, dc = c_new, new_dc
+            dh, dy_t, dc = new_dh, new_dh, new_dc
         else:  # padded steps: no output, the state passes through
             v = valid[t]
             dy_t = torch.where(v, new_dh, torch.zeros_like(new_dh))
             dh = torch.where(v, new_dh, dh)
-            if c is not None:
-                c, dc = torch.where(v, c_new, c), torch.where(v, new_dc, dc)
+            if dc is not None:
+                dc = torch.where(v, new_dc, dc)
         dys.append(dy_t)
     dy = torch.stack(dys)
     if reverse:
         dy = reverse_valid_steps(dy, lengths)
     return dy, dh, dc
-
-
-def _lstm_step(gates, dz, c_prev, dc_prev, w_hr, tw_hr):
-    """One LSTM step: (dh, c, dc), the state's tangent and the primal cell state."""
-    i, f, g, o = gates
-    dzi, dzf, dzg, dzo = dz.chunk(4, -1)
-    di, df, dg, do = i * (1 - i) * dzi, f * (1 - f) * dzf, (1 - g * g) * dzg, o * (1 - o) * dzo
-    c = f * c_prev + i * g
-    dc = df * c_prev + f * dc_prev + di * g + i * dg
-    tanh_c = torch.tanh(c)
-    dm = do * tanh_c + o * (1 - tanh_c * tanh_c) * dc
-    if w_hr is None:
-        return dm, c, dc
-    return _add(F.linear(dm, w_hr), _linear(o * tanh_c, tw_hr)), c, dc
-
-
-def _gru_step(gates, dgi, dgh, h_prev, dh_prev):
-    """One GRU step's tangent; n = tanh(gi_n + r * gh_n) needs the two sides apart."""
-    r, z, n, gh_n = gates
-    dgh_r, dgh_z, dgh_n = dgh.chunk(3, -1)
-    if dgi is not None:
-        dgi_r, dgi_z, dgi_n = dgi.chunk(3, -1)
-        dgh_r, dgh_z = dgh_r + dgi_r, dgh_z + dgi_z
-    else:
-        dgi_n = None
-    dr, dz = r * (1 - r) * dgh_r, z * (1 - z) * dgh_z
-    dn = (1 - n * n) * _add(dgi_n, dr * gh_n, r * dgh_n)
-    return (h_prev - n) * dz + (1 - z) * dn + z * dh_prev
