@@ -20,7 +20,7 @@ Conventions:
 - ``cell`` is the code of ``fastrnn.functional.MODES``: 0 rnn_tanh, 1 rnn_relu, 2 lstm, 3 gru
   (``CELL_CODES``).
 """
-from typing import Any, SupportsIndex, TypeVar
+from typing import Any, Literal, SupportsIndex, TypeVar, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -60,6 +60,7 @@ def layer_forward(
     None unless ``training``.
     """
 
+@overload
 def layer_backward(
     cell: SupportsIndex,
     x: NDArray[_FloatT],
@@ -76,6 +77,7 @@ def layer_backward(
     dy: NDArray[_FloatT],
     dh_n: NDArray[_FloatT] | None,
     dc_n: NDArray[_FloatT] | None,
+    gate_grads: Literal[False] = False,
 ) -> tuple[
     NDArray[_FloatT],  # dx
     NDArray[_FloatT],  # dh0
@@ -85,9 +87,57 @@ def layer_backward(
     NDArray[_FloatT] | None,  # dbias_ih: with bias only
     NDArray[_FloatT] | None,  # dbias_hh: with bias only
     NDArray[_FloatT] | None,  # dweight_hr: with a projection only
-]:
+]: ...
+@overload
+def layer_backward(
+    cell: SupportsIndex,
+    x: NDArray[_FloatT],
+    h0: NDArray[_FloatT],
+    c0: NDArray[_FloatT] | None,
+    weight_ih: NDArray[_FloatT],
+    weight_hh: NDArray[_FloatT],
+    bias_ih: NDArray[_FloatT] | None,
+    bias_hh: NDArray[_FloatT] | None,
+    weight_hr: NDArray[_FloatT] | None,
+    lengths: NDArray[np.int64] | None,
+    reverse: bool,
+    reserve: NDArray[_FloatT],
+    dy: NDArray[_FloatT],
+    dh_n: NDArray[_FloatT] | None,
+    dc_n: NDArray[_FloatT] | None,
+    gate_grads: Literal[True],
+) -> tuple[
+    NDArray[_FloatT],  # dx
+    NDArray[_FloatT],  # dh0
+    NDArray[_FloatT] | None,  # dc0: LSTM only
+    NDArray[_FloatT],  # dgates (T, B, G*H): pre-activation gradients
+    NDArray[_FloatT] | None,  # dgates_h (T, B, H): GRU's n gate, recurrent side
+    NDArray[_FloatT] | None,  # dh_proj (T, B, R): with a projection only
+]: ...
+@overload
+def layer_backward(
+    cell: SupportsIndex,
+    x: NDArray[_FloatT],
+    h0: NDArray[_FloatT],
+    c0: NDArray[_FloatT] | None,
+    weight_ih: NDArray[_FloatT],
+    weight_hh: NDArray[_FloatT],
+    bias_ih: NDArray[_FloatT] | None,
+    bias_hh: NDArray[_FloatT] | None,
+    weight_hr: NDArray[_FloatT] | None,
+    lengths: NDArray[np.int64] | None,
+    reverse: bool,
+    reserve: NDArray[_FloatT],
+    dy: NDArray[_FloatT],
+    dh_n: NDArray[_FloatT] | None,
+    dc_n: NDArray[_FloatT] | None,
+    gate_grads: bool = False,
+) -> tuple[NDArray[_FloatT] | None, ...]:
     """Backward through time of one ``layer_forward(..., training=True)`` call, given its
-    ``reserve`` and the gradients of its outputs (``dh_n``/``dc_n`` None: zeros)."""
+    ``reserve`` and the gradients of its outputs (``dh_n``/``dc_n`` None: zeros). With
+    ``gate_grads=True``, what the weight gradients are made of instead of them (BackwardArgs::
+    dgates in fastrnn.h): a caller with several problems folded into one batch forms each
+    problem's weight gradients from its own rows."""
 
 # ---- sizes (in elements) of one call's buffers --------------------------------------------------
 

@@ -23,11 +23,17 @@ way: the kernels read the tensors' storage and write outputs torch allocates, on
 stream, with float32 products in TF32 only where torch allows it; the modules take one keyword
 beyond torch.nn's, ``algo`` ("auto", "standard" or "persistent", the CUDA algorithm).
 
+``torch.func`` transforms (vmap, grad, vjp, jacrev, jvp, jacfwd; per-sample gradients, ensembles
+of stacked weights), batched incoming gradients (``is_grads_batched``), forward-mode AD and double
+backward (``create_graph=True``) run on the kernels too. ``torch.save(model)`` pickles the modules
+as their torch.nn classes, so checkpoints load with ``torch.load``'s defaults and without fastrnn;
+:func:`patch` (or ``python -m fastrnn.torch script.py``) runs unmodified programs on fastrnn.
+
 Where the core cannot run a call -- tensors on a device or with a dtype this build has no kernels for,
-autocast, ``torch.func`` transforms, forward-mode AD, a double backward, ``torch.jit.trace`` and
-ONNX export (so that the recorded graph holds torch's portable operators) -- the module runs
-``torch.nn``'s own implementation instead and warns once, saying why. Calls torch.nn refuses go to
-torch.nn too, so they raise exactly its errors; empty inputs (B = 0) give its empty results.
+autocast, ``torch.jit.trace`` and ONNX export (so that the recorded graph holds torch's portable
+operators) -- the module runs ``torch.nn``'s own implementation instead and warns once, saying
+why. Calls torch.nn refuses go to torch.nn too, so they raise exactly its errors; empty inputs
+(B = 0) give its empty results.
 What torch.nn does not check, the module checks itself and refuses with a RuntimeError naming
 it: parameters whose shapes no longer fit the module (replaced, or its attributes changed after
 construction), and a ``PackedSequence`` whose batch sizes are not non-increasing and
@@ -44,9 +50,11 @@ recurrent modules.
 
 The package, by job: ``modules`` (the modules and ``convert``), ``_ops`` (one layer and direction
 on the kernels: the bridges to the core and the CUDA backend, the custom operators, autograd),
-``_fallback`` (torch.nn's implementation where the kernels cannot run, ``FallbackWarning``),
-``_packed`` (PackedSequence to padded and back, its checks) and ``_runtime`` (what importing
-the package does to the process: the shared thread pool, the TorchDynamo hook).
+``_batching`` (the operators' vmap rules), ``_tangent`` (forward mode, and the double backward
+built on it), ``_fallback`` (torch.nn's implementation where the kernels cannot run,
+``FallbackWarning``), ``_packed`` (PackedSequence to padded and back, its checks), ``_patch``
+(patch/unpatch, pickling as torch.nn) and ``_runtime`` (what importing the package does to the
+process: the shared thread pool, the TorchDynamo hook).
 """
 from __future__ import annotations
 

@@ -2,10 +2,11 @@
 
 :func:`layer` is what the modules call. It runs the bridge to the C++ core (:func:`_core_forward`,
 which hands CUDA tensors to :func:`_cuda_forward`), directly in eager mode -- through
-:class:`_LayerFunction` when a gradient is wanted -- and through the custom operators
-``fastrnn::layer_forward`` / ``fastrnn::layer_backward`` under torch.compile, which keeps them as
-single nodes with shape functions. Backward runs the core's BPTT; a double backward, which the
-core cannot differentiate, recomputes the layer with torch's kernels (``_fallback``).
+:class:`_LayerFunction` when a gradient is wanted or a torch.func transform runs -- and through
+the custom operators ``fastrnn::layer_forward`` / ``fastrnn::layer_backward`` under torch.compile,
+which keeps them as single nodes with shape functions, and wherever vmap batched the tensors (their
+vmap rules: ``_batching``). Backward runs the core's BPTT; forward mode and the double backward
+are the tangent recurrence of ``_tangent`` around the core's calls.
 
 The bridges are looked up on the package (``fastrnn.torch._core_forward``, ...) at each call, so
 that replacing them there takes effect: tests spy on them, or route the layer calls to the CUDA
