@@ -11,6 +11,7 @@ median of ``--repeats`` timed runs after one warm-up (float32, LSTM, T=50, I=H=2
 - an ensemble of 8 LSTMs (``stack_module_state`` + ``functional_call``), forward+backward, batch
   32; torch.nn cannot vmap over its weights ("Batching rule not implemented for aten::lstm"), so
   its peer is a loop over the 8 members;
+- (for reference) one LSTM's plain forward+backward, batch 32: the ratio of the kernels alone;
 - a Hessian-vector product of a 1-layer LSTM's loss with respect to ``weight_hh``, batch 32
   (``grad`` of ``grad . v``, create_graph=True);
 - ``torch.func.jvp`` of the LSTM's output for a tangent on the input, batch 32; torch.nn's oneDNN
@@ -83,6 +84,13 @@ def ensemble(cls):
     return loop
 
 
+def plain_step(cls):
+    """One layer's forward+backward, no transform: what the ensemble's members each run."""
+    m = _lstm(cls)
+    x = torch.randn(T, 32, H)
+    return lambda: torch.autograd.grad(m(x)[0].pow(2).mean(), list(m.parameters()))
+
+
 def hessian_vector_product(cls):
     m = _lstm(cls)
     x = torch.randn(T, 32, H)
@@ -104,6 +112,7 @@ def forward_jvp(cls):
 ROWS = [
     ("per-sample gradients, 64 samples (B=1 each)", per_sample_gradients),
     ("ensemble of 8 LSTMs, forward+backward, B=32", ensemble),
+    ("(reference) one LSTM, forward+backward, B=32", plain_step),
     ("Hessian-vector product (weight_hh), B=32", hessian_vector_product),
     ("jvp (input tangent), B=32", forward_jvp),
 ]

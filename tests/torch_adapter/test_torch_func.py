@@ -84,7 +84,7 @@ def test_gradcheck_and_gradgradcheck_defaults(cell, extra, packed, core_calls):
 
 def pytorch_module_inputs(module_cls):
     """PyTorch's own test inputs for torch.nn.RNN/LSTM/GRU (torch.testing's module_db)."""
-    common_modules = pytest.importorskip("torch.testing._internal.common_modules")
+    from torch.testing._internal import common_modules  # needs expecttest (the test extra)
     info = next(i for i in common_modules.module_db if i.module_cls is module_cls)
     return info.module_inputs_func(info, device="cpu", dtype=torch.float64, requires_grad=True,
                                    training=True)

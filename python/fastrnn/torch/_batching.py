@@ -171,7 +171,7 @@ def backward_rule(op, info, in_dims, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, le
 
 
 def _np(t: Optional[Tensor]):
-    return None if t is None else t.detach().contiguous().numpy()
+    return None if t is None else t.detach().resolve_neg().contiguous().numpy()
 
 
 def _weight_grads(dgates, dgates_h, dh_proj, X, reserve, sections, N, B, reverse, has_bias):

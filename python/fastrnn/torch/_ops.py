@@ -275,7 +275,8 @@ class _LayerFunction(torch.autograd.Function):
         ctx.has_cell = tensors[2] is not None
         if save:  # the reserve too, so that saved-tensor hooks (checkpoint, offload) see it
             ctx.save_for_backward(*tensors, reserve)
-        ctx.save_for_forward(*tensors, y)
+        if _transforms_active():  # for jvp; unsaved otherwise (it would hold the output)
+            ctx.save_for_forward(*tensors, y)
         # one call: each call replaces the previous one's list
         ctx.mark_non_differentiable(*([reserve] if ctx.has_cell else [reserve, c_n]))
 
