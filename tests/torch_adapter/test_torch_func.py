@@ -7,6 +7,9 @@ forward-mode AD; double backward (gradient penalties, Hessian-vector products) -
 torch.nn, with FallbackWarning an error and the core's entry points counted, so that a silent
 fallback to torch.nn fails.
 """
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -82,25 +85,36 @@ def test_gradcheck_and_gradgradcheck_defaults(cell, extra, packed, core_calls):
     assert core_calls["forward"] and core_calls["backward"]
 
 
-def pytorch_module_inputs(module_cls):
-    """PyTorch's own test inputs for torch.nn.RNN/LSTM/GRU (torch.testing's module_db)."""
-    from torch.testing._internal import common_modules  # needs expecttest (the test extra)
-    info = next(i for i in common_modules.module_db if i.module_cls is module_cls)
-    return info.module_inputs_func(info, device="cpu", dtype=torch.float64, requires_grad=True,
-                                   training=True)
+_MODULE_INPUTS = """
+import sys, torch
+from torch.testing._internal import common_modules  # needs expecttest (the test extra)
+info = next(i for i in common_modules.module_db if i.module_cls is getattr(torch.nn, sys.argv[1]))
+cases = info.module_inputs_func(info, device="cpu", dtype=torch.float64, requires_grad=True,
+                                training=True)
+torch.save([(c.constructor_input.args, c.constructor_input.kwargs, c.forward_input.args)
+            for c in cases], sys.argv[2])
+"""
+
+
+def pytorch_module_inputs(name, tmp_path):
+    """PyTorch's own test inputs for torch.nn.RNN/LSTM/GRU (torch.testing's module_db): made in
+    a child process, because importing torch.testing._internal changes the process (it locks
+    torch.backends' flags)."""
+    path = str(tmp_path / f"{name}.pt")
+    subprocess.run([sys.executable, "-c", _MODULE_INPUTS, name, path], check=True, timeout=300)
+    return torch.load(path)
 
 
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
-def test_pytorch_module_inputs_gradcheck(name, core_calls):
+def test_pytorch_module_inputs_gradcheck(name, core_calls, tmp_path):
     """PyTorch's module tests' gradient checks (test_grad, test_gradgrad), on PyTorch's inputs
     for the torch.nn class, with the fastrnn.torch class in its place."""
-    for case in pytorch_module_inputs(getattr(torch.nn, name))[::7]:  # the suite's own: all
+    for ctor_args, ctor_kwargs, args in pytorch_module_inputs(name, tmp_path)[::7]:
         torch.manual_seed(0)
-        m = getattr(ft, name)(*case.constructor_input.args, **case.constructor_input.kwargs)
-        m = m.to(torch.float64)
+        m = getattr(ft, name)(*ctor_args, **ctor_kwargs).to(torch.float64)
         params = dict(m.named_parameters())
-        args = case.forward_input.args
         flat, spec = torch.utils._pytree.tree_flatten(args)
+        flat = [t.detach().requires_grad_() for t in flat]
         n_inputs = len(flat)
 
         def f(*flat_and_params, spec=spec, m=m, params=params):
