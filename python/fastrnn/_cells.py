@@ -36,6 +36,8 @@ _SPECS = (
 
 CELLS: Dict[str, CellSpec] = {spec.mode: spec for spec in _SPECS}
 MODES: Tuple[str, ...] = tuple(CELLS)
+# By code: what the custom operators and the core take as ``cell``.
+CELLS_BY_CODE: Dict[int, CellSpec] = {spec.code: spec for spec in _SPECS}
 # The vanilla cells, by the name torch.nn.RNN's ``nonlinearity`` gives them.
 VANILLA_MODES: Dict[str, str] = {s.nonlinearity: s.mode for s in _SPECS if s.nonlinearity}
 

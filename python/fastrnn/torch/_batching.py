@@ -31,16 +31,15 @@ import torch
 from torch import Tensor
 
 from .. import _core
-from .._cells import CELLS
+from .._cells import CELLS_BY_CODE
 from ._runtime import follow_torch_threads
 
-_SPECS_BY_CODE = {spec.code: spec for spec in CELLS.values()}
 _WEIGHTS = slice(3, 8)  # w_ih, w_hh, b_ih, b_hh, w_hr among the operators' tensor arguments
 
 
 def _reserve_sections(cell: int, T: int, H: int, R: int, P: int) -> List[Tuple[int, int]]:
     """(slots, width) of each section of the CPU reserve, in order (hs | cs | acts | ms)."""
-    spec = _SPECS_BY_CODE[cell]
+    spec = CELLS_BY_CODE[cell]
     per_slot, per_step = _core.reserve_widths(cell, H, P)
     sections = [(T + 1, R)]
     if spec.has_cell_state:
@@ -132,7 +131,7 @@ def forward_rule(op, info, in_dims, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, len
     h_n = h_n.view(N, B, h_n.shape[-1])
     c_n = c_n.view(N, B, c_n.shape[-1]) if c0 is not None else c_n
     if save:
-        R, H = h_n.shape[-1], w_hh.shape[0] // _SPECS_BY_CODE[cell].gates
+        R, H = h_n.shape[-1], w_hh.shape[0] // CELLS_BY_CODE[cell].gates
         P = w_hr.shape[0] if w_hr is not None else 0
         reserve = _unfold_reserve(reserve, N, B, _reserve_sections(cell, T, H, R, P))
     return (y, h_n, c_n, reserve), (1, 0, 0 if c0 is not None else None, 0 if save else None)
@@ -148,7 +147,7 @@ def backward_rule(op, info, in_dims, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, le
     N = info.batch_size
     X = _fold_seq(x, in_dims[0], N)
     T, B = X.shape[0], X.shape[1] // N
-    R, H = h0.shape[-1], w_hh.shape[0] // _SPECS_BY_CODE[cell].gates
+    R, H = h0.shape[-1], w_hh.shape[0] // CELLS_BY_CODE[cell].gates
     P = w_hr.shape[0] if w_hr is not None else 0
     sections = _reserve_sections(cell, T, H, R, P)
     folded_reserve = _fold_reserve(reserve, in_dims[9], N, B, sections)

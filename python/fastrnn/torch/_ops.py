@@ -23,12 +23,11 @@ from torch import Tensor
 import fastrnn.torch as _package  # the package, for the bridges (see above); not PyTorch
 from .. import _core
 from .. import cuda as _cuda_api
-from .._cells import CELLS
+from .._cells import CELLS, CELLS_BY_CODE
 from . import _batching
 from ._runtime import follow_torch_threads
 from ._tangent import layer_tangent
 
-_SPECS_BY_CODE = {spec.code: spec for spec in CELLS.values()}  # the ``cell`` argument is a code
 _CUDA_DTYPE_CODES = {getattr(torch, name): _cuda_api.dtype_code(name) for name in _cuda_api.DTYPES}
 ALGO_CODES = _cuda_api._ALGO_CODES  # the ``algo`` argument: a code of fastrnn.cuda.ALGOS
 
@@ -93,7 +92,7 @@ def _addr(t: Optional[Tensor]) -> int:
 
 def _cuda_problem(x, w_hh, w_hr, cell: int):
     T, B, I = x.shape
-    H = w_hh.shape[0] // _SPECS_BY_CODE[cell].gates
+    H = w_hh.shape[0] // CELLS_BY_CODE[cell].gates
     P = w_hr.shape[0] if w_hr is not None else 0
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     return (T, B, I, H, P), device, _CUDA_DTYPE_CODES[x.dtype]
@@ -162,7 +161,7 @@ def _layer_forward_op(x: Tensor, h0: Tensor, c0: Optional[Tensor], weight_ih: Te
 def _(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, cell, reverse,
       save, algo):
     T, B = x.shape[0], x.shape[1]
-    H = weight_hh.shape[0] // _SPECS_BY_CODE[cell].gates
+    H = weight_hh.shape[0] // CELLS_BY_CODE[cell].gates
     R = weight_hh.shape[1]
     P = weight_hr.shape[0] if weight_hr is not None else 0
     c_n = x.new_empty((B, H)) if c0 is not None else x.new_empty(0)
@@ -292,7 +291,7 @@ class _LayerFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, *tangents):
         *primals, lengths, y = ctx.saved_tensors
-        dy, dh_n, dc_n = layer_tangent(_SPECS_BY_CODE[ctx.cell].mode, primals[:8], y, lengths,
+        dy, dh_n, dc_n = layer_tangent(CELLS_BY_CODE[ctx.cell].mode, primals[:8], y, lengths,
                                        ctx.reverse, tangents[:8])
         return dy, dh_n, dc_n, None
 
@@ -324,7 +323,7 @@ class _LayerBackward(torch.autograd.Function):
     def backward(ctx, *cotangents):
         *theta, lengths, dy, dh_n, dc_n = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        mode = _SPECS_BY_CODE[ctx.cell].mode
+        mode = CELLS_BY_CODE[ctx.cell].mode
         tangents = [w if (t is not None and w is not None and w.numel()) else None
                     for t, w in zip(theta, cotangents)]
         wanted = [i for i, t in enumerate(theta) if t is not None and needs[i]]

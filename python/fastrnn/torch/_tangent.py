@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._cells import CELLS
 from ._fallback import reverse_valid_steps
 
 
