@@ -82,7 +82,7 @@ LayerInputs<scalar_t>::LayerInputs(int cell_code, const py::object& x_obj,
                                    const py::object& w_ih_obj, const py::object& w_hh_obj,
                                    const py::object& b_ih_obj, const py::object& b_hh_obj,
                                    const py::object& w_hr_obj, const py::object& lengths_obj,
-                                   bool reverse) {
+                                   bool reverse, const py::object& resets_obj) {
   const Cell cell = cell_from(cell_code);
   py::array xa = as_array(x_obj, "x");
   if (xa.ndim() != 3)
@@ -151,6 +151,18 @@ LayerInputs<scalar_t>::LayerInputs(int cell_code, const py::object& x_obj,
                            "] = " + std::to_string(lengths[b]));
     }
   }
+  if (!resets_obj.is_none()) {
+    py::array ra = as_array(resets_obj, "resets");
+    if (!ra.dtype().equal(py::dtype::of<bool>()))
+      throw DtypeError("resets: expected dtype bool, got " + std::string(py::str(ra.dtype())));
+    if (shape_of(ra) != std::vector<int64_t>{T, B})
+      throw py::value_error("resets: expected shape (T, B) = " + shape_str({T, B}) + ", got " +
+                            shape_str(shape_of(ra)));
+    auto view = ra.unchecked<bool, 2>();
+    resets.resize(T * B);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t b = 0; b < B; ++b) resets[t * B + b] = view(t, b) ? 1 : 0;
+  }
   // Every BLAS product's dimensions are among T*B, G*H, I and R (<= H): refuse, before
   // anything is allocated, sizes the library's 32-bit indices cannot address.
   const int64_t blas_max = std::numeric_limits<int>::max();
@@ -183,6 +195,7 @@ ForwardArgs<scalar_t> LayerInputs<scalar_t>::args() const {
   a.b_hh = in_ptr<scalar_t>(b_hh);
   a.w_hr = in_ptr<scalar_t>(w_hr);
   a.lengths = lengths.empty() ? nullptr : lengths.data();
+  a.resets = resets.empty() ? nullptr : resets.data();
   return a;
 }
 

@@ -70,11 +70,13 @@ struct LayerInputs {
   py::array x, h0, w_ih, w_hh;
   std::optional<py::array> c0, b_ih, b_hh, w_hr;
   std::vector<int64_t> lengths;  // empty when None
+  std::vector<uint8_t> resets;   // (T, B), empty when None
 
   LayerInputs(int cell_code, const py::object& x_obj, const py::object& h0_obj,
               const py::object& c0_obj, const py::object& w_ih_obj, const py::object& w_hh_obj,
               const py::object& b_ih_obj, const py::object& b_hh_obj,
-              const py::object& w_hr_obj, const py::object& lengths_obj, bool reverse);
+              const py::object& w_hr_obj, const py::object& lengths_obj, bool reverse,
+              const py::object& resets_obj);
 
   // The core's arguments with the inputs filled in (outputs, reserve and workspace null).
   ForwardArgs<scalar_t> args() const;

@@ -47,8 +47,9 @@ template <typename scalar_t>
 py::tuple forward_typed(int cell, const py::object& x, const py::object& h0, const py::object& c0,
                         const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
                         const py::object& b_hh, const py::object& w_hr, const py::object& lengths,
-                        bool reverse, bool training) {
-  LayerInputs<scalar_t> in(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse);
+                        bool reverse, bool training, const py::object& resets) {
+  LayerInputs<scalar_t> in(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
+                           resets);
   const LayerShape& s = in.shape;
   const int64_t ws_elements = forward_workspace_elements(s, training);
   check_fits_in_memory(static_cast<double>(s.T) * s.B * s.R() + 2.0 * s.B * s.H + ws_elements +
@@ -80,8 +81,9 @@ py::tuple backward_typed(int cell, const py::object& x, const py::object& h0,
                          const py::object& b_ih, const py::object& b_hh, const py::object& w_hr,
                          const py::object& lengths, bool reverse, const py::object& reserve_obj,
                          const py::object& dy_obj, const py::object& dh_n_obj,
-                         const py::object& dc_n_obj, bool gate_grads) {
-  LayerInputs<scalar_t> in(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse);
+                         const py::object& dc_n_obj, bool gate_grads, const py::object& resets) {
+  LayerInputs<scalar_t> in(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
+                           resets);
   const LayerShape& s = in.shape;
   const GradInputs<scalar_t> grads(s, reserve_obj, dy_obj, dh_n_obj, dc_n_obj);
   const int64_t GH = s.gate_width();
@@ -142,11 +144,11 @@ py::tuple backward_typed(int cell, const py::object& x, const py::object& h0,
 py::tuple layer_forward(int cell, const py::object& x, const py::object& h0, const py::object& c0,
                         const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
                         const py::object& b_hh, const py::object& w_hr, const py::object& lengths,
-                        bool reverse, bool training) {
+                        bool reverse, bool training, const py::object& resets) {
   return dispatch_dtype(as_array(x, "x").dtype(), "x", [&](auto type) {
     using scalar_t = typename decltype(type)::type;
     return forward_typed<scalar_t>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
-                                   reverse, training);
+                                   reverse, training, resets);
   });
 }
 
@@ -154,11 +156,12 @@ py::tuple layer_backward(int cell, const py::object& x, const py::object& h0, co
                          const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
                          const py::object& b_hh, const py::object& w_hr, const py::object& lengths,
                          bool reverse, const py::object& reserve, const py::object& dy,
-                         const py::object& dh_n, const py::object& dc_n, bool gate_grads) {
+                         const py::object& dh_n, const py::object& dc_n, bool gate_grads,
+                         const py::object& resets) {
   return dispatch_dtype(as_array(x, "x").dtype(), "x", [&](auto type) {
     using scalar_t = typename decltype(type)::type;
     return backward_typed<scalar_t>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
-                                    reverse, reserve, dy, dh_n, dc_n, gate_grads);
+                                    reverse, reserve, dy, dh_n, dc_n, gate_grads, resets);
   });
 }
 
@@ -244,17 +247,20 @@ PYBIND11_MODULE(_core, m) {
         py::arg("c0"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"),
         py::arg("bias_hh"), py::arg("weight_hr"), py::arg("lengths"),
         py::arg("reverse").noconvert(), py::arg("training").noconvert(),
-        "One layer, one direction: returns (y, h_n, c_n or None, reserve or None).");
+        py::arg("resets") = py::none(),
+        "One layer, one direction: returns (y, h_n, c_n or None, reserve or None). resets: "
+        "None or a bool array (T, B); a reset at (t, b) starts sequence b afresh at step t.");
   m.def("layer_backward", &b::layer_backward, py::arg("cell"), py::arg("x"), py::arg("h0"),
         py::arg("c0"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"),
         py::arg("bias_hh"), py::arg("weight_hr"), py::arg("lengths"),
         py::arg("reverse").noconvert(), py::arg("reserve"),
         py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
-        py::arg("gate_grads").noconvert() = false,
+        py::arg("gate_grads").noconvert() = false, py::arg("resets") = py::none(),
         "BPTT for one layer and direction: returns (dx, dh0, dc0, dweight_ih, dweight_hh, "
         "dbias_ih, dbias_hh, dweight_hr); absent items are None. With gate_grads=True, "
         "(dx, dh0, dc0, dgates (T,B,G*H), dgates_h (T,B,H) or None, dh_proj (T,B,R) or None): "
-        "the factors of the weight gradients instead of them (BackwardArgs::dgates).");
+        "the factors of the weight gradients instead of them (BackwardArgs::dgates). resets: "
+        "as given to layer_forward.");
   m.def("reserve_size", &b::reserve_size, py::arg("cell"), py::arg("T"), py::arg("B"),
         py::arg("I"), py::arg("H"), py::arg("P") = 0,
         "Elements a training forward saves for backward.");

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/dispatch.h"
+#include "common/resets.h"
 #include "cpu/blas.h"
 #include "cpu/cells.h"
 #include "cpu/denormals.h"
@@ -31,6 +32,33 @@
 namespace fastrnn::cpu {
 
 // ---- the sequence driver ------------------------------------------------------------------
+
+// The steps where a segment starts (FreshSteps, step.h) of one call, and the zeros its kernels
+// read as those steps' entering state. Empty (fresh.fresh null, no allocation) without resets or
+// when no reset applies, so that an all-false mask runs exactly the code of no mask.
+template <typename scalar_t>
+struct SegmentStarts {
+  std::vector<uint8_t> marks;
+  std::vector<scalar_t> zeros;
+  FreshSteps fresh;
+  explicit SegmentStarts(const ForwardArgs<scalar_t>& a) {
+    const LayerShape& s = a.shape;
+    if (a.resets == nullptr) return;
+    marks.resize(s.T * s.B);
+    bool any = false;
+    for (int64_t t = 0; t < s.T; ++t)
+      for (int64_t b = 0; b < s.B; ++b) {
+        const bool f = starts_fresh(a.resets, a.lengths, s.T, s.B, s.reverse, b, t);
+        marks[t * s.B + b] = f;
+        any = any || f;
+      }
+    if (!any) return;
+    // hp rows of every layout (G*H, or a tile group's G * kMaxPanelWidth), and a state (R)
+    zeros.assign(s.gate_width() + num_gates(s.cell) * kMaxPanelWidth<scalar_t> + s.R(), 0);
+    fresh = FreshSteps{marks.data(), s.B};
+  }
+  const scalar_t* zeros_or_null() const { return fresh.fresh ? zeros.data() : nullptr; }
+};
 
 // Scratch layouts, in elements; sizes.cpp reports the same totals.
 // Scratch regions start on 64-byte boundaries (the workspace itself is 64-byte aligned): the
@@ -161,6 +189,7 @@ void forward_impl(const ForwardArgs<scalar_t>& a) {
                                      !training};
   std::memcpy(h_slots.at(order.initial()), a.h0, B * R * sizeof(scalar_t));
   if (kC) std::memcpy(c_slots.at(order.initial()), a.c0, B * H * sizeof(scalar_t));
+  const SegmentStarts<scalar_t> segments(a);
 
   // 2. The recurrence.
   const bool hp_has_bias = !Math::kFoldsRecurrentBias && has_bias;
@@ -174,7 +203,7 @@ void forward_impl(const ForwardArgs<scalar_t>& a) {
         s, a.lengths, xp, a.x, a.w_ih, has_bias ? bias_x : nullptr,
         a.workspace + w.pack_ih, a.w_hh, hp_has_bias ? a.b_hh : nullptr, a.workspace + w.pack,
         h_slots, c_slots, a.y, training ? reserve.acts : nullptr, acts_width, 0, members,
-        &barrier};
+        &barrier, segments.fresh, segments.zeros_or_null()};
     run_recurrence<RecurrenceForwardArgs<scalar_t>, ForwardMember<scalar_t, kCell>>(r, members);
   } else {
     for (int64_t step = 0; step < T; ++step) {
@@ -190,7 +219,9 @@ void forward_impl(const ForwardArgs<scalar_t>& a) {
           B, H, R, t, a.lengths, xp + t * B * GH, hp, h_prev,
           kC ? c_slots.at(order.prev(t)) : nullptr, h_slots.at(order.next(t)),
           kC ? c_slots.at(order.next(t)) : nullptr, a.y + t * B * R,
-          training ? reserve.acts + t * B * acts_width : nullptr, m};
+          training ? reserve.acts + t * B * acts_width : nullptr, m,
+          hp_has_bias ? a.b_hh : segments.zeros_or_null(), segments.fresh,
+          segments.zeros_or_null()};
       run_on_isa<ForwardStepKernel<scalar_t, kCell>>(isa, st);
       if (projected) project_step(st, a.w_hr, a.workspace + w.h_proj);
     }
@@ -270,6 +301,8 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
   const SlotOrder order{T, s.reverse};
   const ReserveLayout<scalar_t, kCell> reserve(a.reserve, s);
   const int64_t acts_width = saved_acts_width<kCell>(H);
+  const SegmentStarts<scalar_t> segments(a);
+  std::vector<scalar_t> fresh_h_prev;  // dW_hh's h_prev rows with the fresh ones zeroed
 
   // Gradients of everything applied to all steps, for the steps at times [t0, t1) whose
   // pre-activation gradients are in dgx (and dgh) from row 0; the first call writes, the others
@@ -286,6 +319,13 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
     }
     gemm<scalar_t>(true, false, GH, I, rows, 1, dgx, GH, a.x + t0 * B * I, I, beta, a.dw_ih, I);
     const scalar_t* h_prev_rows = reserve.hs + (t0 + order.first_prev_row_block()) * B * R;
+    if (segments.fresh.fresh) {  // the reserve keeps the carried state; these steps saw zeros
+      fresh_h_prev.assign(h_prev_rows, h_prev_rows + rows * R);
+      for (int64_t row = 0; row < rows; ++row)
+        if (segments.marks[t0 * B + row])
+          std::fill_n(fresh_h_prev.data() + row * R, R, scalar_t(0));
+      h_prev_rows = fresh_h_prev.data();
+    }
     if constexpr (kDistinct) {  // the rows before kRecurrentGradGate from dgx, its rows from dgh
       constexpr int kGate = Math::kRecurrentGradGate;
       gemm<scalar_t>(true, false, kGate * H, R, rows, 1, dgx, GH, h_prev_rows, R, beta, a.dw_hh,
@@ -313,7 +353,7 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
         s, a.lengths, a.w_hh, a.workspace + w.pack, a.dy, reserve.acts, acts_width, reserve.hs,
         reserve.cs,
         dgx, dgh, dh_cell, {dh_next, dh_prev}, {dc_next, dc_prev}, 0, 0, 0, 0, true, 0,
-        members, &barrier};
+        members, &barrier, segments.fresh, segments.zeros_or_null()};
     // Chunks of steps in walking order, last first; each covers a contiguous range of times.
     for (int64_t step_end = T; step_end > 0; step_end -= w.chunk) {
       r.step_begin = std::max<int64_t>(0, step_end - w.chunk);
@@ -351,9 +391,11 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
                                       kC ? reserve.cs + order.prev(t) * B * H : nullptr,
                                       kC ? reserve.cs + order.next(t) * B * H : nullptr,
                                       dgx + t * B * GH, nullptr, dh_prev,
-                                      kC ? dc_prev : nullptr});
+                                      kC ? dc_prev : nullptr, segments.fresh,
+                                      segments.zeros_or_null()});
       // dh_prev (holding the part that bypasses W_hh) += dG_t W_hh
       gemm<scalar_t>(false, false, B, R, GH, 1, dgx + t * B * GH, GH, a.w_hh, R, 1, dh_prev, R);
+      zero_fresh_rows(segments.fresh, t, B, R, 0, R, dh_prev);
       std::swap(dh_next, dh_prev);
       if (kC) std::swap(dc_next, dc_prev);
     }

@@ -102,6 +102,8 @@ struct RecurrenceForwardArgs {
   // team
   int member, members;
   SpinBarrier* barrier;
+  FreshSteps fresh;        // steps starting a segment (step.h), and zeros for their state
+  const scalar_t* zeros;
 };
 
 // Packs rows [ub0 * V, ...) of a (G*H, K) gate-stacked weight for the tile group at unit block
@@ -176,7 +178,8 @@ struct ForwardMember {
                                      nullptr, a.h.at(order.prev(t)),
                                      kC ? a.c.at(order.prev(t)) : nullptr, a.h.at(order.next(t)),
                                      kC ? a.c.at(order.next(t)) : nullptr, a.y + t * B * H,
-                                     a.acts ? a.acts + t * B * a.acts_width : nullptr, nullptr};
+                                     a.acts ? a.acts + t * B * a.acts_width : nullptr, nullptr,
+                                     nullptr, a.fresh, a.zeros};
       const scalar_t* x_t = fused ? a.x + t * B * I : nullptr;
       for (int64_t ub0 = first_block; ub0 < end_block; ub0 += kBlocks) {
         const int nb = static_cast<int>(std::min<int64_t>(kBlocks, end_block - ub0));
@@ -204,11 +207,13 @@ struct ForwardMember {
                                            0, tile);
           for (int q = 0; q < nb; ++q) {
             const int64_t u = (ub0 + q) * V;
+            // a fresh row's recurrent pre-activations: the tile's initial values (b_hh), or 0
+            const scalar_t* hp_fresh = init ? init + q * G * V : a.zeros;
             const Preactivations<scalar_t> p =
                 fused ? Preactivations<scalar_t>{tile_x + q * G * V, nr * V, V, tile + q * G * V,
-                                                 nr * V, V}
+                                                 nr * V, V, hp_fresh}
                       : Preactivations<scalar_t>{st.xp_t + b0 * GH + u, GH, H, tile + q * G * V,
-                                                 nr * V, V};
+                                                 nr * V, V, hp_fresh};
             forward_pointwise<scalar_t, kCell>(st, b0, b0 + rows, u, std::min<int64_t>(V, H - u),
                                                p);
           }
@@ -242,6 +247,8 @@ struct RecurrenceBackwardArgs {
   bool pack_weights;
   int member, members;
   SpinBarrier* barrier;
+  FreshSteps fresh;        // steps starting a segment (step.h), and zeros for their state
+  const scalar_t* zeros;
 };
 
 template <typename scalar_t, Cell kCell>
@@ -291,7 +298,7 @@ struct BackwardMember {
                                       a.dgx + (t - a.chunk_t0) * B * GH,
                                       kDistinct ? a.dgh + (t - a.chunk_t0) * B * H : nullptr,
                                       dh_prev,
-                                      kC ? a.dc[1 - cur] : nullptr};
+                                      kC ? a.dc[1 - cur] : nullptr, a.fresh, a.zeros};
       if (u_count > 0)
         backward_pointwise<scalar_t, kCell>(st, 0, B, u_begin, u_count, u_begin, u_count);
       a.barrier->arrive_and_wait();
@@ -322,6 +329,7 @@ struct BackwardMember {
             std::memcpy(dh_prev + (b0 + r) * H + u, tile + r * nr * V, cols * sizeof(scalar_t));
         }
       }
+      zero_fresh_rows(a.fresh, t, B, H, u_begin, u_count, dh_prev);
       cur = 1 - cur;
     }
   }

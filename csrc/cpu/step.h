@@ -46,6 +46,18 @@ inline bool is_padding(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths != nullptr && t >= lengths[b];
 }
 
+// Where state resets (ForwardArgs::resets) start a segment, as the kernels read them: fresh[t*B+b]
+// says that the state entering step t of row b is zeros (common/resets.h has the rule, lengths
+// and the walk's direction folded in), or nullptr when no step starts fresh. The state slots keep
+// the carried states (the reserve's layout does not change); the kernels read `zeros` in place
+// of the state entering a fresh step, and the pre-activations of a zero state (b_hh, or zeros)
+// in place of its recurrent product.
+struct FreshSteps {
+  const uint8_t* fresh = nullptr;
+  int64_t B = 0;
+  bool at(int64_t t, int64_t b) const { return fresh != nullptr && fresh[t * B + b] != 0; }
+};
+
 template <Cell kCell>
 int64_t saved_acts_width(int64_t H) { return CellMath<kCell>::kSaved * H; }
 
@@ -96,6 +108,9 @@ struct ForwardStep {
   scalar_t* y_t;            // (B, R)
   scalar_t* acts_t;         // (B, S*H) saved activations, or nullptr (inference)
   scalar_t* m;              // (B, H) LSTM with projection: o*tanh(c), else nullptr
+  const scalar_t* hp_fresh; // (G*H) hp of a zero state, per-step path (Preactivations::hp_fresh)
+  FreshSteps fresh;         // rows starting a segment at this step read zeros as their state
+  const scalar_t* zeros;    // zeros, at least G*H + R long (when fresh.fresh is set)
 };
 
 // Where one step's pre-activations for a block of rows and units are: xp and hp point at
@@ -107,6 +122,8 @@ struct Preactivations {
   int64_t xp_ld, xs;
   const scalar_t* hp;
   int64_t hp_ld, hs;
+  const scalar_t* hp_fresh;  // one row: the recurrent pre-activations of a zero state (b_hh where
+                             // it goes into hp, else zeros), gates hs apart; read by fresh rows
 };
 
 // Rows [b0, b1) and hidden units [u, u + n) of one step, from the pre-activations in p.
@@ -131,8 +148,10 @@ FASTRNN_INLINE void forward_pointwise(const ForwardStep<scalar_t>& s, int64_t b0
       continue;
     }
     scalar_t* out = (projected ? s.m + b * H : s.h_new + b * H) + u;
-    StepRow<scalar_t> r{p.xp + (b - b0) * p.xp_ld, p.hp + (b - b0) * p.hp_ld,
-                        s.h_prev + b * R + u, kC ? s.c_prev + b * H + u : nullptr, out,
+    const bool fresh = s.fresh.at(s.t, b);  // the state entering this step is zeros
+    StepRow<scalar_t> r{p.xp + (b - b0) * p.xp_ld, fresh ? p.hp_fresh : p.hp + (b - b0) * p.hp_ld,
+                        fresh ? s.zeros : s.h_prev + b * R + u,
+                        kC ? (fresh ? s.zeros : s.c_prev + b * H + u) : nullptr, out,
                         kC ? s.c_new + b * H + u : nullptr,
                         s.acts_t && SH ? s.acts_t + b * SH + u : nullptr};
     Math::forward(n, H, p.xs, p.hs, r);
@@ -173,6 +192,10 @@ struct BackwardStep {
   scalar_t* dgh_t;          // (B, H) out, kRecurrentGradDiffers only: that gate's dgh
   scalar_t* dh_prev;        // (B, R) out: the part of dh_prev that bypasses W_hh
   scalar_t* dc_prev;        // (B, H) out, kHasCellState
+  FreshSteps fresh;         // rows whose entering state was zeros: they read zeros for h_prev
+                            // and c_prev, and pass no gradient back (the caller zeroes their
+                            // dh_prev after the recurrent product: zero_fresh_rows)
+  const scalar_t* zeros;    // at least H long (when fresh.fresh is set)
 };
 
 // dh = dy_t + dh_next for valid rows, 0 for padded ones (their outputs are constants); rows
@@ -214,13 +237,26 @@ FASTRNN_INLINE void backward_pointwise(const BackwardStep<scalar_t>& s, int64_t 
       continue;
     }
     if (!Math::kReadsHPrev) std::fill_n(s.dh_prev + b * R + ru, rn, scalar_t(0));
+    const bool fresh = s.fresh.at(s.t, b);
     StepGradRow<scalar_t> g{s.dh_cell + b * H + u, kC ? s.dc_next + b * H + u : nullptr,
-                            SH ? s.acts_t + b * SH + u : nullptr, s.h_prev + b * R + u,
-                            kC ? s.c_prev + b * H + u : nullptr, s.h_new + b * H + u,
-                            kC ? s.c_new + b * H + u : nullptr, dgx_row, dgh_row,
-                            s.dh_prev + b * R + u, kC ? s.dc_prev + b * H + u : nullptr};
+                            SH ? s.acts_t + b * SH + u : nullptr,
+                            fresh ? s.zeros : s.h_prev + b * R + u,
+                            kC ? (fresh ? s.zeros : s.c_prev + b * H + u) : nullptr,
+                            s.h_new + b * H + u, kC ? s.c_new + b * H + u : nullptr, dgx_row,
+                            dgh_row, s.dh_prev + b * R + u, kC ? s.dc_prev + b * H + u : nullptr};
     Math::backward(n, H, g);
+    if (kC && fresh) std::fill_n(s.dc_prev + b * H + u, n, scalar_t(0));
   }
+}
+
+// No gradient flows into a state that a reset replaced: zero the rows of dh_prev (columns
+// [u, u + n) of a (B, R) matrix) whose step started fresh, once every contribution is in.
+template <typename scalar_t>
+FASTRNN_INLINE void zero_fresh_rows(const FreshSteps& fresh, int64_t t, int64_t B, int64_t R,
+                                    int64_t u, int64_t n, scalar_t* dh_prev) {
+  if (fresh.fresh == nullptr) return;
+  for (int64_t b = 0; b < B; ++b)
+    if (fresh.at(t, b)) std::fill_n(dh_prev + b * R + u, n, scalar_t(0));
 }
 
 template <typename scalar_t>
@@ -244,8 +280,8 @@ template <typename scalar_t, Cell kCell>
 struct ForwardStepKernel {
   static FASTRNN_INLINE void run(const ForwardStep<scalar_t>& s) {
     const int64_t GH = CellMath<kCell>::kGates * s.H;
-    forward_pointwise<scalar_t, kCell>(s, 0, s.B, 0, s.H,
-                                       Preactivations<scalar_t>{s.xp_t, GH, s.H, s.hp, GH, s.H});
+    forward_pointwise<scalar_t, kCell>(
+        s, 0, s.B, 0, s.H, Preactivations<scalar_t>{s.xp_t, GH, s.H, s.hp, GH, s.H, s.hp_fresh});
   }
 };
 template <typename scalar_t, Cell kCell>

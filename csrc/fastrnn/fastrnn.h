@@ -9,6 +9,8 @@
 // Conventions are PyTorch's (see docs/design.md §1), so weights move across unchanged.
 // Variable lengths: steps t >= lengths[b] leave the state untouched and write zeros to y;
 // the reverse direction walks t = T-1 .. 0, so sequence b starts at lengths[b]-1.
+// State resets: resets[t][b] splits sequence b before step t; each segment runs from zeros
+// (the exact rule, both walks: common/resets.h).
 #pragma once
 
 #include <cstddef>
@@ -63,6 +65,7 @@ struct ForwardArgs {
   const scalar_t* b_hh;       // (G*H) or nullptr (no bias)   in
   const scalar_t* w_hr;       // (P, H) when P > 0, else nullptr   in
   const int64_t* lengths;     // (B) in [1, T], or nullptr     in
+  const uint8_t* resets;      // (T, B) 0 or 1, or nullptr (none; common/resets.h)   in
   scalar_t* y;                // (T, B, R)                    out
   scalar_t* h_n;              // (B, R)                       out
   scalar_t* c_n;              // (B, H) LSTM, else nullptr    out

@@ -83,6 +83,27 @@ def lengths(value, batch: int, steps: int) -> Optional[np.ndarray]:
     return np.require(arr, dtype=np.int64, requirements=["C", "A"])
 
 
+def resets(value, steps: int, batch: int, *, batch_first: bool = False,
+           unbatched: bool = False) -> Optional[np.ndarray]:
+    """``resets`` (a state reset mask) as a C-contiguous bool array (T, B), or None. The caller's
+    layout is (T, B), (B, T) with ``batch_first``, or (T,) for ``unbatched`` input (B = 1)."""
+    if value is None:
+        return None
+    arr = np.asarray(value)
+    if arr.dtype != np.bool_:
+        raise DtypeError(f"resets: expected dtype bool, got {arr.dtype}")
+    if unbatched:
+        layout, expected = "(T,)", (steps,)
+    elif batch_first:
+        layout, expected = "(B, T)", (batch, steps)
+    else:
+        layout, expected = "(T, B)", (steps, batch)
+    if arr.shape != expected:
+        raise ValueError(f"resets: expected shape {layout} = {expected}, got {arr.shape}")
+    arr = arr.reshape(steps, 1) if unbatched else (arr.T if batch_first else arr)
+    return np.require(arr, requirements=["C", "A"])
+
+
 # ---------------------------------------------------------------------------------------------
 # One layer call's arrays, for every Python entry point that checks them itself (the reference,
 # the CUDA path of functional; the C++ core checks the CPU path in csrc/bindings with the same

@@ -7,7 +7,9 @@ plain NumPy; the module classes run on either.
 Shapes (time-major): ``x (T, B, I)``, ``h0, c0 (B, H)``, ``weight_ih (G*H, I)``,
 ``weight_hh (G*H, H)``, ``bias_ih, bias_hh (G*H,)`` with G = 1 (vanilla), 4 (LSTM: i, f, g, o),
 3 (GRU: r, z, n). ``lengths (B,)`` integers in ``[1, T]``: steps ``t >= lengths[b]`` leave the state
-untouched and give zero outputs; ``reverse=True`` walks ``t = T-1 .. 0``.
+untouched and give zero outputs; ``reverse=True`` walks ``t = T-1 .. 0``. ``resets (T, B)`` bool:
+``resets[t, b]`` starts sequence b afresh at step t (the state entering the step is zeros; see
+:func:`layer_forward`).
 
 Arrays must share one floating dtype (float32 or float64); non-contiguous arrays are copied to
 C order. Arrays on a CUDA device that expose ``__dlpack__`` (torch tensors, CuPy arrays) run on
@@ -53,6 +55,7 @@ class LayerState:
     lengths: Optional[np.ndarray]
     reverse: bool
     reserve: np.ndarray
+    resets: Optional[np.ndarray] = None
 
 
 # Typing of layer_forward: every float array of one call has the dtype of x (float32 or float64)
@@ -82,8 +85,8 @@ def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
                   weight_hh: NDArray[_FloatT], bias_ih: Optional[NDArray[_FloatT]],
                   bias_hh: Optional[NDArray[_FloatT]], *,
                   weight_hr: Optional[NDArray[_FloatT]] = None,
-                  lengths: Optional[ArrayLike] = None, reverse: bool = False,
-                  training: Literal[True] = True, algo: str = "auto",
+                  lengths: Optional[ArrayLike] = None, resets: Optional[ArrayLike] = None,
+                  reverse: bool = False, training: Literal[True] = True, algo: str = "auto",
                   ) -> Tuple[NDArray[_FloatT], NDArray[_FloatT], Optional[NDArray[_FloatT]],
                              LayerState]: ...
 
@@ -94,8 +97,8 @@ def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
                   weight_hh: NDArray[_FloatT], bias_ih: Optional[NDArray[_FloatT]],
                   bias_hh: Optional[NDArray[_FloatT]], *,
                   weight_hr: Optional[NDArray[_FloatT]] = None,
-                  lengths: Optional[ArrayLike] = None, reverse: bool = False,
-                  training: bool, algo: str = "auto",
+                  lengths: Optional[ArrayLike] = None, resets: Optional[ArrayLike] = None,
+                  reverse: bool = False, training: bool, algo: str = "auto",
                   ) -> Tuple[NDArray[_FloatT], NDArray[_FloatT], Optional[NDArray[_FloatT]],
                              Optional[LayerState]]: ...
 
@@ -106,6 +109,7 @@ def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
                   bias_hh: Optional[NDArray[_FloatT]], *,
                   weight_hr: Optional[NDArray[_FloatT]] = None,
                   lengths: Any = None,  # ArrayLike or None; an int64 array once checked below
+                  resets: Any = None,  # ArrayLike or None; a bool array once checked below
                   reverse: bool = False, training: bool = True, algo: str = "auto",
                   ) -> Tuple[NDArray[_FloatT], NDArray[_FloatT], Optional[NDArray[_FloatT]],
                              Optional[LayerState]]:
@@ -114,6 +118,14 @@ def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
     ``weight_hr (P, H)``, LSTM only: project the output, ``h = weight_hr @ (o * tanh(c))``, as
     ``torch.nn.LSTM(proj_size=P)``; the state h is then of size R = P (``h0 (B, P)``,
     ``weight_hh (4H, P)``), otherwise R = H.
+
+    ``resets (T, B)`` bool, or None: a state reset mask. ``resets[t, b]`` splits sequence b before
+    step t and each segment runs as a sequence of its own from zeros: the state entering step t
+    (``h0``/``c0`` at ``t = 0``) is replaced by zeros, exactly as multiplying it by
+    ``1 - resets[t, b]``, so no gradient flows into the state it replaced. With ``reverse=True``
+    each segment's walk starts from zeros at its last step (the last segment from ``h0``). Resets
+    at padded steps (``t >= lengths[b]``) are ignored; an all-false mask gives bitwise the results
+    of none.
 
     Returns ``(y (T, B, R), h_n (B, R), c_n (B, H) or None, state)``; ``h_n``/``c_n`` are each
     sequence's state after its own last valid step. ``state`` is None when ``training=False``
@@ -130,7 +142,7 @@ def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
         training = _validate.flag(training, "training")
         return _device_arrays.layer_forward(  # type: ignore[return-value]
             mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=weight_hr,
-            lengths=lengths, reverse=reverse, training=training, algo=algo)
+            lengths=lengths, resets=resets, reverse=reverse, training=training, algo=algo)
     if algo == "persistent":
         raise ValueError("algo: 'persistent' is a CUDA algorithm; the CPU core takes 'auto' or "
                          "'standard'")
@@ -138,13 +150,16 @@ def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
         _contiguous, (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
     if isinstance(x, np.ndarray) and x.ndim == 3:
         lengths = _validate.lengths(lengths, x.shape[1], x.shape[0])
+        resets = _validate.resets(resets, x.shape[0], x.shape[1])
     reverse, training = _validate.flag(reverse, "reverse"), _validate.flag(training, "training")
     y, h_n, c_n, reserve = _core.layer_forward(code, x, h0, c0, weight_ih, weight_hh, bias_ih,
-                                               bias_hh, weight_hr, lengths, reverse, training)
+                                               bias_hh, weight_hr, lengths, reverse, training,
+                                               resets=resets)
     state: Optional[LayerState] = None
     if training:
         state = LayerState(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                           lengths, reverse, cast(np.ndarray, reserve))  # not None: training
+                           lengths, reverse, cast(np.ndarray, reserve),  # not None: training
+                           resets)
     return y, h_n, c_n, state
 
 
@@ -166,7 +181,7 @@ def layer_backward(state: LayerState, dy: _FloatArray, dh_n: Optional[_FloatArra
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _core.layer_backward(
         _cells.cell(s.mode).code, s.x, s.h0, s.c0, s.weight_ih, s.weight_hh, s.bias_ih, s.bias_hh,
         s.weight_hr, s.lengths, s.reverse, s.reserve, _contiguous(dy), _contiguous(dh_n),
-        _contiguous(dc_n))
+        _contiguous(dc_n), resets=s.resets)
     return {"input": dx, "h0": dh0, "c0": dc0, "weight_ih": dw_ih, "weight_hh": dw_hh,
             "bias_ih": db_ih, "bias_hh": db_hh, "weight_hr": dw_hr}
 

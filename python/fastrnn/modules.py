@@ -213,7 +213,8 @@ class _RNNBase(Generic[_State]):
         return hx[0], hx[1]
 
     def __call__(self, input: _Array, hx: Optional[_State] = None,
-                 lengths: Optional[ArrayLike] = None) -> Tuple[_Array, _State]:
+                 lengths: Optional[ArrayLike] = None,
+                 resets: Optional[ArrayLike] = None) -> Tuple[_Array, _State]:
         self._saved = None  # a failed call must not leave an older call's state for backward
         x, unbatched = self._time_major_input(input)
         T, B, _ = x.shape
@@ -223,6 +224,8 @@ class _RNNBase(Generic[_State]):
         if unbatched and lengths is not None:
             raise ValueError("lengths: not supported for unbatched (2-D) input; add a batch axis")
         lengths = _validate.lengths(lengths, B, T)
+        # (T, B) for every layer, whatever the caller's layout (batch_first: (B, T); unbatched: (T,))
+        resets = _validate.resets(resets, T, B, batch_first=self.batch_first, unbatched=unbatched)
         params = self._checked_params()
         D = self.num_directions
 
@@ -238,8 +241,8 @@ class _RNNBase(Generic[_State]):
                 y, h, c, state = self._backend.layer_forward(
                     self.mode, layer_input, h0[idx], c0[idx] if c0 is not None else None,
                     w["weight_ih"], w["weight_hh"], w["bias_ih"], w["bias_hh"],
-                    weight_hr=w["weight_hr"], lengths=lengths, reverse=direction == 1,
-                    training=self.training)
+                    weight_hr=w["weight_hr"], lengths=lengths, resets=resets,
+                    reverse=direction == 1, training=self.training)
                 outputs.append(y)
                 states.append(state)
                 h_n[idx] = h
@@ -371,7 +374,7 @@ class RNN(_RNNBase[_Array]):
     """Elman RNN, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)`` with ``act`` tanh or relu.
 
     Same arguments as ``torch.nn.RNN`` plus ``dtype`` (float32 or float64) and ``seed``.
-    ``y, h_n = rnn(x, h0=None, lengths=None)``.
+    ``y, h_n = rnn(x, h0=None, lengths=None, resets=None)``.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -388,7 +391,7 @@ class RNN(_RNNBase[_Array]):
 class LSTM(_RNNBase[Tuple[_Array, _Array]]):
     """LSTM, gate order i, f, g, o, as ``torch.nn.LSTM``, including ``proj_size``.
 
-    ``y, (h_n, c_n) = lstm(x, (h0, c0)=None, lengths=None)``. With ``proj_size = P > 0`` the
+    ``y, (h_n, c_n) = lstm(x, (h0, c0)=None, lengths=None, resets=None)``. With ``proj_size = P > 0`` the
     output and h are projected, ``h = W_hr (o * tanh(c))``: y has ``D*P`` features, h0/h_n are
     ``(L*D, B, P)`` and c0/c_n stay ``(L*D, B, hidden_size)``.
     """
@@ -404,7 +407,7 @@ class LSTM(_RNNBase[Tuple[_Array, _Array]]):
 class GRU(_RNNBase[_Array]):
     """GRU, gate order r, z, n, reset applied after the hidden matmul, as ``torch.nn.GRU``.
 
-    ``y, h_n = gru(x, h0=None, lengths=None)``.
+    ``y, h_n = gru(x, h0=None, lengths=None, resets=None)``.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,

@@ -158,7 +158,7 @@ class _Saved:
     """
 
     __slots__ = (
-        "mode", "reverse", "x", "weight_ih", "weight_hh", "weight_hr", "has_bias", "valid",
+        "mode", "reverse", "x", "weight_ih", "weight_hh", "weight_hr", "has_bias", "valid", "fresh",
         "h_prev", "caches", "cell_out",
     )
 
@@ -184,8 +184,23 @@ def _valid_mask(lengths, T, B):
     return (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
 
 
+def _fresh_mask(resets, valid, reverse):
+    """(T, B, 1) bool or None: the state entering step t of row b is replaced by zeros. Forward:
+    where resets[t, b]. Reverse (t = T-1 .. 0): where resets[t+1, b], i.e. where the later step
+    began a segment, so each segment's reverse walk starts from zeros. Resets flagged at padded
+    steps are ignored."""
+    if resets is None:
+        return None
+    marked = resets[:, :, None] & valid
+    if not reverse:
+        return marked
+    fresh = np.zeros_like(marked)
+    fresh[:-1] = marked[1:]
+    return fresh
+
+
 def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *,
-                  weight_hr=None, lengths=None, reverse=False, training=True):
+                  weight_hr=None, lengths=None, resets=None, reverse=False, training=True):
     """One layer, one direction, whole sequence.
 
     x (T, B, I); h0 (B, H) (required: pass zeros for a zero initial state); c0 (B, H) for
@@ -197,6 +212,11 @@ def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *,
     1 <= lengths[b] <= T, in any order. Steps t >= lengths[b] leave the state untouched and
     write zeros to y. reverse=True processes t = T-1 .. 0, so for sequence b the reverse
     direction effectively starts at t = lengths[b]-1 from h0.
+
+    resets: None or a bool array (T, B). resets[t, b] splits sequence b before step t: the state
+    entering step t (h0 and c0 at t = 0) is replaced by zeros, so no gradient reaches the state it
+    replaced; in the reverse direction each segment starts from zeros at its last step (the last
+    segment from h0). Resets at padded steps are ignored.
 
     weight_hr: None, or for 'lstm' with a projection (proj_size P > 0) an array (P, H): the
     state and output become h = weight_hr @ (o * tanh(c)), of size P, and weight_hh is (4H, P),
@@ -214,6 +234,7 @@ def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *,
     R = h0.shape[1]  # state and output size: H, or P with a projection
     H = weight_ih.shape[0] // cell.gates
     valid = _valid_mask(lengths, T, B)
+    fresh = _fresh_mask(_validate.resets(resets, T, B), valid, reverse)
 
     # The input half of every step's pre-activations at once: one large matmul.
     xp = x @ weight_ih.T
@@ -226,6 +247,10 @@ def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *,
     cell_out = np.zeros((T, B, H), dtype=x.dtype) if training and weight_hr is not None else None
     caches = [None] * T
     for t in _time_order(T, reverse):
+        if fresh is not None:  # a segment starts here: from zeros
+            h = np.where(fresh[t], 0, h).astype(x.dtype)
+            if cell.has_c:
+                c = np.where(fresh[t], 0, c).astype(x.dtype)
         hp = h @ weight_hh.T
         if bias_hh is not None:
             hp = hp + bias_hh
@@ -248,8 +273,8 @@ def layer_forward(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *,
     if training:
         saved = _Saved(
             mode=mode, reverse=reverse, x=x, weight_ih=weight_ih, weight_hh=weight_hh,
-            weight_hr=weight_hr, has_bias=bias_ih is not None, valid=valid, h_prev=h_prev,
-            caches=caches, cell_out=cell_out,
+            weight_hr=weight_hr, has_bias=bias_ih is not None, valid=valid, fresh=fresh,
+            h_prev=h_prev, caches=caches, cell_out=cell_out,
         )
     return y, h, c, saved
 
@@ -307,6 +332,10 @@ def layer_backward(saved, dy, dh_n=None, dc_n=None):
         dh = np.where(m, dh_prev, dh)
         if cell.has_c:
             dc = np.where(m, dc_prev, dc)
+        if s.fresh is not None:  # the state was replaced by zeros: nothing flows into it
+            dh = np.where(s.fresh[t], 0, dh).astype(dtype)
+            if cell.has_c:
+                dc = np.where(s.fresh[t], 0, dc).astype(dtype)
 
     # Weight gradients as large matmuls over all steps at once.
     dxp_rows = dxp_all.reshape(T * B, -1)
