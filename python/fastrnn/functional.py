@@ -26,7 +26,7 @@ from typing import Any, Dict, Literal, Optional, Tuple, TypedDict, TypeVar, cast
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from . import _cells, _core, _device_arrays, _validate
+from . import _cells, _core, _device_arrays, _step, _validate
 from . import cuda as _cuda_api
 from ._cells import MODES, check_mode, num_gates  # noqa: F401 (public here since 0.1)
 
@@ -184,6 +184,22 @@ def layer_backward(state: LayerState, dy: _FloatArray, dh_n: Optional[_FloatArra
         _contiguous(dc_n), resets=s.resets)
     return {"input": dx, "h0": dh0, "c0": dc0, "weight_ih": dw_ih, "weight_hh": dw_hh,
             "bias_ih": db_ih, "bias_hh": db_hh, "weight_hr": dw_hr}
+
+
+def cell_forward(mode, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, *, training=True, algo: str = "auto"):
+    """One step of a cell (what ``torch.nn.LSTMCell`` and the others compute): ``x (B, I)``,
+    ``h (B, H)``, ``c (B, H)`` for an LSTM else None, weights as for :func:`layer_forward`.
+    Returns ``(h_new, c_new or None, state)``; ``state`` (None unless ``training``) goes to
+    :func:`cell_backward`. One call of :func:`layer_forward` with ``T = 1``."""
+    return _step.step_forward(layer_forward, mode, x, h, c, weight_ih, weight_hh, bias_ih,
+                              bias_hh, training=training, algo=algo)
+
+
+def cell_backward(state, dh, dc=None):
+    """Gradients of a :func:`cell_forward` step from ``dh (B, H)`` (the new state's gradient)
+    and ``dc (B, H)`` (LSTM; None for zeros): a dict with ``input``, ``h``, ``c`` (None unless
+    LSTM), ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (None without bias)."""
+    return _step.step_backward(layer_backward, state, dh, dc)
 
 
 def workspace_bytes(mode: str, seq_len: int, batch: int, input_size: int, hidden_size: int, *,

@@ -27,10 +27,11 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import _cells, _validate
+from . import _cells, _step, _validate
 from ._cells import MODES, num_gates
 
-__all__ = ["MODES", "num_gates", "layer_forward", "layer_backward"]
+__all__ = ["MODES", "num_gates", "layer_forward", "layer_backward", "cell_forward",
+           "cell_backward"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,6 +351,22 @@ def layer_backward(saved, dy, dh_n=None, dc_n=None):
         "bias_hh": dhp_rows.sum(axis=0) if s.has_bias else None,
         "weight_hr": dweight_hr,
     }
+
+
+def cell_forward(mode, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, *, training=True):
+    """One step of a cell (what ``torch.nn.LSTMCell`` and the others compute): ``x (B, I)``,
+    ``h (B, H)``, ``c (B, H)`` for an LSTM else None, weights as for :func:`layer_forward`.
+    Returns ``(h_new, c_new or None, state)``; ``state`` (None unless ``training``) goes to
+    :func:`cell_backward`. One call of :func:`layer_forward` with ``T = 1``."""
+    return _step.step_forward(layer_forward, mode, x, h, c, weight_ih, weight_hh, bias_ih,
+                              bias_hh, training=training)
+
+
+def cell_backward(state, dh, dc=None):
+    """Gradients of a :func:`cell_forward` step from ``dh (B, H)`` (the new state's gradient)
+    and ``dc (B, H)`` (LSTM; None for zeros): a dict with ``input``, ``h``, ``c`` (None unless
+    LSTM), ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (None without bias)."""
+    return _step.step_backward(layer_backward, state, dh, dc)
 
 
 # ---------------------------------------------------------------------------------------------
