@@ -1,15 +1,20 @@
-"""Drop-in replacements for ``torch.nn.RNN``, ``torch.nn.LSTM`` and ``torch.nn.GRU`` on the fastrnn core.
+"""Drop-in replacements for ``torch.nn.RNN``, ``torch.nn.LSTM`` and ``torch.nn.GRU`` (and the
+single-step cells ``RNNCell``, ``LSTMCell``, ``GRUCell``) on the fastrnn core.
 
     import fastrnn.torch
     lstm = fastrnn.torch.LSTM(32, 64, num_layers=2, bidirectional=True)   # torch.nn.LSTM's arguments
     y, (h_n, c_n) = lstm(x)                                               # torch.nn.LSTM's results
-    model = fastrnn.torch.convert(model)     # swap every torch.nn RNN/LSTM/GRU inside a model
+    cell = fastrnn.torch.GRUCell(32, 64)                                  # torch.nn.GRUCell's
+    h = cell(x_t, h)                                                      # one step
+    model = fastrnn.torch.convert(model)     # swap every torch.nn RNN/LSTM/GRU (and cell) inside
 
 The classes subclass torch.nn's (``isinstance(m, torch.nn.LSTM)`` holds), keep its parameters under
 the same names, and return what it returns for every input form (padded, batch_first, unbatched,
 ``PackedSequence``, with or without ``hx``). Each layer and direction runs forward and BPTT backward
 in the C++ core; stacking, bidirection and inter-layer dropout (torch's RNG, so the masks are
-torch's) are torch operations around it.
+torch's) are torch operations around it. A cell's step is a layer of one step: one core call
+forward and one backward, with everything below (autograd, torch.func, torch.compile, pickling,
+fallbacks) as for the layers.
 
 Data movement: tensors reach the core as NumPy views of their storage and results come back the same
 way (no copies of inputs, weights or results). The copies that remain are layout changes the core
@@ -48,13 +53,13 @@ keep them as single nodes (``fullgraph=True`` works). TorchDynamo refuses to tra
 package sets it (when TorchDynamo is first imported), which also lets TorchDynamo trace torch.nn's own
 recurrent modules.
 
-The package, by job: ``modules`` (the modules and ``convert``), ``_ops`` (one layer and direction
-on the kernels: the bridges to the core and the CUDA backend, the custom operators, autograd),
-``_batching`` (the operators' vmap rules), ``_tangent`` (forward mode, and the double backward
-built on it), ``_fallback`` (torch.nn's implementation where the kernels cannot run,
-``FallbackWarning``), ``_packed`` (PackedSequence to padded and back, its checks), ``_patch``
-(patch/unpatch, pickling as torch.nn) and ``_runtime`` (what importing the package does to the
-process: the shared thread pool, the TorchDynamo hook).
+The package, by job: ``modules`` (the modules and ``convert``), ``cells`` (the single-step
+cells), ``_ops`` (one layer and direction on the kernels: the bridges to the core and the CUDA
+backend, the custom operators, autograd), ``_batching`` (the operators' vmap rules), ``_tangent``
+(forward mode, and the double backward built on it), ``_fallback`` (torch.nn's implementation
+where the kernels cannot run, ``FallbackWarning``), ``_packed`` (PackedSequence to padded and
+back, its checks), ``_patch`` (patch/unpatch, pickling as torch.nn) and ``_runtime`` (what
+importing the package does to the process: the shared thread pool, the TorchDynamo hook).
 """
 from __future__ import annotations
 
@@ -71,9 +76,11 @@ from ._fallback import FallbackWarning, _warned, _warned_lock  # noqa: F401
 # them here (spies; the CUDA functions on CPU tensors over the CUDA emulator).
 from ._ops import _core_backward, _core_forward, _cuda_backward, _cuda_forward  # noqa: F401
 from ._patch import is_patched, patch, unpatch
+from .cells import GRUCell, LSTMCell, RNNCell
 from .modules import GRU, LSTM, RNN, convert
 
-__all__ = ["RNN", "LSTM", "GRU", "convert", "patch", "unpatch", "is_patched", "FallbackWarning"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "patch", "unpatch",
+           "is_patched", "FallbackWarning"]
 
 # Importing fastrnn.torch changes the process, here and nowhere else: fastrnn's parallel work
 # moves onto torch's OpenMP pool (two pools on the same cores slow each other down), and

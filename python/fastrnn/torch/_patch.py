@@ -1,8 +1,9 @@
 """Running unmodified programs on fastrnn: :func:`patch` / :func:`unpatch` and how the modules pickle.
 
-``patch()`` makes ``torch.nn.RNN/LSTM/GRU`` (the names in ``torch.nn`` and ``torch.nn.modules``)
-fastrnn.torch's classes, process-wide, so that a program that builds ``nn.LSTM`` gets fastrnn's;
-modules unpickled meanwhile (``torch.load`` of a whole model) become fastrnn's too.
+``patch()`` makes ``torch.nn.RNN/LSTM/GRU`` and ``torch.nn.RNNCell/LSTMCell/GRUCell`` (the names
+in ``torch.nn`` and ``torch.nn.modules``) fastrnn.torch's classes, process-wide, so that a program
+that builds ``nn.LSTM`` gets fastrnn's; modules unpickled meanwhile (``torch.load`` of a whole
+model) become fastrnn's too.
 ``python -m fastrnn.torch script.py args...`` runs a script that way (``__main__``).
 
 Checkpoints: a fastrnn.torch module pickles as its torch.nn class (:func:`torch_reduce`), so a
@@ -22,6 +23,7 @@ import torch
 
 _lock = threading.Lock()
 _saved: dict = {}  # (namespace, name) -> the original object, while patched
+_ABSENT = object()  # _saved's value for a class attribute that patch() added (unpatch deletes it)
 
 
 def _twins() -> dict:
@@ -33,11 +35,18 @@ def _namespaces():
     return (torch.nn, torch.nn.modules)
 
 
+def _bases() -> tuple:
+    """The torch.nn base classes whose ``__setstate__`` patch() hooks: every class of the twin
+    map derives from one of them (RNNCellBase has no ``__setstate__`` of its own: Module's)."""
+    return (torch.nn.modules.rnn.RNNBase, torch.nn.modules.rnn.RNNCellBase)
+
+
 def patch() -> None:
-    """Make ``torch.nn.RNN``, ``torch.nn.LSTM`` and ``torch.nn.GRU`` fastrnn.torch's classes for
-    the whole process (idempotent; :func:`unpatch` undoes it). Modules built before keep their
-    class; :func:`fastrnn.torch.convert` turns them. The fused cells (``nn.LSTMCell``, ...) are
-    not replaced: fastrnn has none yet."""
+    """Make ``torch.nn.RNN``, ``torch.nn.LSTM``, ``torch.nn.GRU`` and the single-step cells
+    ``torch.nn.RNNCell``, ``torch.nn.LSTMCell``, ``torch.nn.GRUCell`` fastrnn.torch's classes
+    for the whole process (idempotent; :func:`unpatch` undoes it); modules of these classes
+    unpickled meanwhile (``torch.load``) become fastrnn's too. Modules built before keep their
+    class; :func:`fastrnn.torch.convert` turns them."""
     with _lock:
         if _saved:
             return
@@ -46,16 +55,19 @@ def patch() -> None:
                 name = original.__name__
                 _saved[(namespace, name)] = getattr(namespace, name)
                 setattr(namespace, name, twin)
-        base = torch.nn.modules.rnn.RNNBase
-        _saved[(base, "__setstate__")] = base.__dict__["__setstate__"]
-        base.__setstate__ = _setstate_as_twin
+        for base in _bases():
+            _saved[(base, "__setstate__")] = base.__dict__.get("__setstate__", _ABSENT)
+            base.__setstate__ = _setstate_as_twin
 
 
 def unpatch() -> None:
     """Undo :func:`patch` (no effect when not patched). Modules made meanwhile stay fastrnn's."""
     with _lock:
         for (namespace, name), original in _saved.items():
-            setattr(namespace, name, original)
+            if original is _ABSENT:
+                delattr(namespace, name)
+            else:
+                setattr(namespace, name, original)
         _saved.clear()
 
 
@@ -64,9 +76,13 @@ def is_patched() -> bool:
 
 
 def _setstate_as_twin(self, state) -> None:
-    """RNNBase.__setstate__ while patched: unpickled torch.nn modules become fastrnn's."""
-    original = _saved.get((torch.nn.modules.rnn.RNNBase, "__setstate__"))
-    (original or torch.nn.Module.__setstate__)(self, state)
+    """RNNBase's and RNNCellBase's __setstate__ while patched: unpickled torch.nn modules become
+    fastrnn's."""
+    base = next(b for b in _bases() if isinstance(self, b))
+    original = _saved.get((base, "__setstate__"))
+    if original is None or original is _ABSENT:
+        original = torch.nn.Module.__setstate__
+    original(self, state)
     twin = _twins().get(type(self))
     if twin is not None:
         self.__class__ = twin

@@ -19,6 +19,7 @@ from . import _patch
 from ._fallback import _warn_once, fallback_reason
 from ._ops import ALGO_CODES, layer
 from ._packed import check_packed, packed_to_padded, padded_to_packed
+from .cells import GRUCell, LSTMCell, RNNCell
 
 
 def _torch_mode(spec: CellSpec) -> str:
@@ -263,7 +264,9 @@ class GRU(_FastRNNMixin, torch.nn.GRU):
     _cells = _modes_of("GRU")
 
 
-_TWINS = {torch.nn.RNN: RNN, torch.nn.LSTM: LSTM, torch.nn.GRU: GRU}
+# The one twin map (convert, patch and pickling read it): the layers and the single-step cells.
+_TWINS = {torch.nn.RNN: RNN, torch.nn.LSTM: LSTM, torch.nn.GRU: GRU,
+          torch.nn.RNNCell: RNNCell, torch.nn.LSTMCell: LSTMCell, torch.nn.GRUCell: GRUCell}
 
 
 def _twin_class(cls: type) -> Optional[type]:
@@ -285,8 +288,8 @@ def _twin_class(cls: type) -> Optional[type]:
 
 
 def convert(model: torch.nn.Module) -> torch.nn.Module:
-    """Turn, in place, every ``torch.nn.RNN/LSTM/GRU`` inside ``model`` (``model`` itself
-    included) into its fastrnn.torch twin, and return ``model``.
+    """Turn, in place, every ``torch.nn.RNN/LSTM/GRU`` and ``torch.nn.RNNCell/LSTMCell/GRUCell``
+    inside ``model`` (``model`` itself included) into its fastrnn.torch twin, and return ``model``.
 
     The modules change class only (the twins add no state), so they keep everything else: the
     very same parameter objects (optimizers built before keep working), training mode, hooks,
