@@ -49,28 +49,28 @@ def _np(t: Optional[Tensor]):
 
 
 def _core_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell: int, reverse: bool,
-                  save: bool, algo: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                  save: bool, algo: int, resets=None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     if x.is_cuda:
         return _cuda_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse,
-                             save, algo)
+                             save, algo, resets)
     follow_torch_threads()
     y, h_n, c_n, reserve = _core.layer_forward(
         cell, _np(x), _np(h0), _np(c0), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(w_hr),
-        _np(lengths), reverse, save)
+        _np(lengths), reverse, save, _np(resets))
     return (torch.from_numpy(y), torch.from_numpy(h_n),
             x.new_empty(0) if c_n is None else torch.from_numpy(c_n),
             x.new_empty(0) if reserve is None else torch.from_numpy(reserve))
 
 
 def _core_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy, dh_n, dc_n,
-                   cell: int, reverse: bool, algo: int) -> List[Tensor]:
+                   cell: int, reverse: bool, algo: int, resets=None) -> List[Tensor]:
     if x.is_cuda:
         return _cuda_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy,
-                              dh_n, dc_n, cell, reverse, algo)
+                              dh_n, dc_n, cell, reverse, algo, resets)
     follow_torch_threads()
     grads = _core.layer_backward(
         cell, _np(x), _np(h0), _np(c0), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(w_hr),
-        _np(lengths), reverse, _np(reserve), _np(dy), _np(dh_n), _np(dc_n))
+        _np(lengths), reverse, _np(reserve), _np(dy), _np(dh_n), _np(dc_n), False, _np(resets))
     return [x.new_empty(0) if g is None else torch.from_numpy(g) for g in grads]
 
 
@@ -98,7 +98,15 @@ def _cuda_problem(x, w_hh, w_hr, cell: int):
     return (T, B, I, H, P), device, _CUDA_DTYPE_CODES[x.dtype]
 
 
-def _cuda_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, save, algo):
+def _cuda_resets(resets, device) -> dict:
+    """The pointer of a reset mask as the CUDA kernels read it: (T, B) bytes on the device."""
+    if resets is None:
+        return {}
+    return {"resets": resets.to(device, torch.uint8).contiguous()}
+
+
+def _cuda_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, save, algo,
+                  resets=None):
     shape, device, dtype = _cuda_problem(x, w_hh, w_hr, cell)
     T, B, I, H, P = shape
     R = P if P else H
@@ -110,18 +118,20 @@ def _cuda_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, revers
                else x.new_empty(0))
     workspace = _cuda_empty((plan.forward_scratch,), torch.uint8, x.device)
     lengths_dev = lengths.to(x.device, torch.int64) if lengths is not None else None
+    masks = _cuda_resets(resets, x.device)
     _cuda_api.forward(cell, dtype, shape, reverse, plan, _cuda_api.torch_allows_tf32(), device,
                       torch.cuda.current_stream(x.device).cuda_stream,
                       {"x": _addr(x), "h0": _addr(h0), "c0": _addr(c0), "w_ih": _addr(w_ih),
                        "w_hh": _addr(w_hh), "b_ih": _addr(b_ih), "b_hh": _addr(b_hh),
                        "w_hr": _addr(w_hr), "lengths": _addr(lengths_dev), "y": _addr(y),
                        "h_n": _addr(h_n), "c_n": _addr(c_n) if c0 is not None else 0,
-                       "reserve": _addr(reserve) if save else 0, "workspace": _addr(workspace)})
+                       "reserve": _addr(reserve) if save else 0, "workspace": _addr(workspace),
+                       **{k: _addr(v) for k, v in masks.items()}})
     return y, h_n, c_n, reserve
 
 
 def _cuda_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy, dh_n, dc_n,
-                   cell, reverse, algo) -> List[Tensor]:
+                   cell, reverse, algo, resets=None) -> List[Tensor]:
     shape, device, dtype = _cuda_problem(x, w_hh, w_hr, cell)
     T, B, I, H, P = shape
     plan = _cuda_api.plan(cell, dtype, T, B, I, H, P, _cuda_api.ALGOS[algo], device, True)
@@ -130,6 +140,7 @@ def _cuda_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy
     workspace = _cuda_empty((plan.backward_scratch,), torch.uint8, x.device)
     lengths_dev = lengths.to(x.device, torch.int64) if lengths is not None else None
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
+    masks = _cuda_resets(resets, x.device)
     _cuda_api.backward(cell, dtype, shape, reverse, plan, _cuda_api.torch_allows_tf32(), device,
                        torch.cuda.current_stream(x.device).cuda_stream,
                        {"x": _addr(x), "h0": _addr(h0), "c0": _addr(c0), "w_ih": _addr(w_ih),
@@ -139,7 +150,7 @@ def _cuda_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy
                         "dc_n": _addr(dc_n), "dx": _addr(dx), "dh0": _addr(dh0),
                         "dc0": _addr(dc0), "dw_ih": _addr(dw_ih), "dw_hh": _addr(dw_hh),
                         "db_ih": _addr(db_ih), "db_hh": _addr(db_hh), "dw_hr": _addr(dw_hr),
-                        "workspace": _addr(workspace)})
+                        "workspace": _addr(workspace), **{k: _addr(v) for k, v in masks.items()}})
     return [x.new_empty(0) if g is None else g for g in grads]
 
 
@@ -150,16 +161,16 @@ def _cuda_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy
 def _layer_forward_op(x: Tensor, h0: Tensor, c0: Optional[Tensor], weight_ih: Tensor,
                       weight_hh: Tensor, bias_ih: Optional[Tensor], bias_hh: Optional[Tensor],
                       weight_hr: Optional[Tensor], lengths: Optional[Tensor], cell: int,
-                      reverse: bool, save: bool, algo: int
+                      reverse: bool, save: bool, algo: int, resets: Optional[Tensor] = None
                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, h_n, c_n or empty, reserve or empty) of one layer and direction."""
     return _package._core_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                                  lengths, cell, reverse, save, algo)
+                                  lengths, cell, reverse, save, algo, resets)
 
 
 @_layer_forward_op.register_fake
 def _(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, cell, reverse,
-      save, algo):
+      save, algo, resets=None):
     T, B = x.shape[0], x.shape[1]
     H = weight_hh.shape[0] // CELLS_BY_CODE[cell].gates
     R = weight_hh.shape[1]
@@ -181,15 +192,15 @@ def _layer_backward_op(x: Tensor, h0: Tensor, c0: Optional[Tensor], weight_ih: T
                        weight_hh: Tensor, bias_ih: Optional[Tensor], bias_hh: Optional[Tensor],
                        weight_hr: Optional[Tensor], lengths: Optional[Tensor], reserve: Tensor,
                        dy: Tensor, dh_n: Tensor, dc_n: Optional[Tensor], cell: int,
-                       reverse: bool, algo: int) -> List[Tensor]:
+                       reverse: bool, algo: int, resets: Optional[Tensor] = None) -> List[Tensor]:
     """Gradients (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr); absent: empty."""
     return _package._core_backward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                                   lengths, reserve, dy, dh_n, dc_n, cell, reverse, algo)
+                                   lengths, reserve, dy, dh_n, dc_n, cell, reverse, algo, resets)
 
 
 @_layer_backward_op.register_fake
 def _(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reserve, dy, dh_n,
-      dc_n, cell, reverse, algo):
+      dc_n, cell, reverse, algo, resets=None):
     return [torch.empty_like(t) if t is not None else x.new_empty(0)
             for t in (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)]
 
@@ -223,23 +234,24 @@ def _transforms_active() -> bool:
             or torch.autograd.forward_ad._current_level >= 0)
 
 
-def _run_forward(tensors, lengths, cell, reverse, save, algo):
-    if torch.compiler.is_compiling() or _batched((*tensors, lengths)):
-        return _layer_forward_op(*tensors, lengths, cell, reverse, save, algo)
-    return _package._core_forward(*tensors, lengths, cell, reverse, save, algo)
+def _run_forward(tensors, lengths, cell, reverse, save, algo, resets):
+    if torch.compiler.is_compiling() or _batched((*tensors, lengths, resets)):
+        return _layer_forward_op(*tensors, lengths, cell, reverse, save, algo, resets)
+    return _package._core_forward(*tensors, lengths, cell, reverse, save, algo, resets)
 
 
-def _run_backward(saved, reserve, dy, dh_n, dc_n, cell, reverse, algo) -> List[Tensor]:
+def _run_backward(saved, reserve, dy, dh_n, dc_n, cell, reverse, algo, resets) -> List[Tensor]:
     tensors = (*saved, reserve, dy, dh_n, dc_n)
     if _legacy_batched(tensors):
-        return _batching.legacy_backward(_layer_backward_op, tensors, (cell, reverse, algo))
-    if torch.compiler.is_compiling() or _batched(tensors):
-        return _layer_backward_op(*saved, reserve, dy, dh_n, dc_n, cell, reverse, algo)
-    return _package._core_backward(*saved, reserve, dy, dh_n, dc_n, cell, reverse, algo)
+        return _batching.legacy_backward(_layer_backward_op, tensors, (cell, reverse, algo),
+                                         resets)
+    if torch.compiler.is_compiling() or _batched((*tensors, resets)):
+        return _layer_backward_op(*saved, reserve, dy, dh_n, dc_n, cell, reverse, algo, resets)
+    return _package._core_backward(*saved, reserve, dy, dh_n, dc_n, cell, reverse, algo, resets)
 
 
 def _layer_grads(saved: Tuple, reserve: Tensor, cell: int, reverse: bool, algo: int, dy, dh_n,
-                 dc_n, needs_grad) -> List[Optional[Tensor]]:
+                 dc_n, needs_grad, resets) -> List[Optional[Tensor]]:
     """Gradients of the nine tensor inputs of a layer call (None where not needed or absent)."""
     x, h0, c0 = saved[:3]
     dy = x.new_zeros(x.shape[0], x.shape[1], h0.shape[1]) if dy is None else dy.contiguous()
@@ -249,9 +261,9 @@ def _layer_grads(saved: Tuple, reserve: Tensor, cell: int, reverse: bool, algo: 
     else:
         dc_n = None
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():  # create_graph=True
-        grads = _LayerBackward.apply(*saved, reserve, dy, dh_n, dc_n, cell, reverse, algo)
+        grads = _LayerBackward.apply(*saved, reserve, dy, dh_n, dc_n, cell, reverse, algo, resets)
     else:
-        grads = _run_backward(saved, reserve, dy, dh_n, dc_n, cell, reverse, algo)
+        grads = _run_backward(saved, reserve, dy, dh_n, dc_n, cell, reverse, algo, resets)
     return [g if (t is not None and need) else None
             for g, t, need in zip(grads, saved[:8], needs_grad)] + [None]
 
@@ -262,20 +274,21 @@ class _LayerFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, save, algo):
+    def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, save, algo,
+                resets):
         return _run_forward((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), lengths, cell, reverse,
-                            save, algo)
+                            save, algo, resets)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        *tensors, cell, reverse, save, algo = inputs
+        *tensors, cell, reverse, save, algo, resets = inputs
         y, _, c_n, reserve = output
         ctx.cell, ctx.reverse, ctx.algo, ctx.saved = cell, reverse, algo, save
         ctx.has_cell = tensors[2] is not None
         if save:  # the reserve too, so that saved-tensor hooks (checkpoint, offload) see it
-            ctx.save_for_backward(*tensors, reserve)
+            ctx.save_for_backward(*tensors, reserve, resets)
         if _transforms_active():  # for jvp; unsaved otherwise (it would hold the output)
-            ctx.save_for_forward(*tensors, y)
+            ctx.save_for_forward(*tensors, resets, y)
         # one call: each call replaces the previous one's list
         ctx.mark_non_differentiable(*([reserve] if ctx.has_cell else [reserve, c_n]))
 
@@ -283,16 +296,16 @@ class _LayerFunction(torch.autograd.Function):
     def backward(ctx, dy, dh_n, dc_n, _d_reserve):
         if not ctx.saved:
             raise RuntimeError("fastrnn.torch: this layer ran without saving for backward")
-        *saved, reserve = ctx.saved_tensors
+        *saved, reserve, resets = ctx.saved_tensors
         grads = _layer_grads(tuple(saved), reserve, ctx.cell, ctx.reverse, ctx.algo, dy, dh_n,
-                             dc_n if ctx.has_cell else None, ctx.needs_input_grad[:8])
-        return (*grads, None, None, None, None)
+                             dc_n if ctx.has_cell else None, ctx.needs_input_grad[:8], resets)
+        return (*grads, None, None, None, None, None)
 
     @staticmethod
     def jvp(ctx, *tangents):
-        *primals, lengths, y = ctx.saved_tensors
+        *primals, lengths, resets, y = ctx.saved_tensors
         dy, dh_n, dc_n = layer_tangent(CELLS_BY_CODE[ctx.cell].mode, primals[:8], y, lengths,
-                                       ctx.reverse, tangents[:8])
+                                       ctx.reverse, tangents[:8], resets)
         return dy, dh_n, dc_n, None
 
 
@@ -309,19 +322,19 @@ class _LayerBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reserve, dy, dh_n, dc_n, cell,
-                reverse, algo):
+                reverse, algo, resets):
         return tuple(_run_backward((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths), reserve,
-                                   dy, dh_n, dc_n, cell, reverse, algo))
+                                   dy, dh_n, dc_n, cell, reverse, algo, resets))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        *tensors, cell, reverse, algo = inputs
+        *tensors, cell, reverse, algo, resets = inputs
         ctx.cell, ctx.reverse, ctx.algo = cell, reverse, algo
-        ctx.save_for_backward(*tensors[:9], *tensors[10:])
+        ctx.save_for_backward(*tensors[:9], *tensors[10:], resets)
 
     @staticmethod
     def backward(ctx, *cotangents):
-        *theta, lengths, dy, dh_n, dc_n = ctx.saved_tensors
+        *theta, lengths, dy, dh_n, dc_n, resets = ctx.saved_tensors
         needs = ctx.needs_input_grad
         mode = CELLS_BY_CODE[ctx.cell].mode
         tangents = [w if (t is not None and w is not None and w.numel()) else None
@@ -332,9 +345,9 @@ class _LayerBackward(torch.autograd.Function):
             at = list(theta)
             for i, v in zip(wanted, values):
                 at[i] = v
-            y = layer(mode, *at, lengths, ctx.reverse, ctx.algo)[0]
-            return tuple(t for t in layer_tangent(mode, at, y, lengths, ctx.reverse, tangents)
-                         if t is not None)
+            y = layer(mode, *at, lengths, ctx.reverse, ctx.algo, resets)[0]
+            return tuple(t for t in layer_tangent(mode, at, y, lengths, ctx.reverse, tangents,
+                                                  resets) if t is not None)
 
         u = tuple(t for t in (dy, dh_n, dc_n) if t is not None)
         if _batched(cotangents) or _legacy_batched(cotangents):
@@ -348,7 +361,7 @@ class _LayerBackward(torch.autograd.Function):
             grads[i] = g
         d_u = list(jw) + [None] * (3 - len(jw))
         d_u = [d if need else None for d, need in zip(d_u, needs[10:13])]
-        return (*grads, None, None, *d_u, None, None, None)
+        return (*grads, None, None, *d_u, None, None, None, None)
 
 
 def _tangent_and_grads(tangent_at, theta, wanted, u):
@@ -369,36 +382,38 @@ def _tangent_and_grads(tangent_at, theta, wanted, u):
 
 
 def _op_setup_context(ctx, inputs, output):
-    *tensors, cell, reverse, save, algo = inputs
+    *tensors, cell, reverse, save, algo, resets = inputs
     ctx.cell, ctx.reverse, ctx.algo = cell, reverse, algo
-    ctx.save_for_backward(*tensors, output[3])
+    ctx.save_for_backward(*tensors, output[3], resets)
     ctx.has_cell = tensors[2] is not None
 
 
 def _op_backward(ctx, dy, dh_n, dc_n, d_reserve):
-    *saved, reserve = ctx.saved_tensors
+    *saved, reserve, resets = ctx.saved_tensors
     grads = _layer_grads(tuple(saved), reserve, ctx.cell, ctx.reverse, ctx.algo, dy, dh_n,
-                         dc_n if ctx.has_cell else None, ctx.needs_input_grad[:8])
-    return (*grads, None, None, None, None)
+                         dc_n if ctx.has_cell else None, ctx.needs_input_grad[:8], resets)
+    return (*grads, None, None, None, None, None)
 
 
 _layer_forward_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
 def layer(mode: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool,
-          algo: int = ALGO_CODES["auto"]):
+          algo: int = ALGO_CODES["auto"], resets: Optional[Tensor] = None):
     """One layer and direction through the core: (y (T,B,R), h_n (B,R), c_n (B,H) or None).
-    ``algo`` (a code of fastrnn.cuda.ALGOS) matters on CUDA only."""
+    ``algo`` (a code of fastrnn.cuda.ALGOS) matters on CUDA only; ``resets``: None or a bool
+    tensor (T, B), the state reset mask (fastrnn.functional.layer_forward)."""
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     args = tuple(t.contiguous() if t is not None else None for t in tensors)
     cell = CELLS[mode].code
     if _transforms_active():  # torch.func (also traced by torch.compile) or forward-mode AD
-        y, h_n, c_n, _ = _LayerFunction.apply(*args, lengths, cell, reverse, save, algo)
+        y, h_n, c_n, _ = _LayerFunction.apply(*args, lengths, cell, reverse, save, algo, resets)
     elif torch.compiler.is_compiling():
-        y, h_n, c_n, _ = _layer_forward_op(*args, lengths, cell, reverse, save, algo)
+        y, h_n, c_n, _ = _layer_forward_op(*args, lengths, cell, reverse, save, algo, resets)
     elif save:
-        y, h_n, c_n, _ = _LayerFunction.apply(*args, lengths, cell, reverse, save, algo)
+        y, h_n, c_n, _ = _LayerFunction.apply(*args, lengths, cell, reverse, save, algo, resets)
     else:  # no gradient wanted: no autograd node either
-        y, h_n, c_n, _ = _package._core_forward(*args, lengths, cell, reverse, save, algo)
+        y, h_n, c_n, _ = _package._core_forward(*args, lengths, cell, reverse, save, algo,
+                                                resets)
     return y, h_n, (c_n if c0 is not None else None)

@@ -25,6 +25,23 @@ from torch import Tensor
 from ._fallback import reverse_valid_steps
 
 
+def fresh_steps(resets: Optional[Tensor], lengths: Optional[Tensor],
+                reverse: bool) -> Optional[Tensor]:
+    """(T, B) bool, or None: the steps whose entering state a reset replaces by zeros, in time
+    order, for the walk's direction (the rule of csrc/common/resets.h): forward where resets[t];
+    reverse where resets[t+1] (the later step began a segment); never at padded steps."""
+    if resets is None:
+        return None
+    marked = resets.to(torch.bool)
+    if lengths is not None:
+        T = resets.shape[0]
+        steps = torch.arange(T, device=lengths.device).unsqueeze(1)
+        marked = marked & (steps < lengths.unsqueeze(0)).to(marked.device)
+    if not reverse:
+        return marked
+    return torch.cat([marked[1:], torch.zeros_like(marked[:1])])
+
+
 def _linear(x: Tensor, w: Optional[Tensor], b: Optional[Tensor] = None) -> Optional[Tensor]:
     """x w^T + b, None when both w and b are absent (a zero tangent)."""
     if w is None:
@@ -45,19 +62,23 @@ def _add(*terms: Optional[Tensor]) -> Optional[Tensor]:
 class _LstmTangent:
     """LSTM: i, f, g, o and the cell state c of every step, then one step's tangent."""
 
-    def __init__(self, gi, gh, h_prev, c0, valid, w_hr, tw_hr):
+    def __init__(self, gi, gh, h_prev, c0, valid, w_hr, tw_hr, fresh):
         i, f, g, o = (gi + gh).chunk(4, -1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
         slope = torch.cat([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], -1)
-        cs = [c0]  # the primal cell state: a recurrence of its own (padded steps keep it)
+        # the primal cell state: a recurrence of its own (padded steps keep it; a step starting
+        # a segment reads zeros)
+        c_ins, c_outs, c = [], [], c0
         for t, (f_t, i_t, g_t) in enumerate(zip(f.unbind(0), i.unbind(0), g.unbind(0))):
-            c_new = torch.addcmul(f_t * cs[-1], i_t, g_t)
-            cs.append(c_new if valid is None else torch.where(valid[t], c_new, cs[-1]))
-        c = torch.stack(cs[1:])
-        tanh_c = torch.tanh(c)
+            c_in = c if fresh is None else c.masked_fill(fresh[t], 0)
+            c_new = torch.addcmul(f_t * c_in, i_t, g_t)
+            c = c_new if valid is None else torch.where(valid[t], c_new, c_in)
+            c_ins.append(c_in)
+            c_outs.append(c)
+        tanh_c = torch.tanh(torch.stack(c_outs))
         self.w_hr, self.tw_hr = w_hr, tw_hr
         self.steps = list(zip(*(v.unbind(0) for v in (
-            slope, torch.stack(cs[:-1]), f, i, g, tanh_c, o * (1 - tanh_c * tanh_c), o * tanh_c))))
+            slope, torch.stack(c_ins), f, i, g, tanh_c, o * (1 - tanh_c * tanh_c), o * tanh_c))))
 
     def step(self, t, dz, dh, dc):
         slope, c_prev, f, i, g, tanh_c, o_dtanh, m = self.steps[t]
@@ -73,7 +94,7 @@ class _GruTangent:
     """GRU: r, z, n of every step, then one step's tangent; n = tanh(gi_n + r * gh_n) needs the
     input and recurrent sides apart."""
 
-    def __init__(self, gi, gh, h_prev, c0, valid, w_hr, tw_hr):
+    def __init__(self, gi, gh, h_prev, c0, valid, w_hr, tw_hr, fresh):
         gi_r, gi_z, gi_n = gi.chunk(3, -1)
         gh_r, gh_z, gh_n = gh.chunk(3, -1)
         r, z = torch.sigmoid(gi_r + gh_r), torch.sigmoid(gi_z + gh_z)
@@ -108,33 +129,42 @@ class _VanillaTangent:
 
 def layer_tangent(mode: str, primals: Sequence[Optional[Tensor]], y: Tensor,
                   lengths: Optional[Tensor], reverse: bool,
-                  tangents: Sequence[Optional[Tensor]]
+                  tangents: Sequence[Optional[Tensor]], resets: Optional[Tensor] = None
                   ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """(dy, dh_n, dc_n or None): the layer's outputs' tangents for the inputs' ``tangents``.
 
     ``primals`` and ``tangents``: (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), None where absent
     (a tangent: zero). ``y``: the layer's output at ``primals``. Everything that does not depend
     on the state's tangent is computed for all steps at once; the loop over steps holds one
-    product with ``W_hh`` and a few fused pointwise operations."""
+    product with ``W_hh`` and a few fused pointwise operations. ``resets``: the reset mask, or
+    None; a step starting a segment reads zeros for the state and its tangent."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = primals
     tx, th0, tc0, tw_ih, tw_hh, tb_ih, tb_hh, tw_hr = tangents
     T = x.shape[0]
+    fresh = fresh_steps(resets, lengths, reverse)
     if reverse:  # each sequence's valid steps reversed: a forward-direction problem
         x, y = reverse_valid_steps(x, lengths), reverse_valid_steps(y, lengths)
         tx = reverse_valid_steps(tx, lengths) if tx is not None else None
+        if fresh is not None:
+            fresh = reverse_valid_steps(fresh.unsqueeze(2), lengths).squeeze(2)
     valid = None
     if lengths is not None:
         steps = torch.arange(T, device=lengths.device).unsqueeze(1)
         valid = (steps < lengths.unsqueeze(0)).to(x.device).unsqueeze(2).unbind(0)  # (B, 1) each
     h_prev = torch.cat([h0.unsqueeze(0), y[:-1]])  # h_{t-1} at every valid step
+    fresh_steps_ = None
+    if fresh is not None:  # the state a step read: zeros where a segment starts
+        fresh = fresh.to(x.device).unsqueeze(2)
+        h_prev = h_prev.masked_fill(fresh, 0)
+        fresh_steps_ = fresh.unbind(0)
     gi, gh = F.linear(x, w_ih, b_ih), F.linear(h_prev, w_hh, b_hh)
     # The parts of dz that do not depend on the state's tangent, all steps at once.
     dgi = _add(_linear(tx, w_ih) if tx is not None else None, _linear(x, tw_ih, tb_ih))
     dgh_fixed = _linear(h_prev, tw_hh, tb_hh)
     if mode == "lstm":
-        cell = _LstmTangent(gi, gh, h_prev, c0, valid, w_hr, tw_hr)
+        cell = _LstmTangent(gi, gh, h_prev, c0, valid, w_hr, tw_hr, fresh_steps_)
     elif mode == "gru":
-        cell = _GruTangent(gi, gh, h_prev, c0, valid, w_hr, tw_hr)
+        cell = _GruTangent(gi, gh, h_prev, c0, valid, w_hr, tw_hr, fresh_steps_)
     else:
         cell = _VanillaTangent(mode, gi, gh)
     # Per-step views by unbind, once: indexing t would cost a full-size gradient per step in a
@@ -151,6 +181,10 @@ def layer_tangent(mode: str, primals: Sequence[Optional[Tensor]], y: Tensor,
     w_hh_t = w_hh.t()
     dys: List[Tensor] = []
     for t in range(T):
+        if fresh_steps_ is not None:  # a segment starts: the state's tangent is zero too
+            dh = dh.masked_fill(fresh_steps_[t], 0)
+            if dc is not None:
+                dc = dc.masked_fill(fresh_steps_[t], 0)
         dz = (torch.addmm(fixed_steps[t], dh, w_hh_t) if fixed_steps is not None
               else dh @ w_hh_t)
         new_dc = None

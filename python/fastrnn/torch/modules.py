@@ -87,26 +87,41 @@ class _FastRNNMixin:
     def __deepcopy__(self, memo):
         return _patch.same_class_copy(self, memo)
 
-    def forward(self, input, hx=None):
+    def forward(self, input, hx=None, *, resets=None):
+        """torch.nn's forward, plus ``resets``: None, or a bool tensor (T, B) -- (B, T) with
+        ``batch_first``, (T,) for unbatched input, (T, B) in the caller's batch order for a
+        ``PackedSequence`` -- that starts sequence b afresh at step t where ``resets[t, b]``:
+        the state entering the step is replaced by zeros, in every layer (the reverse direction
+        starts each segment from zeros at its last step). See docs/pytorch.md."""
         self._update_flat_weights()
         mode = _TORCH_MODES.get(self.mode)
         if mode not in self._cells:  # a mode attribute changed after construction: torch.nn's
-            return super().forward(input, hx)  # forward decides (by the class, or it refuses)
+            return self._torch_forward(input, hx, resets)  # forward decides (or it refuses)
         reason = fallback_reason(input, hx, self._flat_weights)
         if reason is not None:  # the kernels cannot run it
             if reason:
                 _warn_once(reason)
-            return super().forward(input, hx)
+            return self._torch_forward(input, hx, resets, reason)
         # Malformed calls go to torch.nn's forward (None below), so that they raise exactly what
         # it raises; it also gives empty inputs their empty results.
         call = self._take_apart(input, hx, mode)
         state = None if call is None else self._initial_state(call, mode)
         if state is None:
-            return super().forward(input, hx)
+            return self._torch_forward(input, hx, resets)
         self._check_weights(mode)
         x, lengths = self._time_major_input(call)
-        y, h_n, c_n = self._run_layers(mode, x, *state, lengths, call.batch_sizes)
+        resets = self._time_major_resets(resets, call, x)
+        y, h_n, c_n = self._run_layers(mode, x, *state, lengths, call.batch_sizes, resets)
         return self._caller_results(call, y, h_n, c_n, lengths)
+
+    def _torch_forward(self, input, hx, resets, reason: Optional[str] = None):
+        """torch.nn's forward, which has no ``resets``: refused with them (it would ignore them)."""
+        if resets is not None:
+            raise RuntimeError(
+                f"{type(self).__name__}: resets: fastrnn's kernels cannot run this call"
+                f"{' (' + reason + ')' if reason else ''}, and torch.nn's implementation has no "
+                f"state resets")
+        return super().forward(input, hx)
 
     # ---- the steps of forward ------------------------------------------------------------------
 
@@ -160,7 +175,38 @@ class _FastRNNMixin:
             return packed_to_padded(call.data, call.batch_sizes)
         return (call.data.transpose(0, 1) if self.batch_first else call.data), None
 
-    def _run_layers(self, mode, x, h0, c0, lengths, batch_sizes):
+    def _time_major_resets(self, resets, call: _Call, x: Tensor) -> Optional[Tensor]:
+        """``resets`` as the kernels take it: a contiguous bool tensor (T, B) in the order of the
+        time-major input ``x`` (a PackedSequence's sorted order)."""
+        if resets is None:
+            return None
+        T, B = x.shape[0], x.shape[1]
+        if call.packed:
+            layout, expected = "(T, B) in the caller's batch order", (T, B)
+        elif not call.batched:
+            layout, expected = "(T,)", (T,)
+        elif self.batch_first:
+            layout, expected = "(B, T)", (B, T)
+        else:
+            layout, expected = "(T, B)", (T, B)
+        if not isinstance(resets, Tensor):
+            raise TypeError(f"resets: expected a bool tensor of shape {layout}, got "
+                            f"{type(resets).__name__}")
+        if resets.dtype != torch.bool:
+            raise TypeError(f"resets: expected dtype torch.bool, got {resets.dtype}")
+        if tuple(resets.shape) != expected:
+            raise ValueError(f"resets: expected shape {layout} = {expected}, got "
+                             f"{tuple(resets.shape)}")
+        if call.packed:
+            if call.sorted_indices is not None:
+                resets = resets.index_select(1, call.sorted_indices.to(resets.device))
+        elif not call.batched:
+            resets = resets.unsqueeze(1)
+        elif self.batch_first:
+            resets = resets.t()
+        return resets.to(x.device).contiguous()
+
+    def _run_layers(self, mode, x, h0, c0, lengths, batch_sizes, resets=None):
         """Every layer and direction, time-major; dropout between layers as torch applies it
         (on the packed data when the input was packed, so the masks are torch's)."""
         D = 2 if self.bidirectional else 1
@@ -173,7 +219,7 @@ class _FastRNNMixin:
             for direction in range(D):
                 idx = i * D + direction
                 y, h, c = layer(mode, layer_input, h0[idx], c0[idx] if c0 is not None else None,
-                                *self._layer_weights(idx), lengths, direction == 1, algo)
+                                *self._layer_weights(idx), lengths, direction == 1, algo, resets)
                 outputs.append(y)
                 h_n.append(h)
                 if c is not None:
