@@ -213,13 +213,15 @@ void layer_forward(int cell, int dtype, int64_t T, int64_t B, int64_t I, int64_t
                    bool reverse, int algo, bool allow_tf32, int device, uintptr_t stream,
                    uintptr_t x, uintptr_t h0, uintptr_t c0, uintptr_t w_ih, uintptr_t w_hh,
                    uintptr_t b_ih, uintptr_t b_hh, uintptr_t w_hr, uintptr_t lengths, uintptr_t y,
-                   uintptr_t h_n, uintptr_t c_n, uintptr_t reserve, uintptr_t workspace) {
+                   uintptr_t h_n, uintptr_t c_n, uintptr_t reserve, uintptr_t workspace,
+                   uintptr_t resets) {
   const fc::Problem p =
       problem_of(cell, dtype, T, B, I, H, P, reverse, algo, allow_tf32, device, stream);
   fc::ForwardPtrs a{ptr(x),         ptr(h0),     ptr(c0),    ptr(w_ih),
                     ptr(w_hh),      ptr(b_ih),   ptr(b_hh),  ptr(w_hr),
-                    ptr<const int64_t*>(lengths), ptr<void*>(y), ptr<void*>(h_n), ptr<void*>(c_n),
-                    ptr<void*>(reserve), ptr<void*>(workspace)};
+                    ptr<const int64_t*>(lengths), ptr<const uint8_t*>(resets), ptr<void*>(y),
+                    ptr<void*>(h_n), ptr<void*>(c_n), ptr<void*>(reserve),
+                    ptr<void*>(workspace)};
   py::gil_scoped_release nogil;
   fc::layer_forward(p, a);
 }
@@ -230,14 +232,15 @@ void layer_backward(int cell, int dtype, int64_t T, int64_t B, int64_t I, int64_
                     uintptr_t b_ih, uintptr_t b_hh, uintptr_t w_hr, uintptr_t lengths,
                     uintptr_t reserve, uintptr_t dy, uintptr_t dh_n, uintptr_t dc_n, uintptr_t dx,
                     uintptr_t dh0, uintptr_t dc0, uintptr_t dw_ih, uintptr_t dw_hh,
-                    uintptr_t db_ih, uintptr_t db_hh, uintptr_t dw_hr, uintptr_t workspace) {
+                    uintptr_t db_ih, uintptr_t db_hh, uintptr_t dw_hr, uintptr_t workspace,
+                    uintptr_t resets) {
   const fc::Problem p =
       problem_of(cell, dtype, T, B, I, H, P, reverse, algo, allow_tf32, device, stream);
   fc::BackwardPtrs a;
   static_cast<fc::ForwardPtrs&>(a) = fc::ForwardPtrs{
       ptr(x), ptr(h0), ptr(c0), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh), ptr(w_hr),
-      ptr<const int64_t*>(lengths), nullptr, nullptr, nullptr, ptr<void*>(reserve),
-      ptr<void*>(workspace)};
+      ptr<const int64_t*>(lengths), ptr<const uint8_t*>(resets), nullptr, nullptr, nullptr,
+      ptr<void*>(reserve), ptr<void*>(workspace)};
   a.dy = ptr(dy);
   a.dh_n = ptr(dh_n);
   a.dc_n = ptr(dc_n);
@@ -326,7 +329,9 @@ FASTRNN_PYBIND11_MODULE(FASTRNN_CUDA_MODULE_NAME, m) {
         py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("b_ih"), py::arg("b_hh"), py::arg("w_hr"), py::arg("lengths"), py::arg("y"),
         py::arg("h_n"), py::arg("c_n"), py::arg("reserve"), py::arg("workspace"),
-        "Queue one layer's forward on `stream` (0 pointers: absent).");
+        py::arg("resets") = uintptr_t{0},
+        "Queue one layer's forward on `stream` (0 pointers: absent). `resets`: (T, B) device "
+        "bytes (0/1) where the state restarts from zeros, or 0.");
   m.def("layer_backward", &layer_backward, py::arg("cell"), py::arg("dtype"), py::arg("T"),
         py::arg("B"), py::arg("I"), py::arg("H"), py::arg("P"), py::arg("reverse"),
         py::arg("algo"), py::arg("allow_tf32"), py::arg("device"), py::arg("stream"),
@@ -335,7 +340,8 @@ FASTRNN_PYBIND11_MODULE(FASTRNN_CUDA_MODULE_NAME, m) {
         py::arg("reserve"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("dx"),
         py::arg("dh0"), py::arg("dc0"), py::arg("dw_ih"), py::arg("dw_hh"), py::arg("db_ih"),
         py::arg("db_hh"), py::arg("dw_hr"), py::arg("workspace"),
-        "Queue one layer's backward through time on `stream`.");
+        py::arg("resets") = uintptr_t{0},
+        "Queue one layer's backward through time on `stream` (`resets` as the forward's).");
   m.def("resolve_algo", &resolve_algo, py::arg("cell"), py::arg("dtype"), py::arg("T"),
         py::arg("B"), py::arg("I"), py::arg("H"), py::arg("P"), py::arg("algo"),
         py::arg("device"));

@@ -137,6 +137,7 @@ void forward_layer(const Problem& p, const ForwardPtrs& a, Algo algo) {
   const scalar_t* b_ih = static_cast<const scalar_t*>(a.b_ih);
   const scalar_t* b_hh = static_cast<const scalar_t*>(a.b_hh);
   const int64_t* lengths = a.lengths;
+  const StateResets resets{a.resets, lengths, T, B, s.reverse};
   scalar_t* y = static_cast<scalar_t*>(a.y);
 
   // 1. The input projection of every step, one GEMM: xp = X W_ih^T (float).
@@ -169,7 +170,7 @@ void forward_layer(const Problem& p, const ForwardPtrs& a, Algo algo) {
     const PersistentPlan plan = plan_persistent<scalar_t, kCell>(p);
     if (!plan.fits) throw Error("fastrnn CUDA: algo='persistent': " + plan.why);
     PersistentForwardArgs<scalar_t> args{T, B, H, plan.units_per_block, s.reverse, xp, w_hh,
-                                         b_ih, b_hh, slots, y, acts, lengths};
+                                         b_ih, b_hh, slots, y, acts, lengths, resets};
     if (plan.max_batch == 4)
       launch_cooperative(persistent_forward_kernel<scalar_t, kCell, 4>, plan.blocks,
                          plan.forward_smem, &args, stream, "persistent_forward_kernel");
@@ -193,7 +194,8 @@ void forward_layer(const Problem& p, const ForwardPtrs& a, Algo algo) {
                                      kC ? slots.c + slots.index(k) * B * H : nullptr,
                                      projected ? m : h_new, projected ? nullptr : y + t * B * R,
                                      kC ? slots.c + slots.index(k + 1) * B * H : nullptr,
-                                     acts ? acts + t * B * S * H : nullptr, lengths, projected};
+                                     acts ? acts + t * B * S * H : nullptr, lengths, projected,
+                                     resets};
       FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream,
                      forward_step_kernel<scalar_t, kCell>)(step);
       FASTRNN_CHECK_LAUNCH("forward_step_kernel");
@@ -239,6 +241,7 @@ void backward_layer(const Problem& p, const BackwardPtrs& a, Algo algo) {
   const scalar_t* hs = at_bytes<scalar_t>(a.reserve, rl.hs);
   const float* cs = kC ? at_bytes<float>(a.reserve, rl.cs) : nullptr;
   const float* acts = S > 0 ? at_bytes<float>(a.reserve, rl.acts) : nullptr;
+  const StateResets resets{a.resets, a.lengths, T, B, s.reverse};
   scalar_t* dgx = at_bytes<scalar_t>(a.workspace, ws.dgx);
   scalar_t* dgh = at_bytes<scalar_t>(a.workspace, ws.dgh);
   float* dh_carry = at_bytes<float>(a.workspace, ws.dh_carry);
@@ -260,7 +263,8 @@ void backward_layer(const Problem& p, const BackwardPtrs& a, Algo algo) {
     const PersistentPlan plan = plan_persistent<scalar_t, kCell>(p);
     if (!plan.fits) throw Error("fastrnn CUDA: algo='persistent': " + plan.why);
     PersistentBackwardArgs<scalar_t> args{T, B, H, plan.units_per_block, s.reverse, w_hh, dy,
-                                          hs, cs, acts, a.lengths, dgx, dgh, dh_carry, dc_carry};
+                                          hs, cs, acts, a.lengths, dgx, dgh, dh_carry, dc_carry,
+                                          resets};
     launch_cooperative(persistent_backward_kernel<scalar_t, kCell>, plan.blocks,
                        plan.backward_smem, &args, stream, "persistent_backward_kernel");
   } else {
@@ -280,13 +284,18 @@ void backward_layer(const Problem& p, const BackwardPtrs& a, Algo algo) {
                                       hs + prev_slot * B * R, hs + new_slot * B * R,
                                       kC ? cs + prev_slot * B * H : nullptr,
                                       kC ? cs + new_slot * B * H : nullptr, dgx + t * B * GH,
-                                      dgh + t * B * GH, a.lengths};
+                                      dgh + t * B * GH, a.lengths, resets};
       FASTRNN_LAUNCH(blocks_for(B * H), kPointwiseThreads, 0, stream,
                      backward_step_kernel<scalar_t, kCell>)(step);
       FASTRNN_CHECK_LAUNCH("backward_step_kernel");
       // dh_carry (the direct part, or the carried gradient at padded rows) += dgh W_hh
       gemm(handle, B, R, GH, {dgh + t * B * GH, dt, GH, false}, {w_hh, dt, R, false}, 1.0f,
            dh_carry, CUDA_R_32F, R, p.allow_tf32);
+      if (a.resets) {  // no gradient flows into a state replaced by zeros
+        FASTRNN_LAUNCH(blocks_for(B * R), kPointwiseThreads, 0, stream,
+                       zero_fresh_rows_kernel<float>)(dh_carry, t, 1, R, resets);
+        FASTRNN_CHECK_LAUNCH("zero_fresh_rows_kernel");
+      }
     }
   }
   FASTRNN_LAUNCH(blocks_for(B * R), kPointwiseThreads, 0, stream, narrow_kernel<scalar_t>)(
@@ -304,9 +313,6 @@ void backward_layer(const Problem& p, const BackwardPtrs& a, Algo algo) {
        p.allow_tf32);
   gemm(handle, GH, I, rows, {dgx, dt, GH, true}, {a.x, dt, I, false}, 0.0f, a.dw_ih, dt, I,
        p.allow_tf32);
-  const scalar_t* h_prev_all = hs + (s.reverse ? B * R : 0);  // slots 0..T-1, or 1..T in reverse
-  gemm(handle, GH, R, rows, {dgh, dt, GH, true}, {h_prev_all, dt, R, false}, 0.0f, a.dw_hh, dt,
-       R, p.allow_tf32);
   if (a.db_ih) {
     const dim3 block(kSumColumns, kSumRows);
     const unsigned grid = blocks_for(GH, kSumColumns);
@@ -317,6 +323,17 @@ void backward_layer(const Problem& p, const BackwardPtrs& a, Algo algo) {
         dgh, rows, GH, static_cast<scalar_t*>(a.db_hh));
     FASTRNN_CHECK_LAUNCH("column_sum_kernel");
   }
+  // dW_hh = dgh^T h_prev over all steps. Where a step started from zeros, its h_prev row counts
+  // as zeros: the same product comes from zeroing that row of dgh instead (the reserve keeps the
+  // true states), which its other readers -- dx, dW_ih and the bias sums above -- no longer need.
+  if (a.resets) {
+    FASTRNN_LAUNCH(blocks_for(rows * GH), kPointwiseThreads, 0, stream,
+                   zero_fresh_rows_kernel<scalar_t>)(dgh, 0, T, GH, resets);
+    FASTRNN_CHECK_LAUNCH("zero_fresh_rows_kernel");
+  }
+  const scalar_t* h_prev_all = hs + (s.reverse ? B * R : 0);  // slots 0..T-1, or 1..T in reverse
+  gemm(handle, GH, R, rows, {dgh, dt, GH, true}, {h_prev_all, dt, R, false}, 0.0f, a.dw_hh, dt,
+       R, p.allow_tf32);
   if (projected) {
     gemm(handle, P, H, rows, {dh_out, dt, P, true},
          {at_bytes<scalar_t>(a.reserve, rl.ms), dt, H, false}, 0.0f, a.dw_hr, dt, H,

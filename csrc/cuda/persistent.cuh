@@ -52,6 +52,7 @@ struct PersistentForwardArgs {
   scalar_t* y;                  // (T, B, H)
   float* acts;                  // (T, B, S*H) or nullptr
   const int64_t* lengths;
+  StateResets resets;           // fresh rows: zero h_prev and c_prev, hg = b_hh
 };
 
 template <typename scalar_t, Cell kCell, int kMaxB>
@@ -114,15 +115,18 @@ persistent_forward_kernel(PersistentForwardArgs<scalar_t> a) {
       const int64_t b = i / nu, u = i % nu, j = j0 + u;
       float* acts = a.acts ? a.acts + (t * B + b) * S * H : nullptr;
       if (step_valid(a.lengths, t, b)) {
+        const bool fresh = a.resets.fresh(t, b);  // the state entering this step is zeros
         float xg[G], hg[G], saved[S > 0 ? S : 1];
 #pragma unroll
         for (int g = 0; g < G; ++g) {
           const int64_t n = g * H + j;
           xg[g] = a.xp[(t * B + b) * GH + n] + (a.b_ih ? to_float(a.b_ih[n]) : 0.0f);
-          hg[g] = gates[b * rows + g * nu + u] + (a.b_hh ? to_float(a.b_hh[n]) : 0.0f);
+          hg[g] = (fresh ? 0.0f : gates[b * rows + g * nu + u]) +
+                  (a.b_hh ? to_float(a.b_hh[n]) : 0.0f);
         }
         float out, cn = 0.0f;
-        Math::forward(xg, hg, h_smem[b * H + j], kC ? c_prev[b * H + j] : 0.0f, out, cn, saved);
+        Math::forward(xg, hg, fresh ? 0.0f : h_smem[b * H + j],
+                      kC && !fresh ? c_prev[b * H + j] : 0.0f, out, cn, saved);
         const scalar_t out_t = from_float<scalar_t>(out);
         h_new[b * H + j] = out_t;
         a.y[(t * B + b) * H + j] = out_t;
@@ -164,6 +168,7 @@ struct PersistentBackwardArgs {
   scalar_t* dgh;                // (T, B, G*H) out (== dgx unless kRecurrentGradDiffers)
   float* dh_carry;              // (B, H) in: gradient of h_n; out: of h0
   float* dc_carry;              // (B, H) kHasCellState, the same for c
+  StateResets resets;           // no gradient flows into a replaced state
 };
 
 template <typename scalar_t, Cell kCell>
@@ -197,10 +202,16 @@ persistent_backward_kernel(PersistentBackwardArgs<scalar_t> a) {
   cg::grid_group grid = cg::this_grid();
 
   // carry <- dgh[t] W_hh[:, own units] + direct, for the rows valid at step t (the others keep
-  // carrying the gradient through the padded step).
+  // carrying the gradient through the padded step); 0 where the state entering step t was
+  // replaced by zeros.
   auto through_w_hh = [&](int64_t t) {
     for (int64_t b = 0; b < B; ++b) {
       if (!step_valid(a.lengths, t, b)) continue;  // uniform across the block
+      if (a.resets.fresh(t, b)) {                  // uniform across the block too
+        for (int64_t u = tid; u < nu; u += kPersistentThreads) carry[b * nu + u] = 0.0f;
+        __syncthreads();
+        continue;
+      }
       const scalar_t* dgh = a.dgh + (t * B + b) * GH;
       for (int64_t n = tid; n < GH; n += kPersistentThreads) dg_row[n] = to_float(__ldcg(dgh + n));
       __syncthreads();
@@ -223,14 +234,16 @@ persistent_backward_kernel(PersistentBackwardArgs<scalar_t> a) {
       scalar_t* dgx = a.dgx + (t * B + b) * GH;
       scalar_t* dgh = a.dgh + (t * B + b) * GH;
       if (step_valid(a.lengths, t, b)) {
+        const bool fresh = a.resets.fresh(t, b);
         const float dh = to_float(a.dy[(t * B + b) * H + j]) + carry[i];
         float saved[S > 0 ? S : 1];
 #pragma unroll
         for (int s = 0; s < S; ++s) saved[s] = a.acts[(t * B + b) * S * H + s * H + j];
         float dg[G], dgh_n, dir, dc_prev = 0.0f;
         Math::backward(dh, kC ? c_carry[i] : 0.0f, saved,
-                       Math::kReadsHPrev ? to_float(a.hs[(prev_slot * B + b) * H + j]) : 0.0f,
-                       kC ? a.cs[(prev_slot * B + b) * H + j] : 0.0f,
+                       Math::kReadsHPrev && !fresh
+                           ? to_float(a.hs[(prev_slot * B + b) * H + j]) : 0.0f,
+                       kC && !fresh ? a.cs[(prev_slot * B + b) * H + j] : 0.0f,
                        Math::kReadsOutput ? to_float(a.hs[(new_slot * B + b) * H + j]) : 0.0f,
                        kC ? a.cs[(new_slot * B + b) * H + j] : 0.0f, dg, dgh_n, dir, dc_prev);
 #pragma unroll
@@ -240,7 +253,7 @@ persistent_backward_kernel(PersistentBackwardArgs<scalar_t> a) {
             dgh[g * H + j] = from_float<scalar_t>(g == kRecurrentGate ? dgh_n : dg[g]);
         }
         direct[i] = dir;
-        if constexpr (kC) c_carry[i] = dc_prev;
+        if constexpr (kC) c_carry[i] = fresh ? 0.0f : dc_prev;
       } else {
 #pragma unroll
         for (int g = 0; g < G; ++g) {

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "common/resets.h"
 #include "cuda/cell_math.cuh"
 #include "cuda/layout.cuh"
 
@@ -22,6 +23,22 @@ inline unsigned blocks_for(int64_t n, int threads = kPointwiseThreads) {
 __device__ __forceinline__ bool step_valid(const int64_t* lengths, int64_t t, int64_t b) {
   return lengths == nullptr || t < lengths[b];
 }
+
+// Where the state entering a step is zeros instead of the carried state (ForwardPtrs::resets, by
+// common/resets.h's rule, which the CPU core follows too). The reserve keeps the states as the
+// steps computed them; a fresh row's step reads zeros for them instead: its recurrent
+// pre-activation is b_hh alone (the product h W_hh^T of that row is ignored), GRU's z * h and the
+// LSTM's f * c read 0, and no gradient flows back into the replaced state.
+struct StateResets {
+  const uint8_t* mask;      // (T, B) bytes, or nullptr: no resets
+  const int64_t* lengths;   // (B) or nullptr (a reset at a padded step is ignored)
+  int64_t T, B;
+  bool reverse;
+  // Whether row b's state entering step t is zeros.
+  __host__ __device__ bool fresh(int64_t t, int64_t b) const {
+    return starts_fresh(mask, lengths, T, B, reverse, b, t);
+  }
+};
 
 // StateSlots: the storage of the recurrent state (h, and c where the cell has one) across one
 // layer's walk, and which slot holds the state after k steps of the walk. Training: the
@@ -58,6 +75,7 @@ struct StepForwardArgs {
   float* acts;             // (B, S*H) saved activations, or nullptr
   const int64_t* lengths;
   bool projected;
+  StateResets resets;
 };
 
 template <typename scalar_t, Cell kCell>
@@ -71,15 +89,16 @@ forward_step_kernel(StepForwardArgs<scalar_t> a) {
   const int64_t b = idx / a.H, j = idx % a.H, GH = G * a.H;
   const int64_t out_at = a.projected ? b * a.H + j : b * a.R + j;
   if (step_valid(a.lengths, a.t, b)) {
+    const bool fresh = a.resets.fresh(a.t, b);  // the state entering this step is zeros
     float xg[G], hg[G], saved[S > 0 ? S : 1];
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       const int64_t n = g * a.H + j;
       xg[g] = a.xp[b * GH + n] + (a.b_ih ? to_float(a.b_ih[n]) : 0.0f);
-      hg[g] = a.hp[b * GH + n] + (a.b_hh ? to_float(a.b_hh[n]) : 0.0f);
+      hg[g] = (fresh ? 0.0f : a.hp[b * GH + n]) + (a.b_hh ? to_float(a.b_hh[n]) : 0.0f);
     }
-    const float h_prev = Math::kReadsHPrev ? to_float(a.h_prev[b * a.R + j]) : 0.0f;
-    const float c_prev = kC ? a.c_prev[b * a.H + j] : 0.0f;
+    const float h_prev = Math::kReadsHPrev && !fresh ? to_float(a.h_prev[b * a.R + j]) : 0.0f;
+    const float c_prev = kC && !fresh ? a.c_prev[b * a.H + j] : 0.0f;
     float out, c_new = 0.0f;
     Math::forward(xg, hg, h_prev, c_prev, out, c_new, saved);
     const scalar_t out_t = from_float<scalar_t>(out);
@@ -142,6 +161,7 @@ struct StepBackwardArgs {
   scalar_t* dgx;           // (B, G*H) out
   scalar_t* dgh;           // (B, G*H) out (== dgx unless kRecurrentGradDiffers)
   const int64_t* lengths;
+  StateResets resets;      // a fresh row reads zero h_prev, c_prev and passes no dc back
 };
 
 template <typename scalar_t, Cell kCell>
@@ -159,13 +179,14 @@ backward_step_kernel(StepBackwardArgs<scalar_t> a) {
   if (step_valid(a.lengths, a.t, b)) {
     const float dh = a.dm ? a.dm[b * a.H + j]
                           : to_float(a.dy[b * a.R + j]) + a.dh_carry[b * a.R + j];
+    const bool fresh = a.resets.fresh(a.t, b);
     float saved[S > 0 ? S : 1];
 #pragma unroll
     for (int s = 0; s < S; ++s) saved[s] = a.acts[b * S * a.H + s * a.H + j];
     float dg[G], dgh_n, direct, dc_prev = 0.0f;
     Math::backward(dh, kC ? a.dc_carry[b * a.H + j] : 0.0f, saved,
-                   Math::kReadsHPrev ? to_float(a.h_prev[b * a.R + j]) : 0.0f,
-                   kC ? a.c_prev[b * a.H + j] : 0.0f,
+                   Math::kReadsHPrev && !fresh ? to_float(a.h_prev[b * a.R + j]) : 0.0f,
+                   kC && !fresh ? a.c_prev[b * a.H + j] : 0.0f,
                    Math::kReadsOutput ? to_float(a.h_new[b * a.R + j]) : 0.0f,
                    kC ? a.c_new[b * a.H + j] : 0.0f, dg, dgh_n, direct, dc_prev);
 #pragma unroll
@@ -174,8 +195,9 @@ backward_step_kernel(StepBackwardArgs<scalar_t> a) {
       if constexpr (kRecurrentGate >= 0)
         dgh[g * a.H + j] = from_float<scalar_t>(g == kRecurrentGate ? dgh_n : dg[g]);
     }
-    if (!a.dm) a.dh_carry[b * a.R + j] = direct;  // the GEMM adds dgh W_hh next
-    if constexpr (kC) a.dc_carry[b * a.H + j] = dc_prev;
+    // the GEMM adds dgh W_hh next (then zero_fresh_rows_kernel clears a fresh row's)
+    if (!a.dm) a.dh_carry[b * a.R + j] = direct;
+    if constexpr (kC) a.dc_carry[b * a.H + j] = fresh ? 0.0f : dc_prev;
   } else {  // padded step: no gradient into the gates; the state's gradient passes through
 #pragma unroll
     for (int g = 0; g < G; ++g) {
@@ -201,6 +223,18 @@ projection_grad_kernel(int64_t B, int64_t P, int64_t t, const scalar_t* dy, floa
   } else {
     dh_out[idx] = from_float<scalar_t>(0.0f);
   }
+}
+
+// Rows of a (steps * B, width) matrix, row k * B + b belonging to step t0 + k, set to zero where
+// that step of row b starts fresh: the gradient of a replaced state (steps = 1), or the rows of
+// dgh whose h_prev was zeros before the dW_hh GEMM (steps = T). Launched only with resets.
+template <typename elem_t>
+__global__ void __launch_bounds__(kPointwiseThreads)
+zero_fresh_rows_kernel(elem_t* m, int64_t t0, int64_t steps, int64_t width, StateResets resets) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= steps * resets.B * width) return;
+  const int64_t row = idx / width, b = row % resets.B, t = t0 + row / resets.B;
+  if (resets.fresh(t, b)) m[idx] = from_float<elem_t>(0.0f);
 }
 
 // ---- around the loop --------------------------------------------------------------------------

@@ -8,6 +8,9 @@
 //   - data come in three types (DType): float32, float16, bfloat16. Half types compute with
 //     float32 accumulation and keep the LSTM cell state in float32;
 //   - `lengths` is a device array of int64 (B), each in [1, T] (the caller checks the range);
+//   - `resets` is a device array of bytes (T, B), each 0 or 1: where the state is replaced by
+//     zeros, by the one rule of both backends (common/resets.h, starts_fresh); the reserve keeps
+//     the states as the steps computed them, so its layout and size do not depend on it;
 //   - the reserve and the workspace are raw bytes (sizes below), caller-allocated, 256-byte
 //     aligned (what cudaMalloc and torch's allocator give);
 //   - `algo` picks how the recurrence runs (Algo below); the reserve layout does not depend on
@@ -75,6 +78,8 @@ struct ForwardPtrs {
   const void* b_hh;     // (G*H) or nullptr
   const void* w_hr;     // (P, H) or nullptr
   const int64_t* lengths;  // (B) or nullptr
+  const uint8_t* resets;   // (T, B) device bytes (0 or 1) or nullptr: state resets, the CPU
+                           // core's ForwardArgs::resets rule (common/resets.h)
   void* y;              // (T, B, R)             out
   void* h_n;            // (B, R)                out
   void* c_n;            // (B, H) LSTM           out
