@@ -105,6 +105,20 @@ class _Library:
         module.copy_from_host(arr.data_ptr, values.tobytes(), self.device)
         return arr, int(arr.data_ptr)
 
+    def upload_uint8(self, values: np.ndarray) -> Tuple[Any, int]:
+        values = np.ascontiguousarray(values, dtype=np.uint8)
+        if self.kind == "torch":
+            t = self.lib.from_numpy(values).to(f"cuda:{self.device}")
+            return t, int(t.data_ptr())
+        if self.kind == "cupy":
+            with self.lib.cuda.Device(self.device):
+                a = self.lib.asarray(values)
+            return a, int(a.data.ptr)
+        module = _cuda_api._require()
+        arr = module.DeviceArray(list(values.shape), _DEVICE_ARRAY_CODES["uint8"], self.device)
+        module.copy_from_host(arr.data_ptr, values.tobytes(), self.device)
+        return arr, int(arr.data_ptr)
+
     def to_host(self, obj: Any, name: str) -> np.ndarray:
         if self.kind == "torch" and type(obj).__module__.startswith("torch"):
             return obj.detach().cpu().numpy()
@@ -128,6 +142,19 @@ class DeviceArg:
     dtype: str
 
 
+def _check_strides(name: str, shape, strides) -> None:
+    if strides is None:
+        return
+    expected, step = [], 1
+    for size in reversed(shape):
+        expected.append(step)
+        step *= size
+    expected.reverse()
+    if any(s != e for s, e, n in zip(strides, expected, shape) if n > 1):
+        raise ValueError(f"{name}: expected a C-contiguous array, got strides {tuple(strides)} "
+                         f"(elements) for shape {tuple(shape)}")
+
+
 def _describe(lib: _Library, obj: Any, name: str) -> DeviceArg:
     if not is_cuda_array(obj):
         raise TypeError(f"{name}: expected an array on the CUDA device of x (through "
@@ -144,16 +171,39 @@ def _describe(lib: _Library, obj: Any, name: str) -> DeviceArg:
     if dtype is None:
         raise DtypeError(f"{name}: expected dtype float32, float16 or bfloat16, got DLPack type "
                          f"code {code} with {bits} bits x {lanes} lanes")
-    if strides is not None:
-        expected, step = [], 1
-        for size in reversed(shape):
-            expected.append(step)
-            step *= size
-        expected.reverse()
-        if any(s != e for s, e, n in zip(strides, expected, shape) if n > 1):
-            raise ValueError(f"{name}: expected a C-contiguous array, got strides {tuple(strides)} "
-                             f"(elements) for shape {tuple(shape)}")
+    _check_strides(name, shape, strides)
     return DeviceArg(obj, capsule, int(ptr), tuple(int(n) for n in shape), dtype)
+
+
+_DL_BOOL = 6  # DLPack's kDLBool: one byte, 0 or 1
+
+
+def _resets(lib: _Library, value: Any, T: int, B: int) -> Tuple[Any, int]:
+    """``resets`` (a bool array (T, B), in host or device memory) as (keep-alive, address) of
+    T * B bytes 0/1 on the device of x, or (None, 0) when absent. A device bool array is used in
+    place (a bool is one byte, 0 or 1); a host array is checked and uploaded."""
+    if value is None:
+        return None, 0
+    if not is_cuda_array(value):
+        checked = _validate.resets(value, T, B)  # the CPU path's checks and messages
+        assert checked is not None
+        return lib.upload_uint8(checked.view(np.uint8))
+    expected = (T, B)
+    device = int(value.__dlpack_device__()[1])
+    if device != lib.device:
+        raise ValueError(f"resets: expected an array on cuda:{lib.device} (the device of x), "
+                         f"got cuda:{device}")
+    obj = lib.prepare(value)
+    capsule = lib.capsule(obj)
+    ptr, shape, strides, (code, bits, lanes), _ = _cuda_api._require().describe_dlpack(capsule)
+    if (code, bits, lanes) != (_DL_BOOL, 8, 1):
+        raise DtypeError(f"resets: expected dtype bool, got DLPack type code {code} with {bits} "
+                         f"bits x {lanes} lanes")
+    shape = tuple(int(n) for n in shape)
+    if shape != expected:
+        raise ValueError(f"resets: expected shape (T, B) = {expected}, got {shape}")
+    _check_strides("resets", shape, strides)
+    return (obj, capsule), int(ptr)
 
 
 @dataclass
@@ -171,6 +221,8 @@ class CudaLayerState:
     reserve: Any
     reserve_ptr: int
     keep: List[Any] = field(default_factory=list)
+    resets: Any = None                         # device bytes (T, B), 0/1, or None
+    resets_ptr: int = 0
 
 
 def _allow_tf32(lib: _Library) -> bool:
@@ -181,7 +233,7 @@ def _allow_tf32(lib: _Library) -> bool:
 
 
 def layer_forward(mode: str, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *, weight_hr,
-                  lengths, reverse: bool, training: bool, algo: str):
+                  lengths, reverse: bool, training: bool, algo: str, resets=None):
     lib = _Library(x)
     names = ("x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
     values = (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
@@ -200,6 +252,7 @@ def layer_forward(mode: str, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, 
         host = lengths if not is_cuda_array(lengths) else lib.to_host(lengths, "lengths")
         checked = _validate.lengths(host, B, T)
         lengths_dev, lengths_ptr = lib.upload_int64(checked)
+    resets_dev, resets_ptr = _resets(lib, resets, T, B)
 
     plan = _cuda_api.plan(cell, dcode, T, B, I, H, P, algo, lib.device, training)
     y, y_ptr = lib.empty((T, B, R), dtype)
@@ -207,8 +260,8 @@ def layer_forward(mode: str, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, 
     c_n, c_n_ptr = lib.empty((B, H), dtype) if _cells.has_cell_state(mode) else (None, 0)
     reserve, reserve_ptr = lib.empty((plan.reserve_bytes,), "uint8") if training else (None, 0)
     workspace, workspace_ptr = lib.empty((plan.forward_scratch,), "uint8")
-    ptrs = {"x": ax.ptr, "lengths": lengths_ptr, "y": y_ptr, "h_n": h_n_ptr, "c_n": c_n_ptr,
-            "reserve": reserve_ptr, "workspace": workspace_ptr}
+    ptrs = {"x": ax.ptr, "lengths": lengths_ptr, "resets": resets_ptr, "y": y_ptr,
+            "h_n": h_n_ptr, "c_n": c_n_ptr, "reserve": reserve_ptr, "workspace": workspace_ptr}
     for key, n in (("h0", "h0"), ("c0", "c0"), ("w_ih", "weight_ih"), ("w_hh", "weight_hh"),
                    ("b_ih", "bias_ih"), ("b_hh", "bias_hh"), ("w_hr", "weight_hr")):
         a = args[n]
@@ -219,7 +272,8 @@ def layer_forward(mode: str, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, 
     state = None
     if training:
         state = CudaLayerState(mode, cell, dcode, (T, B, I, H, P), bool(reverse), algo, args,
-                               lengths_dev, lengths_ptr, reserve, reserve_ptr, [lib])
+                               lengths_dev, lengths_ptr, reserve, reserve_ptr, [lib],
+                               resets_dev, resets_ptr)
     return y, h_n, c_n, state
 
 
@@ -252,7 +306,8 @@ def layer_backward(state: CudaLayerState, dy, dh_n=None, dc_n=None) -> Dict[str,
                    ("w_hr", "weight_hr")):
         a = args[n]
         ptrs[key] = a.ptr if a is not None else 0
-    ptrs.update(lengths=state.lengths_ptr, reserve=state.reserve_ptr, workspace=workspace_ptr)
+    ptrs.update(lengths=state.lengths_ptr, resets=state.resets_ptr, reserve=state.reserve_ptr,
+                workspace=workspace_ptr)
     for name in ("dy", "dh_n", "dc_n"):
         a = grads_in[name]
         ptrs[name] = a.ptr if a is not None else 0

@@ -216,8 +216,8 @@ def poisoning() -> bool:
 def forward(cell: int, dtype: int, shape: Tuple[int, int, int, int, int], reverse: bool,
             plan_: Plan, allow_tf32: bool, device: int, stream: int, ptrs: Dict[str, int]) -> None:
     """Queue one layer's forward. ``shape`` is (T, B, I, H, P); ``ptrs`` maps x, h0, c0, w_ih,
-    w_hh, b_ih, b_hh, w_hr, lengths, y, h_n, c_n, reserve, workspace to device addresses (0:
-    absent)."""
+    w_hh, b_ih, b_hh, w_hr, lengths, y, h_n, c_n, reserve, workspace and optionally resets ((T, B)
+    bytes 0/1 where the state restarts from zeros) to device addresses (0: absent)."""
     T, B, I, H, P = shape
     _require().layer_forward(cell, dtype, T, B, I, H, P, reverse, plan_.algo, allow_tf32, device,
                              stream, **ptrs)
@@ -226,8 +226,9 @@ def forward(cell: int, dtype: int, shape: Tuple[int, int, int, int, int], revers
 def backward(cell: int, dtype: int, shape: Tuple[int, int, int, int, int], reverse: bool,
              plan_: Plan, allow_tf32: bool, device: int, stream: int,
              ptrs: Dict[str, int]) -> None:
-    """Queue one layer's backward; ``ptrs`` as for :func:`forward` without y, h_n, c_n, plus
-    dy, dh_n, dc_n and the gradients dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr."""
+    """Queue one layer's backward; ``ptrs`` as for :func:`forward` without y, h_n, c_n (resets,
+    when given, the forward's), plus dy, dh_n, dc_n and the gradients dx, dh0, dc0, dw_ih, dw_hh,
+    db_ih, db_hh, dw_hr."""
     T, B, I, H, P = shape
     _require().layer_backward(cell, dtype, T, B, I, H, P, reverse, plan_.algo, allow_tf32,
                               device, stream, **ptrs)
