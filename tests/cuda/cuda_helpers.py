@@ -248,18 +248,32 @@ def _lengths(kind: str, T: int, B: int, seed: int):
     return random_lengths(np.random.default_rng(seed + 7), T, B)  # unsorted, has 1 and T
 
 
-def _gpu_forward(mode, d, *, lengths, reverse, algo, training=True):
+def _gpu_forward(mode, d, *, lengths, reverse, algo, training=True, resets=None):
+    extra = {} if resets is None else {"resets": resets}
     return functional.layer_forward(mode, d["x"], d["h0"], d["c0"], d["weight_ih"],
                                      d["weight_hh"], d["bias_ih"], d["bias_hh"],
                                      weight_hr=d["weight_hr"], lengths=lengths, reverse=reverse,
-                                     training=training, algo=algo)
+                                     training=training, algo=algo, **extra)
 
 
-def _ref_forward(mode, a, *, lengths, reverse, training=True):
+def _ref_forward(mode, a, *, lengths, reverse, training=True, resets=None):
+    extra = {} if resets is None else {"resets": resets}
     return reference.layer_forward(mode, a["x"], a["h0"], a["c0"], a["weight_ih"],
                                    a["weight_hh"], a["bias_ih"], a["bias_hh"],
                                    weight_hr=a["weight_hr"], lengths=lengths, reverse=reverse,
-                                   training=training)
+                                   training=training, **extra)
+
+
+def _resets(kind: str, T: int, B: int, seed: int):
+    """A state reset mask (T, B) bool, or None: "random" resets about a third of the steps, and
+    always row 0 at t = 0 and row 1 at two consecutive steps."""
+    if kind == "none":
+        return None
+    r = np.random.default_rng(seed + 13).random((T, B)) < 0.3
+    r[0, 0] = True
+    if B > 1 and T > 2:
+        r[1:3, 1] = True
+    return r
 
 
 def _align_relu_masks(mode, ref_state, y_gpu) -> None:
@@ -316,27 +330,36 @@ def _check_outputs(label, dtype, mode, got, want, T, B, H, R, lengths):
 
 
 def _run_layer(mode, dtype, size, *, P=0, bias=True, reverse=False, lengths_kind="mixed",
-               algo="auto", seed=0, final_grads=True, check_training_free=False):
+               algo="auto", seed=0, final_grads=True, check_training_free=False,
+               resets_kind="none", resets_on_device=True):
     """fastrnn on the GPU (in ``dtype``, torch CUDA tensors) and the reference (float64, on the
-    same rounded numbers): every output and every gradient compared. Returns what it ran."""
+    same rounded numbers): every output and every gradient compared. Returns what it ran.
+    ``resets_kind``: "none" or "random" (:func:`_resets`), given to fastrnn as a CUDA bool tensor
+    or (``resets_on_device=False``) a NumPy array."""
     T, B, I, H = size
     R = P or H
     host = _host_inputs(mode, T, B, I, H, P=P, bias=bias, seed=seed, scale=_scale_for(dtype))
     d = {k: _to_device(v, dtype) for k, v in host.items()}
     a = {k: _host64(v) for k, v in d.items()}  # exactly what the GPU sees
     lengths = _lengths(lengths_kind, T, B, seed)
+    resets = _resets(resets_kind, T, B, seed)
+    gpu_resets = resets
+    if resets is not None and resets_on_device:
+        gpu_resets = torch.from_numpy(resets).to("cuda")
     label = (f"{mode} {dtype} {algo} T={T} B={B} I={I} H={H} P={P} rev={reverse} "
-             f"{lengths_kind} bias={bias}")
+             f"{lengths_kind} bias={bias} resets={resets_kind}")
     _check_plan(mode, dtype, T, B, I, H, P, algo)
 
-    y, h_n, c_n, state = _gpu_forward(mode, d, lengths=lengths, reverse=reverse, algo=algo)
-    ry, rh_n, rc_n, rstate = _ref_forward(mode, a, lengths=lengths, reverse=reverse)
+    y, h_n, c_n, state = _gpu_forward(mode, d, lengths=lengths, reverse=reverse, algo=algo,
+                                      resets=gpu_resets)
+    ry, rh_n, rc_n, rstate = _ref_forward(mode, a, lengths=lengths, reverse=reverse,
+                                          resets=resets)
     assert state is not None
     _check_outputs(label, dtype, mode, (y, h_n, c_n), (ry, rh_n, rc_n), T, B, H, R, lengths)
 
     if check_training_free:  # inference mode: the same results, nothing saved
         iy, ih_n, ic_n, istate = _gpu_forward(mode, d, lengths=lengths, reverse=reverse,
-                                              algo=algo, training=False)
+                                              algo=algo, training=False, resets=gpu_resets)
         assert istate is None
         _check_outputs(label + " inference", dtype, mode, (iy, ih_n, ic_n), (ry, rh_n, rc_n),
                        T, B, H, R, lengths)

@@ -3,8 +3,9 @@
 The module ``_cuda_emulated`` is csrc/cuda compiled by the host compiler against
 csrc/cuda/emulation/host_emulation.h (see csrc/cuda/platform.cuh): the very same kernels --
 standard step kernels, persistent cooperative kernels -- and the same driver (layouts, slots,
-lengths, reverse, projection, the GEMMs' shapes and transpositions, the half types) run on CPU
-threads, one per CUDA thread, with barriers for __syncthreads, warp shuffles and grid.sync.
+lengths, state resets, reverse, projection, the GEMMs' shapes and transpositions, the half
+types) run on CPU threads, one per CUDA thread, with barriers for __syncthreads, warp shuffles
+and grid.sync.
 "Device pointers" are host addresses, so NumPy arrays serve as device memory. This checks the
 logic of the CUDA code on machines without a GPU; the GPU itself (its memory model, cuBLAS's
 real arithmetic, speed) is tests/cuda/test_cuda.py's job.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import inspect
 import os
 import threading
 import warnings
@@ -127,9 +129,11 @@ def _finish(calls):
 
 
 def layer_calls(mode, dtype, T, B, I, H, *, P=0, reverse=False, lengths=None, algo=STANDARD,
-                bias=True, training=True, seed=0, stream=0):
+                bias=True, training=True, seed=0, stream=0, resets=None, keep=None):
     """run_layer as a generator that pauses after the forward call, so that tests can interleave
-    the calls of several layers; `stream` is the stream handle that the calls pass."""
+    the calls of several layers; `stream` is the stream handle that the calls pass. `resets`: a
+    bool array (T, B) or None; `keep`: a dict that receives the raw results (y, h_n, c_n and the
+    gradients, as the kernels wrote them)."""
     rng = np.random.default_rng(seed)
     buf, G, R = Buffers(dtype), num_gates(mode), P or H
     cell, dcode = CELL[mode], DTYPE_CODE[dtype]
@@ -143,6 +147,7 @@ def layer_calls(mode, dtype, T, B, I, H, *, P=0, reverse=False, lengths=None, al
     b_ih, b_hh = (rand(G * H), rand(G * H)) if bias else (None, None)
     w_hr = rand(P, H) if P else None
     lengths_arr = None if lengths is None else np.asarray(lengths, np.int64)
+    resets_u8 = None if resets is None else np.ascontiguousarray(resets, np.uint8)
 
     code = emu.resolve_algo(cell, dcode, T, B, I, H, P, algo, 0)
     fwd_bytes, bwd_bytes = emu.workspace_bytes(cell, dcode, T, B, I, H, P, training, code)
@@ -154,13 +159,16 @@ def layer_calls(mode, dtype, T, B, I, H, *, P=0, reverse=False, lengths=None, al
     emu.layer_forward(cell, dcode, T, B, I, H, P, reverse, code, False, 0, stream, _addr(x),
                       _addr(h0), _addr(c0), _addr(w_ih), _addr(w_hh), _addr(b_ih), _addr(b_hh),
                       _addr(w_hr), _addr(lengths_arr), _addr(y), _addr(h_n), _addr(c_n),
-                      _addr(reserve), _addr(workspace))
+                      _addr(reserve), _addr(workspace), resets=_addr(resets_u8))
     yield
+    if keep is not None:
+        keep.update(y=y, h_n=h_n, c_n=c_n)
 
     v = (lambda a: None if a is None else buf.value(a))
-    ry, rh, rc, saved = reference.layer_forward(
-        mode, v(x), v(h0), v(c0), v(w_ih), v(w_hh), v(b_ih), v(b_hh), weight_hr=v(w_hr),
-        lengths=lengths_arr, reverse=reverse, training=True)
+    ry, rh, rc, ref_backward = reference_layer(
+        mode, dict(x=v(x), h0=v(h0), c0=v(c0), weight_ih=v(w_ih), weight_hh=v(w_hh),
+                   bias_ih=v(b_ih), bias_hh=v(b_hh), weight_hr=v(w_hr)),
+        lengths=lengths_arr, resets=resets, reverse=reverse)
     errors = {"y": _rel(v(y), ry), "h_n": _rel(v(h_n), rh)}
     if c_n is not None:
         errors["c_n"] = _rel(v(c_n), rc)
@@ -179,12 +187,105 @@ def layer_calls(mode, dtype, T, B, I, H, *, P=0, reverse=False, lengths=None, al
     emu.layer_backward(cell, dcode, T, B, I, H, P, reverse, code, False, 0, stream, _addr(x),
                        _addr(h0), _addr(c0), _addr(w_ih), _addr(w_hh), _addr(b_ih), _addr(b_hh),
                        _addr(w_hr), _addr(lengths_arr), _addr(reserve), _addr(dy), _addr(dh_n),
-                       _addr(dc_n), *[_addr(grads[k]) for k in GRADIENTS], _addr(workspace))
-    ref_grads = reference.layer_backward(saved, v(dy), v(dh_n), v(dc_n))
+                       _addr(dc_n), *[_addr(grads[k]) for k in GRADIENTS], _addr(workspace),
+                       resets=_addr(resets_u8))
+    if keep is not None:
+        keep.update(grads)
+    ref_grads = ref_backward(v(dy), v(dh_n), v(dc_n))
     for k in GRADIENTS:
         if grads[k] is not None:
             errors["d" + k] = _rel(v(grads[k]), ref_grads[k])
     return code, errors
+
+
+# ---- the float64 reference, with state resets -------------------------------------------------
+
+# fastrnn.reference takes `resets` (the CPU side's work); until it does, the tests use the local
+# reference below, which knows the rule only as its meaning: a reset splits a sequence into
+# segments that run as sequences of their own.
+REFERENCE_HAS_RESETS = "resets" in inspect.signature(reference.layer_forward).parameters
+
+
+def reference_layer(mode, a, *, lengths, resets, reverse, local=None):
+    """The float64 reference of one layer call on `a` (x, h0, c0, weight_ih, weight_hh, bias_ih,
+    bias_hh, weight_hr): (y, h_n, c_n, backward), backward(dy, dh_n, dc_n) giving the gradients
+    by name. `local`: True forces the segment reference below, False fastrnn.reference, None
+    takes fastrnn.reference wherever it can."""
+    if local is None:
+        local = resets is not None and not REFERENCE_HAS_RESETS
+    if local:
+        return _segment_reference(mode, a, lengths=lengths, resets=resets, reverse=reverse)
+    extra = {} if resets is None else {"resets": np.asarray(resets, bool)}
+    y, h_n, c_n, saved = reference.layer_forward(
+        mode, a["x"], a["h0"], a["c0"], a["weight_ih"], a["weight_hh"], a["bias_ih"],
+        a["bias_hh"], weight_hr=a["weight_hr"], lengths=lengths, reverse=reverse,
+        training=True, **extra)
+    return y, h_n, c_n, lambda dy, dh_n, dc_n: reference.layer_backward(saved, dy, dh_n, dc_n)
+
+
+def _segments(L, marks, reverse):
+    """[(start, end, from_initial_state)] of one row of valid length L: resets at 0 < t < L split
+    it before step t; each segment runs as a sequence of its own. The forward walk's first
+    segment starts from h0 (from zeros when resets[0]), the reverse walk's last one (from its own
+    last step); every other segment starts from zeros."""
+    bounds = [0] + [t for t in range(1, L) if marks[t]] + [L]
+    spans = list(zip(bounds[:-1], bounds[1:]))
+    first = len(spans) - 1 if reverse else 0
+    return [(s, e, k == first and (reverse or not marks[0])) for k, (s, e) in enumerate(spans)]
+
+
+def _segment_reference(mode, a, *, lengths, resets, reverse):
+    """fastrnn.reference run on every segment of every row (B = 1, no lengths, no resets), put
+    together: outputs and input gradients by step, weight gradients summed, the initial state's
+    gradient from the segment that starts from it, the final state from (and its gradient into)
+    the segment the walk ends with."""
+    x = a["x"]
+    T, B, _ = x.shape
+    R, H = a["h0"].shape[1], a["weight_ih"].shape[0] // num_gates(mode)
+    lstm = mode == "lstm"
+    marks = np.zeros((T, B), bool) if resets is None else np.asarray(resets, bool)
+    y = np.zeros((T, B, R))
+    h_n, c_n = np.zeros((B, R)), np.zeros((B, H)) if lstm else None
+    runs = []  # (b, start, end, from_initial, ends_the_walk, saved)
+    for b in range(B):
+        L = T if lengths is None else int(lengths[b])
+        segments = _segments(L, marks[:, b], reverse)
+        last = segments[0] if reverse else segments[-1]
+        for s, e, from_initial in segments:
+            h0 = a["h0"][b:b + 1] if from_initial else np.zeros((1, R))
+            c0 = None if not lstm else a["c0"][b:b + 1] if from_initial else np.zeros((1, H))
+            ys, hs, cs, saved = reference.layer_forward(
+                mode, x[s:e, b:b + 1], h0, c0, a["weight_ih"], a["weight_hh"], a["bias_ih"],
+                a["bias_hh"], weight_hr=a["weight_hr"], reverse=reverse, training=True)
+            y[s:e, b] = ys[:, 0]
+            ends = (s, e) == last[:2]
+            if ends:
+                h_n[b] = hs[0]
+                if lstm:
+                    c_n[b] = cs[0]
+            runs.append((b, s, e, from_initial, ends, saved))
+
+    def backward(dy, dh_n, dc_n):
+        g = {"input": np.zeros_like(x), "h0": np.zeros_like(a["h0"]),
+             "c0": None if not lstm else np.zeros_like(a["c0"])}
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"):
+            g[name] = None if a[name] is None else np.zeros_like(a[name])
+        for b, s, e, from_initial, ends, saved in runs:
+            gs = reference.layer_backward(
+                saved, dy[s:e, b:b + 1],
+                dh_n[b:b + 1] if ends and dh_n is not None else None,
+                dc_n[b:b + 1] if ends and dc_n is not None else None)
+            g["input"][s:e, b] = gs["input"][:, 0]
+            if from_initial:
+                g["h0"][b] = gs["h0"][0]
+                if lstm:
+                    g["c0"][b] = gs["c0"][0]
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"):
+                if g[name] is not None:
+                    g[name] += gs[name]
+        return g
+
+    return y, h_n, c_n, backward
 
 
 def _check(errors, dtype):
@@ -275,6 +376,162 @@ def test_more_units_than_multiprocessors_and_a_batch_of_16():
                              algo=PERSISTENT, seed=_seed("wide"))
     assert code == PERSISTENT
     _check(errors, "float32")
+
+
+# ---- state resets (ForwardPtrs::resets, common/resets.h) ----------------------------------------
+# A reset at (t, b) restarts row b from zeros before step t (in the reverse walk: each segment
+# from zeros at its last step). The kernels keep the true states in the reserve and read zeros
+# for a fresh row; the reference's meaning is the segments' (see _segment_reference).
+
+def _reset_pattern(T, B, lengths):
+    """A mask with every case: a reset at t = 0, consecutive resets, a reset at a row's last valid
+    step and at padded steps (ignored), a row with none; T >= 6, B >= 4."""
+    r = np.zeros((T, B), bool)
+    r[[0, 2, 3, T - 1], 0] = True                           # t = 0, consecutive, the last step
+    L1 = T if lengths is None else lengths[1]
+    r[L1 - 1, 1] = True                                     # row 1's last valid step
+    r[min(L1 + 1, T - 1), 1] = r[T - 1, 1] = True           # padded steps where row 1 is short
+    r[1, 2] = r[T // 2, 2] = True
+    # row 3: none
+    return r
+
+
+RESET_SHAPES = dict(T=7, B=4, I=5, H=9, lengths=[7, 3, 5, 7])
+
+
+@pytest.mark.parametrize("algo", [STANDARD, PERSISTENT])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+def test_resets_every_cell_direction_and_algo_with_lengths(mode, reverse, algo):
+    T, B, I, H, lengths = (RESET_SHAPES[k] for k in ("T", "B", "I", "H", "lengths"))
+    code, errors = run_layer(mode, "float32", T, B, I, H, lengths=lengths, reverse=reverse,
+                             algo=algo, resets=_reset_pattern(T, B, lengths),
+                             seed=_seed("resets", mode, reverse, algo))
+    assert code == algo
+    _check(errors, "float32")
+
+
+@pytest.mark.parametrize("algo", [STANDARD, PERSISTENT])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+def test_resets_everywhere(mode, reverse, algo):
+    # every step starts from zeros: no gradient reaches h0/c0 (forward walk) or crosses a step
+    T, B, I, H = 4, 3, 3, 5
+    keep = {}
+    code, errors = run_layer(mode, "float32", T, B, I, H, lengths=[4, 1, 3], reverse=reverse,
+                             algo=algo, resets=np.ones((T, B), bool), keep=keep,
+                             seed=_seed("all resets", mode, reverse, algo))
+    assert code == algo
+    _check(errors, "float32")
+    if not reverse:
+        assert np.all(keep["h0"] == 0)
+        if mode == "lstm":
+            assert np.all(keep["c0"] == 0)
+
+
+@pytest.mark.parametrize("algo", [STANDARD, PERSISTENT])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+def test_no_resets_mask_is_bitwise_the_same_as_none(mode, reverse, algo):
+    T, B, I, H = 5, 3, 4, 6
+    runs = []
+    for resets in (None, np.zeros((T, B), bool)):
+        keep = {}
+        run_layer(mode, "float32", T, B, I, H, lengths=[5, 2, 4], reverse=reverse, algo=algo,
+                  resets=resets, keep=keep, seed=_seed("no resets", mode, reverse, algo))
+        runs.append(keep)
+    assert runs[0].keys() == runs[1].keys()
+    for name, a in runs[0].items():
+        if a is None:
+            assert runs[1][name] is None, name
+        else:
+            assert a.tobytes() == runs[1][name].tobytes(), f"{name} differs"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("algo", [STANDARD, PERSISTENT])
+@pytest.mark.parametrize("mode", ["rnn_tanh", "lstm", "gru"])
+def test_resets_half_types(mode, algo, dtype):
+    T, B, I, H, lengths = (RESET_SHAPES[k] for k in ("T", "B", "I", "H", "lengths"))
+    code, errors = run_layer(mode, dtype, T, B, I, H, lengths=lengths, reverse=algo == 1,
+                             algo=algo, resets=_reset_pattern(T, B, lengths),
+                             seed=_seed("resets", mode, algo, dtype))
+    assert code == algo
+    _check(errors, dtype)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_resets_lstm_projection(reverse, dtype):
+    T, B, I, H, lengths = (RESET_SHAPES[k] for k in ("T", "B", "I", "H", "lengths"))
+    code, errors = run_layer("lstm", dtype, T, B, I, H, P=4, lengths=lengths, reverse=reverse,
+                             algo=AUTO, resets=_reset_pattern(T, B, lengths),
+                             seed=_seed("resets proj", reverse, dtype))
+    assert code == STANDARD
+    _check(errors, dtype)
+
+
+@pytest.mark.parametrize("algo", [STANDARD, PERSISTENT])
+@pytest.mark.parametrize("mode", ["rnn_relu", "gru"])
+def test_resets_without_bias(mode, algo):
+    # a fresh row's recurrent pre-activation is b_hh alone: here nothing
+    T, B = 6, 4
+    _, errors = run_layer(mode, "float32", T, B, 5, 7, bias=False, algo=algo,
+                          resets=_reset_pattern(T, B, None), seed=_seed("resets", mode, algo))
+    _check(errors, "float32")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("algo", [STANDARD, PERSISTENT])
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_resets_inference_mode(mode, algo, reverse):
+    T, B, I, H, lengths = (RESET_SHAPES[k] for k in ("T", "B", "I", "H", "lengths"))
+    _, errors = run_layer(mode, "float32", T, B, I, H, lengths=lengths, reverse=reverse,
+                          algo=algo, training=False, resets=_reset_pattern(T, B, lengths),
+                          seed=_seed("resets inference", mode, algo, reverse))
+    _check(errors, "float32")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_resets_more_units_than_multiprocessors_and_a_batch_of_16(reverse):
+    # several blocks, each skipping the fresh rows of its units in the backward's W_hh product
+    rng = np.random.default_rng(_seed("wide resets", reverse))
+    lengths = list(range(1, 6)) * 3 + [6]
+    code, errors = run_layer("gru", "float32", 6, 16, 3, 17, lengths=lengths, reverse=reverse,
+                             algo=PERSISTENT, resets=rng.random((6, 16)) < 0.3,
+                             seed=_seed("wide resets", reverse))
+    assert code == PERSISTENT
+    _check(errors, "float32")
+
+
+@pytest.mark.skipif(not REFERENCE_HAS_RESETS,
+                    reason="fastrnn.reference.layer_forward has no resets yet")
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+def test_segment_reference_agrees_with_fastrnn_reference(mode, reverse):
+    T, B, I, H, lengths = (RESET_SHAPES[k] for k in ("T", "B", "I", "H", "lengths"))
+    rng = np.random.default_rng(_seed("references", mode, reverse))
+    G = num_gates(mode)
+    a = dict(x=rng.standard_normal((T, B, I)), h0=rng.standard_normal((B, H)),
+             c0=rng.standard_normal((B, H)) if mode == "lstm" else None,
+             weight_ih=rng.standard_normal((G * H, I)) * 0.4,
+             weight_hh=rng.standard_normal((G * H, H)) * 0.4,
+             bias_ih=rng.standard_normal(G * H), bias_hh=rng.standard_normal(G * H),
+             weight_hr=None)
+    dy, dh_n = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
+    dc_n = rng.standard_normal((B, H)) if mode == "lstm" else None
+    lengths, resets = np.array(lengths), _reset_pattern(T, B, lengths)
+    results = []
+    for local in (True, False):
+        y, h_n, c_n, backward = reference_layer(mode, a, lengths=lengths, resets=resets,
+                                                reverse=reverse, local=local)
+        results.append(dict(y=y, h_n=h_n, c_n=c_n, **backward(dy, dh_n, dc_n)))
+    for name, want in results[0].items():
+        got = results[1][name]
+        if want is None:
+            assert got is None, name
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=name)
 
 
 # ---- cuBLAS handles and workspaces per stream (csrc/cuda/gemm.cu) ------------------------------
@@ -432,6 +689,67 @@ def test_functional_api_device_argument_errors(emulated_backend):
         call(algo="fastest")
     with pytest.raises(ValueError, match="c0"):
         call(c0=arr(B, H))
+
+
+@pytest.mark.parametrize("where", ["host", "device"])
+@pytest.mark.parametrize("algo", ["standard", "persistent"])
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_functional_api_resets_on_device_arrays(emulated_backend, mode, algo, where):
+    # resets as a host bool array (uploaded) or a device one (used in place), kept for backward
+    from fastrnn import functional
+    rng = np.random.default_rng(_seed("dlpack resets", mode, algo, where))
+    T, B, I, H, G = 6, 4, 4, 5, num_gates(mode)
+    host = {name: (rng.standard_normal(shape) * 0.5).astype(np.float32) for name, shape in (
+        ("x", (T, B, I)), ("h0", (B, H)), ("c0", (B, H)), ("weight_ih", (G * H, I)),
+        ("weight_hh", (G * H, H)), ("bias_ih", (G * H,)), ("bias_hh", (G * H,)))}
+    if mode != "lstm":
+        host["c0"] = None
+    dev = {k: None if v is None else FakeCudaArray(v) for k, v in host.items()}
+    lengths = [6, 2, 5, 6]
+    resets = _reset_pattern(T, B, lengths)
+    given = resets if where == "host" else FakeCudaArray(resets.copy())
+    for reverse in (False, True):
+        y, h_n, c_n, state = functional.layer_forward(
+            mode, dev["x"], dev["h0"], dev["c0"], dev["weight_ih"], dev["weight_hh"],
+            dev["bias_ih"], dev["bias_hh"], weight_hr=None, lengths=lengths, resets=given,
+            reverse=reverse, training=True, algo=algo)
+        d = {k: None if v is None else v.astype(np.float64) for k, v in host.items()}
+        d["weight_hr"] = None
+        ry, rh, rc, ref_backward = reference_layer(mode, d, lengths=np.array(lengths),
+                                                   resets=resets, reverse=reverse)
+        errors = {"y": _rel(_read(y), ry), "h_n": _rel(_read(h_n), rh)}
+        if mode == "lstm":
+            errors["c_n"] = _rel(_read(c_n), rc)
+        dy = (rng.standard_normal((T, B, H)) * 0.5).astype(np.float32)
+        grads = functional.layer_backward(state, FakeCudaArray(dy))
+        ref_grads = ref_backward(dy.astype(np.float64), None, None)
+        for k in ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            if ref_grads[k] is not None:
+                errors["d" + k] = _rel(_read(grads[k]), ref_grads[k])
+        _check(errors, "float32")
+
+
+def test_functional_api_resets_errors_on_device_arrays(emulated_backend):
+    import fastrnn
+    rng = np.random.default_rng(4)
+    T, B, I, H = 5, 3, 2, 4
+
+    def arr(*shape):
+        return FakeCudaArray(rng.standard_normal(shape).astype(np.float32))
+
+    def call(resets):
+        return fastrnn.functional.layer_forward(
+            "gru", arr(T, B, I), arr(B, H), None, arr(3 * H, I), arr(3 * H, H), None, None,
+            resets=resets, training=False, algo="standard")
+
+    for bad in (np.zeros((B, T), bool), np.zeros(T, bool), FakeCudaArray(np.zeros((B, T), bool))):
+        with pytest.raises(ValueError, match=r"resets: expected shape \(T, B\) = \(5, 3\)"):
+            call(bad)
+    for bad in (np.zeros((T, B), np.uint8), FakeCudaArray(np.zeros((T, B), np.uint8)),
+                FakeCudaArray(np.zeros((T, B), np.float32))):
+        with pytest.raises(fastrnn.DtypeError, match="resets: expected dtype bool"):
+            call(bad)
+    call(np.zeros((T, B), bool))  # and a good one runs
 
 
 # ---- fastrnn.torch's CUDA path (torch.py: _cuda_forward / _cuda_backward) over the emulator ----

@@ -34,6 +34,38 @@ def test_layer_matches_reference(mode, dtype, algo, reverse, lengths_kind):
                seed=_seed(mode, dtype, algo, reverse, lengths_kind))
 
 
+@gpu
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("algo", ["standard", "persistent"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+def test_layer_with_resets_matches_reference(mode, dtype, algo, reverse):
+    # a state reset mask (fastrnn.reference has the same rule), on the device or the host
+    _run_layer(mode, dtype, (7, 5, 4, 9), reverse=reverse, lengths_kind="mixed", algo=algo,
+               resets_kind="random", resets_on_device=dtype != "float16",
+               check_training_free=dtype == "float32",
+               seed=_seed("resets", mode, dtype, algo, reverse))
+
+
+@gpu
+@pytest.mark.parametrize("algo", ["standard", "persistent"])
+@pytest.mark.parametrize("mode", MODES)
+def test_layer_with_no_resets_is_bitwise_the_same_as_without(mode, algo):
+    T, B, I, H = 6, 3, 4, 7
+    d = {k: _to_device(v, "float32") for k, v in _host_inputs(mode, T, B, I, H).items()}
+    runs = []
+    for resets in (None, torch.zeros((T, B), dtype=torch.bool, device="cuda")):
+        y, h_n, c_n, state = _gpu_forward(mode, d, lengths=[6, 2, 5], reverse=False, algo=algo,
+                                          resets=resets)
+        dy = torch.linspace(-1, 1, y.numel(), device="cuda").reshape(y.shape)
+        g = functional.layer_backward(state, dy)
+        runs.append([y, h_n, c_n] + [g[k] for k in GRAD_NAMES])
+    for a, b in zip(*runs):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.equal(a, b)
+
+
 # (T, B, I, H): one step, one sequence, small hidden sizes, the persistent kernel's two batch
 # instantiations (<= 4, <= 16) and a batch past it, a longer sequence, and a larger layer.
 SIZES = [
