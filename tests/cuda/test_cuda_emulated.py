@@ -818,3 +818,57 @@ def test_fastrnn_torch_cuda_path_matches_torch_nn(torch_on_emulated_cuda, kind, 
     for i, (g, w) in enumerate(zip(got, want)):
         err = _rel(g.double().numpy(), w.double().numpy())
         assert err <= 1e-5, f"result {i}: relative error {err}"
+
+
+@pytest.mark.parametrize("kind, algo", [("lstm-bidirectional", "standard"),
+                                        ("gru-bidirectional", "persistent"),
+                                        ("rnn-tanh-batch-first", "auto")])
+def test_fastrnn_torch_cuda_path_with_resets_matches_its_cpu_path(emulated_backend, monkeypatch,
+                                                                   kind, algo):
+    # The module's resets reach the kernels (fastrnn.torch's _cuda_forward/_cuda_backward): the
+    # same module, inputs and mask through the emulated CUDA path and through the CPU core.
+    torch = pytest.importorskip("torch")
+    import fastrnn.torch as ft
+    torch.manual_seed(_seed("torch resets", kind, algo))
+    T, B, I, H = 6, 3, 4, 5
+    batch_first = kind.endswith("batch-first")
+    if kind.startswith("lstm"):
+        module = ft.LSTM(I, H, num_layers=2, bidirectional=True, algo=algo)
+    elif kind.startswith("gru"):
+        module = ft.GRU(I, H, num_layers=2, bidirectional=True, algo=algo)
+    else:
+        module = ft.RNN(I, H, batch_first=True, algo=algo)
+    x = torch.randn(B, T, I) if batch_first else torch.randn(T, B, I)
+    resets = torch.rand(T, B) < 0.3
+    resets[0, 0] = True
+    resets[2:4, 1] = True
+    if batch_first:
+        resets = resets.T.contiguous()
+
+    def run():
+        module.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        out, hidden = module(xi, resets=resets)
+        states = hidden if isinstance(hidden, tuple) else (hidden,)
+        loss = (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum() + \
+            sum((s * s).sum() for s in states)
+        loss.backward()
+        return [out.detach(), *[s.detach() for s in states], xi.grad] + \
+            [p.grad for p in module.parameters()]
+
+    want = run()  # the CPU core
+
+    class DefaultStream:
+        cuda_stream = 0
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: DefaultStream())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(ft, "_core_forward", ft._cuda_forward)
+    monkeypatch.setattr(ft, "_core_backward", ft._cuda_backward)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.FallbackWarning)  # it must run the kernels
+        got = run()
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        err = _rel(g.double().numpy(), w.double().numpy())
+        assert err <= 1e-5, f"result {i}: relative error {err}"
