@@ -8,8 +8,9 @@
 //     backward's weight gradients as BLAS GEMMs per chunk of steps. The default.
 //   per step through BLAS: Xp = X W_ih^T + bias (one GEMM), then per step Hp = h_prev W_hh^T
 //     (GEMM, GEMV at B = 1) and one pointwise pass; backward one GEMM per step. Used for layers
-//     with a projection (LSTM's proj_size), and for the forward at B = 1 with a large W_hh and a
-//     short sequence (forward_uses_team).
+//     with a projection (LSTM's proj_size), for the forward at B = 1 with a large W_hh and a
+//     short sequence (forward_uses_team), and for a single step, T = 1, both ways (a cell's step,
+//     a streaming call: backward_uses_team).
 // Denormals are flushed to zero on the calling thread for the whole call (DenormalsAreZero), and
 // on every thread that works for it (run_team; denormals.h).
 #pragma once
@@ -80,13 +81,18 @@ inline bool uses_team_recurrence(const LayerShape& s) { return s.P == 0; }
 // sits; when W_hh is larger than the cores' caches and the sequence short, that is cheaper
 // (measured, LSTM, T = 25: H = 512 1.31 ms per-step GEMV vs 1.55 ms team; H = 1024 7.2 vs
 // 9.6 ms; at T = 1, 0.6 vs 3.3 ms). Decided from the shape alone: workspace sizes depend on it.
+// A single step (a cell, a streaming call) never packs: the pack reads W_hh, writes it packed and
+// the product reads it again, where one BLAS product reads it once.
 inline bool forward_uses_team(const LayerShape& s) {
   constexpr int64_t kCachedWeights = int64_t(1) << 19;  // elements: 2 MiB of float, L2 of 2 cores
   constexpr int64_t kAmortisingSteps = 128;
   const bool large_single_row = s.B == 1 && s.gate_width() * s.H > kCachedWeights &&
                                 s.T < kAmortisingSteps;
-  return uses_team_recurrence(s) && !large_single_row;
+  return uses_team_recurrence(s) && !large_single_row && s.T > 1;
 }
+
+// The backward's recurrence on the team, except for a single step (as forward_uses_team).
+inline bool backward_uses_team(const LayerShape& s) { return uses_team_recurrence(s) && s.T > 1; }
 
 // Large batches compute X W_ih^T inside the team, tile by tile, right before the tile's
 // recurrent product: no (T, B, G*H) buffer goes to memory and back, and no separate GEMM call.
@@ -124,7 +130,7 @@ struct ForwardWorkspace {
 // forward+backward at B = 16, H = 256; 1024 rows nothing), and at least 16 steps so that the
 // team restarts rarely.
 inline int64_t backward_chunk_steps(const LayerShape& s) {
-  if (!uses_team_recurrence(s)) return s.T;
+  if (!backward_uses_team(s)) return s.T;
   constexpr int64_t kMinRows = 1024;
   return std::min<int64_t>(s.T, std::max<int64_t>(16, (kMinRows + s.B - 1) / s.B));
 }
@@ -138,7 +144,7 @@ struct BackwardWorkspace {
     chunk = backward_chunk_steps(s);
     int64_t at = 0;
     auto take = [&at](int64_t n) { return take_aligned(at, n); };
-    pack = take(uses_team_recurrence(s) ? packed_recurrent_elements<kCell>(H) : 0);
+    pack = take(backward_uses_team(s) ? packed_recurrent_elements<kCell>(H) : 0);
     dgx = take(chunk * B * GH);                                  // pre-activation gradients
     // dgh: kRecurrentGradGate's own (GRU: dn * r); the other gates' dgh is dgx
     dgh = Math::kRecurrentGradDiffers ? take(chunk * B * H) : dgx;
@@ -344,7 +350,7 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
     }
   };
 
-  if (uses_team_recurrence(s)) {
+  if (backward_uses_team(s)) {
     const int64_t V = kMaxPanelWidth<scalar_t>;
     const int64_t groups = (H + 4 * V - 1) / (4 * V);
     const int members = recurrence_members(2 * B * GH * R, groups);
@@ -369,9 +375,6 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
       std::swap(dh_next, dh_prev);
       if (kC) std::swap(dc_next, dc_prev);
     }
-  } else if constexpr (kDistinct) {
-    // The per-step path below has no dgh; such cells (GRU) have no projection, so always a team.
-    throw std::logic_error("fastrnn: a cell with a distinct recurrent gradient needs the team");
   } else {
     for (int64_t step = T - 1; step >= 0; --step) {
       const int64_t t = time_at(s, step);
@@ -390,11 +393,16 @@ void backward_impl(const BackwardArgs<scalar_t>& a) {
                                       reserve.hs + order.prev(t) * B * R, cell_out,
                                       kC ? reserve.cs + order.prev(t) * B * H : nullptr,
                                       kC ? reserve.cs + order.next(t) * B * H : nullptr,
-                                      dgx + t * B * GH, nullptr, dh_prev,
-                                      kC ? dc_prev : nullptr, segments.fresh,
+                                      dgx + t * B * GH, kDistinct ? dgh + t * B * H : nullptr,
+                                      dh_prev, kC ? dc_prev : nullptr, segments.fresh,
                                       segments.zeros_or_null()});
-      // dh_prev (holding the part that bypasses W_hh) += dG_t W_hh
-      gemm<scalar_t>(false, false, B, R, GH, 1, dgx + t * B * GH, GH, a.w_hh, R, 1, dh_prev, R);
+      // dh_prev (holding the part that bypasses W_hh) += dGh_t W_hh: dgx's gates, and for a
+      // cell with kRecurrentGradGate that gate's rows from dgh
+      const int64_t K_x = kDistinct ? Math::kRecurrentGradGate * H : GH;
+      gemm<scalar_t>(false, false, B, R, K_x, 1, dgx + t * B * GH, GH, a.w_hh, R, 1, dh_prev, R);
+      if constexpr (kDistinct)
+        gemm<scalar_t>(false, false, B, R, H, 1, dgh + t * B * H, H, a.w_hh + K_x * R, R, 1,
+                       dh_prev, R);
       zero_fresh_rows(segments.fresh, t, B, R, 0, R, dh_prev);
       std::swap(dh_next, dh_prev);
       if (kC) std::swap(dc_next, dc_prev);

@@ -13,7 +13,8 @@
 //   Step t-1's part A reads only dh_prev[U_m], which this member wrote itself: no second barrier.
 // Used for every layer without an LSTM projection (layer_impl.h keeps the per-step BLAS path for
 // proj_size > 0, whose second product per step would need a second barrier, and for the forward
-// at batch 1 with a large W_hh over a short sequence: forward_uses_team).
+// at batch 1 with a large W_hh over a short sequence, and for a single step: forward_uses_team,
+// backward_uses_team).
 #pragma once
 
 #include <algorithm>

@@ -53,7 +53,7 @@ def layer_forward(
     lengths: NDArray[np.int64] | None,
     reverse: bool,
     training: bool,
-    resets: NDArray[np.bool_] | None = ...,
+    resets: NDArray[np.bool_] | None = None,
 ) -> tuple[NDArray[_FloatT], NDArray[_FloatT], NDArray[_FloatT] | None, NDArray[_FloatT] | None]:
     """``(y (T, B, R), h_n (B, R), c_n (B, H) or None, reserve or None)``.
 
@@ -79,7 +79,7 @@ def layer_backward(
     dh_n: NDArray[_FloatT] | None,
     dc_n: NDArray[_FloatT] | None,
     gate_grads: Literal[False] = False,
-    resets: NDArray[np.bool_] | None = ...,
+    resets: NDArray[np.bool_] | None = None,
 ) -> tuple[
     NDArray[_FloatT],  # dx
     NDArray[_FloatT],  # dh0
@@ -108,7 +108,7 @@ def layer_backward(
     dh_n: NDArray[_FloatT] | None,
     dc_n: NDArray[_FloatT] | None,
     gate_grads: Literal[True],
-    resets: NDArray[np.bool_] | None = ...,
+    resets: NDArray[np.bool_] | None = None,
 ) -> tuple[
     NDArray[_FloatT],  # dx
     NDArray[_FloatT],  # dh0
@@ -135,7 +135,7 @@ def layer_backward(
     dh_n: NDArray[_FloatT] | None,
     dc_n: NDArray[_FloatT] | None,
     gate_grads: bool = False,
-    resets: NDArray[np.bool_] | None = ...,
+    resets: NDArray[np.bool_] | None = None,
 ) -> tuple[NDArray[_FloatT] | None, ...]:
     """Backward through time of one ``layer_forward(..., training=True)`` call, given its
     ``reserve`` and the gradients of its outputs (``dh_n``/``dc_n`` None: zeros). With

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
-from .. import _validate
+from .. import _core, _validate
 from .. import cuda as _cuda_api
 from .._cells import CELLS, CellSpec, has_cell_state
 from . import _patch
 from ._fallback import _warn_once, fallback_reason
-from ._ops import ALGO_CODES, layer
+from ._fallback import _in_onnx_export
+from ._ops import ALGO_CODES, _np, _transforms_active, layer
+from ._runtime import follow_torch_threads
 from ._packed import check_packed, packed_to_padded, padded_to_packed
 from .cells import GRUCell, LSTMCell, RNNCell
+
+
+_CORE_DTYPES = (torch.float32, torch.float64)  # what the CPU core computes in
 
 
 def _torch_mode(spec: CellSpec) -> str:
@@ -95,6 +101,10 @@ class _FastRNNMixin:
         starts each segment from zeros at its last step). See docs/pytorch.md."""
         self._update_flat_weights()
         mode = _TORCH_MODES.get(self.mode)
+        if resets is None and not torch.is_grad_enabled() and mode in self._cells:
+            result = self._inference_call(input, hx, mode)
+            if result is not None:
+                return result
         if mode not in self._cells:  # a mode attribute changed after construction: torch.nn's
             return self._torch_forward(input, hx, resets)  # forward decides (or it refuses)
         reason = fallback_reason(input, hx, self._flat_weights)
@@ -113,6 +123,61 @@ class _FastRNNMixin:
         resets = self._time_major_resets(resets, call, x)
         y, h_n, c_n = self._run_layers(mode, x, *state, lengths, call.batch_sizes, resets)
         return self._caller_results(call, y, h_n, c_n, lengths)
+
+    def _inference_call(self, input, hx, mode: str):
+        """The streaming path (a generation loop: one step per call, no gradient): a plain call
+        on the CPU, unidirectional, without inter-layer dropout, goes straight to the core, each
+        layer's output feeding the next as a NumPy array -- no autograd node, no torch operation
+        between layers, nothing saved. None where the call needs the general path (any other
+        call, or one the general path must check or refuse: it gives torch.nn's errors)."""
+        if (type(input) is not Tensor or input.dim() != 3 or input.device.type != "cpu"
+                or input.dtype not in _CORE_DTYPES or self.bidirectional or input.numel() == 0
+                or (self.dropout and self.training) or _transforms_active()
+                or torch.compiler.is_compiling() or torch.jit.is_tracing() or _in_onnx_export()
+                or torch.is_autocast_enabled("cpu") or input.requires_grad):
+            return None
+        B = input.shape[0] if self.batch_first else input.shape[1]
+        L, H, R = self.num_layers, self.hidden_size, self.proj_size or self.hidden_size
+        is_lstm = has_cell_state(mode)
+        states = (hx if is_lstm else (hx,)) if hx is not None else ()
+        expected = ((L, B, R), (L, B, H)) if is_lstm else ((L, B, R),)
+        if hx is not None and not (
+                isinstance(states, (tuple, list)) and len(states) == len(expected)
+                and all(type(h) is Tensor and tuple(h.shape) == shape and h.dtype == input.dtype
+                        and h.device.type == "cpu" and not h.requires_grad
+                        for h, shape in zip(states, expected))):
+            return None
+        weights = self._flat_weights
+        if any(type(w) is not torch.nn.Parameter and type(w) is not Tensor for w in weights) or any(
+                w.dtype != input.dtype or w.device.type != "cpu" or w.layout != torch.strided
+                for w in weights):
+            return None
+        self._check_weights(mode)
+        x = input.transpose(0, 1) if self.batch_first else input
+        layer_input = _np(x.contiguous())
+        dtype = layer_input.dtype
+        h0 = [_np(s.contiguous()) for s in states] if hx is not None else None
+        h_n = np.empty((L, B, R), dtype)
+        c_n = np.empty((L, B, H), dtype) if is_lstm else None
+        per_layer = len(weights) // L
+        code = CELLS[mode].code
+        follow_torch_threads()
+        for i in range(L):
+            w = [_np(t) for t in weights[i * per_layer:(i + 1) * per_layer]]
+            b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
+            w_hr = w[-1] if self.proj_size > 0 else None
+            h = h0[0][i] if h0 else np.zeros((B, R), dtype)
+            c = (h0[1][i] if h0 else np.zeros((B, H), dtype)) if is_lstm else None
+            layer_input, h_last, c_last, _ = _core.layer_forward(
+                code, layer_input, h, c, w[0], w[1], b_ih, b_hh, w_hr, None, False, False)
+            h_n[i] = h_last
+            if is_lstm:
+                c_n[i] = c_last
+        y = torch.from_numpy(layer_input)
+        if self.batch_first:
+            y = y.transpose(0, 1)
+        h_t = torch.from_numpy(h_n)
+        return y, ((h_t, torch.from_numpy(c_n)) if is_lstm else h_t)
 
     def _torch_forward(self, input, hx, resets, reason: Optional[str] = None):
         """torch.nn's forward, which has no ``resets``: refused with them (it would ignore them)."""
