@@ -817,8 +817,8 @@ def case_core(rng):
             tail = tail[:-1] if tail else tail
             if not backward and rng.random() < 0.5:
                 args = args[:int(rng.integers(len(args)))]
-        else:
-            tail = tail + [None]
+        else:  # one beyond every parameter (the optional resets included)
+            tail = tail + [None, None]
         detail, expect = f"{len(args) + len(tail)} arguments", TypeError
     elif what == "reserve":
         detail, tail[0], expect = _other_reserve(rng, s, tail[0])
