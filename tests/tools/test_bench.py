@@ -589,3 +589,158 @@ def test_gpu_mode_end_to_end_on_the_cpu(tmp_path, monkeypatch, capsys):
     md = md_path.read_text()
     assert md.startswith("### fastrnn x on host, suite 'custom'") and "- targets: " in md
     assert [line for line in md.splitlines() if line.startswith("|")] == table
+
+
+# ---- the RL suite (--suite rl): fastrnn.torch against torch.nn ------------------------------
+
+def test_rl_suite_rows(capsys):
+    """The rows of docs/benchmarks.md, listed without torch's help; --cells filters them."""
+    rows = bench.RL_SUITES["rl"]
+    by_group = {g: [r for r in rows if r.group == g] for g in bench.RL_GROUPS}
+    assert {(r.config.cell, r.config.T, r.config.B, r.config.I, r.config.H, r.reset_p)
+            for r in by_group["update"]} == {(c, 128, b, 64, h, 0.02) for c in ("lstm", "gru")
+                                             for b in (8, 64) for h in (64, 256)}
+    for group, calls in (("cell", 1), ("loop", 100)):
+        assert {(r.config.cell, r.config.B, r.config.H, r.calls) for r in by_group[group]} == {
+            (c, b, h, calls) for c in ("lstm", "gru", "rnn_tanh") for b in (1, 16, 256)
+            for h in (128, 512)}
+        assert all(r.config.I == r.config.H and r.config.T == 1 for r in by_group[group])
+    assert {(r.config.cell, r.config.layers, r.config.B, r.config.H, r.calls)
+            for r in by_group["stream"]} == {(c, 2, 1, h, 200) for c in ("lstm", "gru")
+                                             for h in (200, 650)}
+    assert len(rows) == 8 + 2 * 18 + 4 == len({r.label for r in rows})
+    assert not any(r in bench.SUITES["full"] + bench.SUITES["quick"] for r in rows)
+    assert [r.torch_class for r in rows[8:14:2]] == ["LSTMCell"] * 3
+    assert rows[9].label == "loop LSTMCell x100 B=1 H=128"
+    # a loop's work is its steps' work; a stream's time (and work) is per call
+    loop, stream = rows[9], by_group["stream"][0]
+    assert loop.work_counts()["forward"]["flops"] == 100 * loop.config.forward_flops()
+    assert loop.work_counts()["forward_backward"]["flops"] == 300 * loop.config.forward_flops()
+    assert stream.phases == ("forward",) and set(stream.work_counts()) == {"forward"}
+    assert stream.work_counts()["forward"]["bytes"] == stream.config.forward_bytes()
+    for bad in [dict(group="batch", config=bench.Config("lstm", 1, 1, 2, 2)),
+                dict(group="cell", config=bench.Config("lstm", 2, 1, 2, 2)),
+                dict(group="loop", config=bench.Config("lstm", 1, 1, 2, 2)),  # calls=1
+                dict(group="stream", config=bench.Config("gru", 3, 1, 2, 2), calls=4),
+                dict(group="update", config=bench.Config("gru", 3, 1, 2, 2), calls=4)]:
+        with pytest.raises(ValueError):
+            bench.RlRow(**bad)
+
+    assert bench.main(["--suite", "rl", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [r.group for r in rows]
+    assert "per call" in lines[-1] and "MFLOP" in lines[0]
+    assert bench.main(["--suite", "rl", "--list", "--cells", "gru"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 + 12 + 2 and all(" GRU" in line for line in lines)
+
+
+def test_rl_options_stay_apart(capsys):
+    for argv in (["--device", "cuda"], ["--config", "lstm:T=2,B=1,H=3"], ["--peers", "torch"],
+                 ["--dtype", "float64"], ["--algo", "standard"], ["--plot", "x.png"]):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(["--suite", "rl-smoke"] + argv)
+        assert exc.value.code == 2, argv
+    assert "not with --suite rl-smoke" in capsys.readouterr().err
+
+
+def test_rl_without_torch_exits_2():
+    """No torch: one line naming the fix, exit 2, nothing measured; --list still works."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from fastrnn import bench\n"
+            "assert bench.main(['--suite', 'rl', '--list']) == 0\n"
+            "raise SystemExit(bench.main(" + repr(FAST + ["--suite", "rl-smoke"]) + "))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert len(proc.stdout.splitlines()) == len(bench.RL_SUITES["rl"])  # the --list only
+    assert proc.stderr.strip().splitlines() == [
+        "python -m fastrnn.bench: error: --suite rl-smoke times fastrnn.torch against torch.nn "
+        "and needs torch: torch is not installed (pip install torch)"]
+
+
+def test_rl_smoke_writes_json_and_markdown(tmp_path, capsys):
+    """The RL harness on tiny rows of every group: both sides agree (the reset path computes
+    what the (1 - episode_start) step loop computes), every number is well-formed, the table,
+    the JSON and the Markdown have a row per row."""
+    pytest.importorskip("torch")
+    path, md_path = tmp_path / "rl.json", tmp_path / "rl.md"
+    argv = FAST + ["--suite", "rl-smoke", "--json", str(path), "--markdown", str(md_path)]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = bench.RL_SUITES["rl-smoke"]
+    assert "RL benchmark: suite 'rl-smoke'" in out and "\ntargets   : " in out
+    table = out.split("\n\n")[1].splitlines()
+    assert table[0].split()[:3] == ["row", "fastrnn", "ms"] and set(table[1]) <= {"-", " "}
+    assert [line[:44].rstrip() for line in table[2:2 + len(rows)]] == [r.label for r in rows]
+    assert all("x " in line and ">=" in line for line in table[2:2 + len(rows)])
+    assert f"{len(rows)} row(s) in" in out and "  update: " in out and "  stream: " in out
+
+    doc = json.loads(path.read_text())
+    assert (doc["schema"], doc["mode"], doc["suite"]) == (bench.RL_JSON_SCHEMA, "rl", "rl-smoke")
+    assert doc["complete"] and doc["failed"] == [] and doc["meta"]["argv"] == argv
+    assert set(doc["conventions"]) >= {"flops", "bytes", "floor", "groups", "ratio", "accuracy",
+                                       "targets", "timing", "measured"}
+    assert set(doc["meta"]["peers"]) == {"fastrnn.torch", "torch.nn"}
+    assert len(doc["results"]) == len(rows)
+    for r, row in zip(doc["results"], rows):
+        assert r["row"] == row.to_dict()
+        assert set(r["floor"]) == set(r["ratio"]) == set(row.phases)
+        for kind in row.phases:
+            assert r["floor"][kind]["flops"] == row.work_counts()[kind]["flops"]
+            for side in ("fastrnn.torch", "torch.nn"):
+                m = r["sides"][side][kind]
+                _check_measurement(m, r["floor"][kind]["flops"], r["floor"][kind]["floor_s"])
+                assert m.get("calls_per_run", 1) == (row.calls if row.group == "stream" else 1)
+            sides = r["sides"]
+            assert r["ratio"][kind] == pytest.approx(sides["torch.nn"][kind]["median_s"]
+                                                     / sides["fastrnn.torch"][kind]["median_s"])
+        acc = r["accuracy"]
+        assert acc["finite"] and acc["flags"] == [] and 0 <= acc["y"] < 1e-5
+        assert ("grad" in acc) == (row.group != "stream")
+        assert acc.get("grad", 0) < 1e-5
+        assert all(set(t) == {"phase", "required", "ratio", "met"} for t in r["targets"])
+        assert {t["phase"] for t in r["targets"]} == (
+            {"forward_backward"} if row.group == "update" else set(row.phases))
+    summary = doc["targets"]
+    assert summary["rows_measured"] == summary["rows_total"] == len(rows)
+    assert set(summary["groups"]) == set(bench.RL_GROUPS)
+
+    md = md_path.read_text()
+    assert f"`{shlex.join(['python', '-m', 'fastrnn.bench', *argv])}`" in md
+    assert "- update: " in md and "- targets: " in md and doc["meta"]["cpu_model"] in md
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:5] == ["row", "group", "fastrnn.torch fwd ms", "torch.nn fwd ms", "fwd ratio"]
+    assert len(lines) == 2 + len(rows)
+    first = dict(zip(header, (c.strip() for c in lines[2].strip("|").split("|"))))
+    assert first["f+b ratio"] == f"{doc['results'][0]['ratio']['forward_backward']:.2f}x"
+
+
+def test_rl_episode_starts_are_fixed_and_drawn_at_p():
+    torch = pytest.importorskip("torch")
+    from fastrnn.bench import rl_workloads
+
+    row = next(r for r in bench.RL_SUITES["rl"] if r.group == "update" and r.config.B == 64)
+    starts = rl_workloads._data(row, seed=0)["episode_starts"]
+    assert starts.dtype == torch.bool and starts.shape == (128, 64)
+    assert 0.01 < starts.float().mean().item() < 0.03  # p = 0.02 of 8192 draws
+    assert torch.equal(starts, rl_workloads._data(row, seed=0)["episode_starts"])
+    assert not torch.equal(starts, rl_workloads._data(row, seed=1)["episode_starts"])
+
+
+def test_measure_alternating_takes_turns():
+    """Each side warms up in turn, then the timed runs alternate; a side stops at repeats while
+    the other goes on; each side's times are its own."""
+    log = []
+    sides = [[lambda: log.append("a")], [lambda: log.append("b")]]
+    clock = _RecordingClock(log, [0.001, 0.010, 0.002, 0.020, 0.003, 0.030])
+    settings = bench.Settings(repeats=3, min_repeats=3, warmup=1, warmup_s=0, budget=1e9)
+    a, b = bench.measure_alternating(sides, settings, clock,
+                                     prepares=[None, lambda i: log.append("prep")])
+    assert log == (["a", "wait", "prep", "b", "wait"]
+                   + ["start", "a", "stop", "prep", "start", "b", "stop"] * 3 + ["wait"])
+    assert a["times_s"] == pytest.approx([0.001, 0.002, 0.003])
+    assert b["times_s"] == pytest.approx([0.010, 0.020, 0.030])
+    assert bench.per_call(b, 10)["median_s"] == pytest.approx(0.002)
+    assert bench.per_call(b, 10)["calls_per_run"] == 10

@@ -43,14 +43,23 @@ weights on one GPU instead, each row in float32 (TF32 off for both) and bfloat16
 start-up; accuracy against torch.nn in float64; a Markdown table and the issue's targets
 (``TARGET_RULE``). Without a usable GPU it exits with code 2 and one line why.
 
+``--suite rl`` (CPU, needs torch) times ``fastrnn.torch`` against ``torch.nn`` on the workloads of
+recurrent reinforcement learning (``RL_GROUPS``): a policy update through the layer module with
+``resets=`` against torch.nn's step loop with ``(1 - episode_start)`` masks, single steps and
+100-step loops of the cells, and 200 streaming calls of T = 1; the two sides' runs alternate
+(``measure_alternating``); each row prints the ratio, fastrnn.torch's floor fraction, the errors
+against torch.nn and its targets (``RL_TARGET_RULE``, printed, never asserted). ``rl-smoke`` runs
+the same rows at tiny sizes. Without torch it exits with code 2 and one line why.
+
 Modules, by job (both devices share each job's one implementation; where the devices differ, a
 strategy says how):
 
-- :mod:`~fastrnn.bench.configs`: :class:`Config`, :class:`GpuRow`, the suites, the FLOP and byte
-  counts, the options that pick them;
-- :mod:`~fastrnn.bench.peers`: the CPU mode's peers (:data:`PEERS`) and the layers both modes
-  build;
-- :mod:`~fastrnn.bench.timing`: :func:`measure`, on a wall clock or CUDA events;
+- :mod:`~fastrnn.bench.configs`: :class:`Config`, :class:`GpuRow`, :class:`RlRow`, the suites,
+  the FLOP and byte counts, the options that pick them;
+- :mod:`~fastrnn.bench.peers`: the CPU mode's peers (:data:`PEERS`) and the layers and cells
+  every mode builds; :mod:`~fastrnn.bench.rl_workloads`: the RL suite's two sides of a row;
+- :mod:`~fastrnn.bench.timing`: :func:`measure` and :func:`measure_alternating`, on a wall clock
+  or CUDA events;
 - :mod:`~fastrnn.bench.ceilings`: the ceilings each device measures and the floor (roofline)
   they put under a piece of work;
 - :mod:`~fastrnn.bench.machine`: the machine and build a run describes;
@@ -59,44 +68,49 @@ strategy says how):
 - :mod:`~fastrnn.bench.formatting`, :mod:`~fastrnn.bench.report_text`,
   :mod:`~fastrnn.bench.report_markdown`, :mod:`~fastrnn.bench.report_json`,
   :mod:`~fastrnn.bench.plot`: the reports;
-- :mod:`~fastrnn.bench.run_cpu`, :mod:`~fastrnn.bench.run_gpu`: what each device runs per item,
-  as a :class:`~fastrnn.bench.session.Mode`; :mod:`~fastrnn.bench.session`: the one run loop;
+- :mod:`~fastrnn.bench.run_cpu`, :mod:`~fastrnn.bench.run_gpu`, :mod:`~fastrnn.bench.run_rl`:
+  what each device (and the RL suite, a CPU mode) runs per item, as a
+  :class:`~fastrnn.bench.session.Mode`; :mod:`~fastrnn.bench.session`: the one run loop;
 - :mod:`~fastrnn.bench.cli`: the options and :func:`main`.
 """
 from __future__ import annotations
 
-from .accuracy import GPU_TOLERANCE, peer_failed, row_failure
+from .accuracy import GPU_TOLERANCE, RL_TOLERANCE, peer_failed, rl_failure, row_failure
 from .ceilings import (FLOOR_CONVENTION, GEMM_N, GPU_GEMM_N, READ_MIN_BYTES, CpuCeilings,
                        GpuCeilings, Roofline, floor_times, read_probe_bytes)
 from .cli import build_parser, main
 from .configs import (BYTES_CONVENTION, CELL_ALIASES, DTYPES, FLOP_CONVENTION, GPU_DTYPES,
-                      GPU_SUITES, SUITES, Config, GpuRow, packed_lengths, parse_cells,
-                      parse_config, select_configs, select_gpu_rows, work_counts)
+                      GPU_SUITES, RL_GROUPS, RL_SUITES, SUITES, Config, GpuRow, RlRow,
+                      packed_lengths, parse_cells, parse_config, select_configs, select_gpu_rows,
+                      select_rl_rows, work_counts)
 from .machine import collect_meta, gpu_unavailable_reason
 from .peers import PEERS, Inputs, Peer, Runner, make_inputs
-from .report_json import (GPU_JSON_SCHEMA, JSON_SCHEMA, cpu_document, gpu_document, json_safe,
-                          write_json)
-from .report_markdown import cudnn_table, peer_table
+from .report_json import (GPU_JSON_SCHEMA, JSON_SCHEMA, RL_JSON_SCHEMA, cpu_document,
+                          gpu_document, json_safe, rl_document, write_json)
+from .report_markdown import cudnn_table, peer_table, rl_table
 from .run_cpu import CpuMode, run_config
 from .run_gpu import GpuMode, run_gpu_row
+from .run_rl import RlMode, run_rl_row
 from .session import run_session
-from .targets import TARGET_RULE, targets_summary
+from .targets import RL_TARGET_RULE, TARGET_RULE, rl_targets_summary, targets_summary
 from .timing import (CPU_SETTINGS, GPU_SETTINGS, CudaEventClock, Settings, WallClock, add_rates,
-                     measure, summary)
+                     measure, measure_alternating, per_call, summary)
 
 __all__ = [
-    "main", "build_parser", "run_session", "CpuMode", "GpuMode",
-    "Config", "GpuRow", "SUITES", "GPU_SUITES", "DTYPES", "GPU_DTYPES", "CELL_ALIASES",
-    "parse_config", "parse_cells", "select_configs", "select_gpu_rows", "packed_lengths",
-    "work_counts", "FLOP_CONVENTION", "BYTES_CONVENTION",
+    "main", "build_parser", "run_session", "CpuMode", "GpuMode", "RlMode",
+    "Config", "GpuRow", "RlRow", "SUITES", "GPU_SUITES", "RL_SUITES", "RL_GROUPS", "DTYPES",
+    "GPU_DTYPES", "CELL_ALIASES",
+    "parse_config", "parse_cells", "select_configs", "select_gpu_rows", "select_rl_rows",
+    "packed_lengths", "work_counts", "FLOP_CONVENTION", "BYTES_CONVENTION",
     "PEERS", "Peer", "Runner", "Inputs", "make_inputs",
-    "Settings", "CPU_SETTINGS", "GPU_SETTINGS", "measure", "summary", "add_rates", "WallClock",
-    "CudaEventClock",
+    "Settings", "CPU_SETTINGS", "GPU_SETTINGS", "measure", "measure_alternating", "per_call",
+    "summary", "add_rates", "WallClock", "CudaEventClock",
     "Roofline", "CpuCeilings", "GpuCeilings", "floor_times", "read_probe_bytes", "READ_MIN_BYTES",
     "GEMM_N", "GPU_GEMM_N", "FLOOR_CONVENTION",
     "collect_meta", "gpu_unavailable_reason",
-    "peer_failed", "row_failure", "GPU_TOLERANCE", "TARGET_RULE", "targets_summary",
-    "run_config", "run_gpu_row",
-    "peer_table", "cudnn_table", "JSON_SCHEMA", "GPU_JSON_SCHEMA", "cpu_document", "gpu_document",
-    "write_json", "json_safe",
+    "peer_failed", "row_failure", "rl_failure", "GPU_TOLERANCE", "RL_TOLERANCE", "TARGET_RULE",
+    "RL_TARGET_RULE", "targets_summary", "rl_targets_summary",
+    "run_config", "run_gpu_row", "run_rl_row",
+    "peer_table", "cudnn_table", "rl_table", "JSON_SCHEMA", "GPU_JSON_SCHEMA", "RL_JSON_SCHEMA",
+    "cpu_document", "gpu_document", "rl_document", "write_json", "json_safe",
 ]

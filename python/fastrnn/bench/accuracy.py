@@ -4,10 +4,13 @@ CPU mode: each peer's forward output and input gradient against the NumPy refere
 on the same (upcast) weights, input and ``dy``, as the largest absolute difference
 (:func:`peer_accuracy`). GPU mode: fastrnn.torch's and torch.nn's output, training output, input
 gradient and ``dW_hh`` against each other and against torch.nn in float64, as relative max-norm
-errors, flagged beyond a tolerance per dtype (:func:`row_accuracy`).
+errors, flagged beyond a tolerance per dtype (:func:`row_accuracy`). RL suite: fastrnn.torch's
+output and parameter gradients against torch.nn's on the same weights and data, as relative
+max-norm errors, flagged beyond :data:`RL_TOLERANCE` (:func:`rl_accuracy`).
 
 A result fails on an error or a non-finite output or gradient (:func:`peer_failed`,
-:func:`row_failure`); a flagged error beyond the tolerance is reported, not failed.
+:func:`row_failure`, :func:`rl_failure`); a flagged error beyond the tolerance is reported, not
+failed.
 """
 from __future__ import annotations
 
@@ -130,5 +133,48 @@ def row_failure(r: Dict[str, object]) -> Optional[str]:
     for name in ("fastrnn", "cudnn"):
         if "error" in r[name]:
             return f"{'torch.nn' if name == 'cudnn' else name}: {r[name]['error']}"
+    flags = [f for f in (r.get("accuracy") or {}).get("flags", []) if f.startswith("NON-FINITE")]
+    return "; ".join(flags) or None
+
+
+# ---- RL suite: fastrnn.torch against torch.nn -----------------------------------------------
+
+RL_TOLERANCE = 1e-4  # relative max-norm error of fastrnn.torch against torch.nn (float32 both)
+RL_ACCURACY_CONVENTION = (
+    "relative max-norm error max|a - b| / max|b| of fastrnn.torch's results against torch.nn's "
+    "on the same weights and data: the forward output (every step: err y) and, where a row "
+    f"has a backward, each parameter's gradient (the worst: err grad); flagged beyond "
+    f"{RL_TOLERANCE:g}, failed only when non-finite")
+
+
+def rl_accuracy(fast: Dict[str, object], ref: Dict[str, object]) -> Dict[str, object]:
+    """fastrnn.torch's outputs ``fast`` against torch.nn's ``ref`` (the same keys: ``y``, and
+    ``grad:NAME`` per parameter where the row has a backward): the error of y, the worst
+    gradient's, whether fastrnn.torch's are finite, and the flags."""
+    import torch
+    grads = [n for n in ref if n.startswith("grad:")]
+    acc: Dict[str, object] = {
+        "tolerance": RL_TOLERANCE,
+        "finite": all(bool(torch.isfinite(v).all()) for v in fast.values()),
+        "y": relative_error(fast["y"], ref["y"])}
+    if grads:
+        errors = {n[len("grad:"):]: relative_error(fast[n], ref[n]) for n in grads}
+        worst = max(errors, key=lambda n: errors[n] if math.isfinite(errors[n]) else math.inf)
+        acc.update(grad=errors[worst], grad_worst=worst)
+    flags = [] if acc["finite"] else ["NON-FINITE fastrnn.torch output or gradient"]
+    flags += [f"err {k} {acc[k]:.1e} > {RL_TOLERANCE:g}" for k in ("y", "grad")
+              if k in acc and math.isfinite(acc[k]) and acc[k] > RL_TOLERANCE]
+    acc["flags"] = flags
+    return acc
+
+
+def rl_failure(r: Dict[str, object]) -> Optional[str]:
+    """Why an RL row counts as failed (an error on either side, or a non-finite result of
+    fastrnn.torch), or None."""
+    if "error" in r:
+        return r["error"]
+    for name, entry in r["sides"].items():
+        if "error" in entry:
+            return f"{name}: {entry['error']}"
     flags = [f for f in (r.get("accuracy") or {}).get("flags", []) if f.startswith("NON-FINITE")]
     return "; ".join(flags) or None

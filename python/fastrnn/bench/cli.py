@@ -1,7 +1,8 @@
 """The command line, ``python -m fastrnn.bench``: its options, and the mode that runs them.
 
 ``--device cpu`` (the default) runs :class:`fastrnn.bench.run_cpu.CpuMode`, ``--device cuda``
-:class:`fastrnn.bench.run_gpu.GpuMode`; :func:`fastrnn.bench.session.run_session` drives either.
+:class:`fastrnn.bench.run_gpu.GpuMode`, and an RL suite (``--suite rl``, ``rl-smoke``)
+:class:`fastrnn.bench.run_rl.RlMode`; :func:`fastrnn.bench.session.run_session` drives each.
 Timing options left unset take the device's defaults, so the parser leaves them as None.
 """
 from __future__ import annotations
@@ -15,10 +16,11 @@ from fastrnn._cells import MODES
 
 from .ceilings import FLOOR_CONVENTION, GEMM_N, GPU_GEMM_N
 from .configs import (DTYPES, FLOP_CONVENTION, GPU_DEFAULT_DTYPES, GPU_DTYPES, GPU_SUITES,
-                      SUITES, parse_cells, parse_config, parse_names)
+                      RL_SUITES, SUITES, parse_cells, parse_config, parse_names)
 from .peers import PEERS
 from .run_cpu import CpuMode
 from .run_gpu import GpuMode
+from .run_rl import RlMode
 from .session import run_session
 from .timing import CPU_SETTINGS, GPU_SETTINGS
 
@@ -50,9 +52,12 @@ def _add_selection_options(p: argparse.ArgumentParser) -> None:
                    help="cpu (default): the C++ core against its CPU peers; cuda: fastrnn.torch "
                         "modules against torch.nn on the GPU (cuDNN), float32 and bfloat16 (needs "
                         "a GPU, torch with CUDA and fastrnn's CUDA backend)")
-    p.add_argument("--suite", choices=sorted(SUITES) + sorted(GPU_SUITES),
+    p.add_argument("--suite", choices=sorted(SUITES) + sorted(RL_SUITES) + sorted(GPU_SUITES),
                    help="configurations to run (default: quick, under a minute on 2 cores; "
                         "full: the CPU rows of docs/design.md §5, takes long; smoke: tiny sizes; "
+                        "rl: fastrnn.torch against torch.nn on recurrent-RL workloads -- policy "
+                        "updates with state resets, single-step cells, streaming inference -- "
+                        "on the CPU (needs torch; rl-smoke: tiny sizes); "
                         "with --device cuda: gpu (its default), the GPU rows of docs/design.md "
                         "§5 plus batch 1-8 latency and packed-input rows, or gpu-quick, "
                         "a few of them)")
@@ -127,5 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    mode = GpuMode() if args.device == "cuda" else CpuMode()
+    if args.suite in RL_SUITES:
+        mode = RlMode()  # it refuses --device cuda
+    else:
+        mode = GpuMode() if args.device == "cuda" else CpuMode()
     return run_session(mode, args, parser, argv)

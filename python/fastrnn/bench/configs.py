@@ -1,10 +1,12 @@
-"""What the benchmark runs: configurations, GPU rows, suites, and the options that pick them.
+"""What the benchmark runs: configurations, GPU rows, RL rows, suites, and the options that pick
+them.
 
 A :class:`Config` is one cell and its sizes. It counts its own FLOPs and bytes by the stated
 conventions (docs/design.md section 4); every rate and floor of either device comes from these
 counts (:func:`work_counts`). A :class:`GpuRow` runs the shape of a float32 Config in one GPU
-dtype, possibly as packed input. Cell names and gate counts come from :mod:`fastrnn._cells`, the
-GPU dtypes from :mod:`fastrnn.cuda`.
+dtype, possibly as packed input. An :class:`RlRow` is one workload of the RL suite (``--suite
+rl``), its Config the work of one timed call. Cell names and gate counts come from
+:mod:`fastrnn._cells`, the GPU dtypes from :mod:`fastrnn.cuda`.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from fastrnn import cuda as fastrnn_cuda
-from fastrnn._cells import MODES, VANILLA_MODES, num_gates
+from fastrnn._cells import CELLS, MODES, VANILLA_MODES, num_gates
 
 # --cells takes these names for both vanilla cells.
 _VANILLA = tuple(VANILLA_MODES.values())
@@ -228,6 +230,111 @@ GPU_SUITES: Dict[str, List[GpuRow]] = {
 }
 
 
+# ---- the RL suite: fastrnn.torch against torch.nn on recurrent-RL workloads ---------------
+
+# What an RlRow's group runs (docs/benchmarks.md, "The RL suite"):
+RL_GROUPS = {
+    "update": "a recurrent-policy update: the rollout (T steps x B envs) through the layer module "
+              "in one call with resets=episode_starts, against torch.nn's step loop that "
+              "multiplies the state by (1 - episode_start[t]) before each single-step call",
+    "cell": "one step of the single-step cell (fastrnn.torch.XCell against torch.nn.XCell)",
+    "loop": "a Python loop of N steps of the cell (xN), timed as a whole",
+    "stream": "N calls of T = 1 (xN) carrying the state under torch.no_grad(), timed as a whole "
+              "and reported per call",
+}
+
+
+@dataclass(frozen=True)
+class RlRow:
+    """One row of the RL suite: its group (a key of :data:`RL_GROUPS`), ``config``, the cell and
+    sizes of one call, and ``calls``, the calls a timed run makes (a loop's steps, a stream's
+    calls); for ``update``, ``reset_p`` is the probability of an episode start per step and
+    env."""
+    group: str
+    config: Config
+    reset_p: float = 0.0
+    calls: int = 1
+
+    def __post_init__(self):
+        if self.group not in RL_GROUPS:
+            raise ValueError(f"group: expected one of {tuple(RL_GROUPS)}, got {self.group!r}")
+        c = self.config
+        if c.bidirectional or c.dtype != "float32":
+            raise ValueError("config: expected a unidirectional float32 Config")
+        if self.group in ("cell", "loop") and (c.layers != 1 or c.T != 1):
+            raise ValueError("config: a cell's call is one step of one layer (T = 1, layers = 1)")
+        if self.group == "stream" and c.T != 1:
+            raise ValueError("config: a stream's calls have T = 1")
+        if self.calls < 1 or (self.calls > 1) != (self.group in ("loop", "stream")):
+            raise ValueError("calls: more than 1 for a loop or a stream row, else 1")
+
+    @property
+    def phases(self) -> tuple:
+        """What is timed: forward, and forward+backward except for a stream (inference)."""
+        return ("forward",) if self.group == "stream" else ("forward", "forward_backward")
+
+    @property
+    def reported_calls(self) -> int:
+        """The calls one reported time covers: a stream's time is per call, the others' per
+        run."""
+        return 1 if self.group == "stream" else self.calls
+
+    @property
+    def torch_class(self) -> str:
+        """The torch.nn class both sides are: ``LSTM``, ``GRU``, ``RNN`` or their ``...Cell``."""
+        name = CELLS[self.config.cell].torch_class
+        return name + "Cell" if self.group in ("cell", "loop") else name
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        if self.group == "update":
+            return f"update {self.torch_class} T={c.T} B={c.B} I={c.I} H={c.H} p={self.reset_p:g}"
+        if self.group == "stream":
+            return f"stream {self.torch_class} x{self.calls} L={c.layers} B={c.B} H={c.H}"
+        steps = f" x{self.calls}" if self.group == "loop" else ""
+        return f"{self.group} {self.torch_class}{steps} B={c.B} H={c.H}"
+
+    def work_counts(self) -> Dict[str, Dict[str, int]]:
+        """FLOPs and bytes of what one reported time covers (:attr:`reported_calls` calls of
+        ``config``), per phase of the row."""
+        n = self.reported_calls
+        return {phase: {k: n * v for k, v in counts.items()}
+                for phase, counts in work_counts(self.config).items() if phase in self.phases}
+
+    def to_dict(self) -> Dict[str, object]:
+        d = {k: v for k, v in self.config.to_dict().items() if k not in ("bidirectional", "label")}
+        d.update(group=self.group, torch_class=self.torch_class, reset_p=self.reset_p,
+                 calls=self.calls, reported_calls=self.reported_calls, label=self.label)
+        return d
+
+
+def _rl_suite() -> List[RlRow]:
+    """The RL rows (docs/benchmarks.md): policy updates with resets, cells, streaming."""
+    rows = [RlRow("update", Config(cell, 128, b, 64, h), reset_p=0.02)
+            for cell in ("lstm", "gru") for h in (64, 256) for b in (8, 64)]
+    rows += [RlRow(group, Config(cell, 1, b, h, h), calls=calls)
+             for cell in ("lstm", "gru", "rnn_tanh") for h in (128, 512) for b in (1, 16, 256)
+             for group, calls in (("cell", 1), ("loop", 100))]
+    rows += [RlRow("stream", Config(cell, 1, 1, h, h, layers=2), calls=200)
+             for cell in ("lstm", "gru") for h in (200, 650)]
+    return rows
+
+
+RL_SUITES: Dict[str, List[RlRow]] = {
+    "rl": _rl_suite(),
+    # A smoke test of the RL harness (every group and cell, resets that happen); not a benchmark.
+    "rl-smoke": [
+        RlRow("update", Config("lstm", 6, 3, 4, 5), reset_p=0.3),
+        RlRow("update", Config("gru", 6, 3, 4, 5), reset_p=0.3),
+        *(RlRow(group, Config(cell, 1, 2, 5, 5), calls=calls)
+          for cell in ("lstm", "gru", "rnn_tanh") for group, calls in (("cell", 1), ("loop", 4))),
+        RlRow("stream", Config("lstm", 1, 1, 5, 5, layers=2), calls=4),
+        RlRow("stream", Config("gru", 1, 1, 5, 5, layers=2), calls=4),
+    ],
+}
+
+
 # ---- options -------------------------------------------------------------------------------
 
 def parse_config(text: str) -> Config:
@@ -295,6 +402,14 @@ def select_configs(args) -> List[Config]:
     if args.dtype:
         configs = [dataclasses.replace(c, dtype=args.dtype) for c in configs]
     return configs
+
+
+def select_rl_rows(args) -> List[RlRow]:
+    """The rows of the RL suite of --suite, filtered by --cells."""
+    rows = list(RL_SUITES[args.suite])
+    if args.cells:
+        rows = [r for r in rows if r.config.cell in args.cells]
+    return rows
 
 
 def select_gpu_rows(args) -> List[GpuRow]:

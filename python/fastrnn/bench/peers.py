@@ -5,7 +5,8 @@ A :class:`Peer` names an implementation and builds a :class:`Runner` for one con
 :class:`Inputs`: ``fastrnn`` (the C++ core), ``numpy`` (the reference, ``fastrnn.reference``),
 ``torch`` (``torch.nn``) and ``fastrnn.torch`` (its drop-in replacements; both need torch).
 :func:`make_layer` builds an RNN/LSTM/GRU of any of these APIs, which share one constructor; the
-GPU mode builds its fastrnn.torch and torch.nn modules with it too.
+GPU mode and the RL suite build their fastrnn.torch and torch.nn modules with it too, and the RL
+suite its single-step cells with :func:`make_cell`.
 """
 from __future__ import annotations
 
@@ -35,6 +36,15 @@ def make_layer(namespace, config: Config, **kwargs):
         kwargs["nonlinearity"] = spec.nonlinearity
     return getattr(namespace, spec.torch_class)(config.I, config.H, num_layers=config.layers,
                                                 bidirectional=config.bidirectional, **kwargs)
+
+
+def make_cell(namespace, config: Config, **kwargs):
+    """``namespace.RNNCell/LSTMCell/GRUCell`` (torch.nn or fastrnn.torch) of ``config``'s cell
+    and sizes (one layer, one direction); ``kwargs`` go to the constructor."""
+    spec = CELLS[config.cell]
+    if spec.nonlinearity is not None:
+        kwargs["nonlinearity"] = spec.nonlinearity
+    return getattr(namespace, spec.torch_class + "Cell")(config.I, config.H, **kwargs)
 
 
 @dataclass

@@ -6,7 +6,9 @@ The two modes write different documents, each versioned by its ``schema``:
   with the FLOP, byte, floor and speed-up conventions;
 - GPU (:func:`gpu_document`, ``"mode": "cuda"``, schema :data:`GPU_JSON_SCHEMA`): the rows'
   results, the targets' summary and the failed rows; ``complete`` is false while the run goes
-  on (it rewrites the file after every row, so a run cut short still leaves its rows).
+  on (it rewrites the file after every row, so a run cut short still leaves its rows);
+- RL suite (:func:`rl_document`, ``"mode": "rl"``, schema :data:`RL_JSON_SCHEMA`): both sides'
+  results per row, the targets' summary and the failed rows, in the GPU document's layout.
 
 :func:`write_json` writes either strictly (NaN and infinities become null), and atomically.
 """
@@ -20,14 +22,15 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
-from .accuracy import GPU_ACCURACY_CONVENTION, row_failure
+from .accuracy import GPU_ACCURACY_CONVENTION, RL_ACCURACY_CONVENTION, rl_failure, row_failure
 from .ceilings import FLOOR_CONVENTION, GPU_FLOOR_CONVENTION
-from .configs import BYTES_CONVENTION, FLOP_CONVENTION
-from .targets import TARGET_RULE, targets_summary
+from .configs import BYTES_CONVENTION, FLOP_CONVENTION, RL_GROUPS
+from .targets import RL_TARGET_RULE, TARGET_RULE, rl_targets_summary, targets_summary
 from .timing import Settings, event_timing_text
 
 JSON_SCHEMA = 2  # 2: ceilings, floors, input-gradient accuracy
 GPU_JSON_SCHEMA = 1
+RL_JSON_SCHEMA = 1
 
 
 def cpu_document(meta: Dict[str, object], settings: Settings, suite: str,
@@ -53,6 +56,23 @@ def gpu_document(meta: Dict[str, object], settings: Settings, suite: str,
                             "accuracy": GPU_ACCURACY_CONVENTION, "targets": TARGET_RULE},
             "results": results, "targets": targets_summary(results),
             "failed": failed_rows(results)}
+
+
+def rl_document(meta: Dict[str, object], settings: Settings, suite: str,
+                results: List[Dict[str, object]], conventions: Dict[str, str]
+                ) -> Dict[str, object]:
+    """The RL suite's document: both sides' results per row, how to read them (``conventions``
+    adds the run's own, such as its timing), the targets' summary and the failed rows."""
+    return {"schema": RL_JSON_SCHEMA, "mode": "rl", "complete": True, "suite": suite,
+            "meta": meta, "settings": dataclasses.asdict(settings),
+            "conventions": {"flops": FLOP_CONVENTION, "bytes": BYTES_CONVENTION,
+                            "floor": FLOOR_CONVENTION, "groups": dict(RL_GROUPS),
+                            "ratio": "torch.nn median time / fastrnn.torch median time",
+                            "accuracy": RL_ACCURACY_CONVENTION, "targets": RL_TARGET_RULE,
+                            **conventions},
+            "results": results, "targets": rl_targets_summary(results),
+            "failed": [f"{r['row']['label']}: {why}" for r in results
+                       for why in [rl_failure(r)] if why]}
 
 
 def failed_rows(results: List[Dict[str, object]]) -> List[str]:

@@ -3,17 +3,18 @@
 :func:`markdown_document` lays out either mode's report: a title, the exact command, the header
 fields as bullets, then the body. The CPU mode's body is :func:`peer_table` (fastrnn's times and
 each peer's ratio, a row per configuration); the GPU mode's is :func:`cudnn_table` (fastrnn.torch
-against cuDNN, a row per shape and dtype), which it also prints.
+against cuDNN, a row per shape and dtype), which it also prints; the RL suite's is
+:func:`rl_table` (fastrnn.torch against torch.nn, a row per workload).
 """
 from __future__ import annotations
 
 import shlex
 from typing import Dict, List, Sequence, Tuple
 
-from .accuracy import row_failure
+from .accuracy import rl_failure, row_failure
 from .formatting import fmt_diff, fmt_err, fmt_errs, fmt_floor, fmt_ms, fmt_x, noise
 from .peers import BASELINE
-from .targets import missed_targets
+from .targets import missed_targets, rl_target_text
 
 _PHASES = ("forward", "forward_backward")
 
@@ -75,6 +76,39 @@ def _peer_cells(r: Dict[str, object], base: Dict[str, object], others: List[str]
     cells += [fmt_floor(base[k]) for k in _PHASES]
     acc = base.get("accuracy")
     return cells + [fmt_diff(acc), fmt_diff(acc and acc["grad_input"])]
+
+
+# ---- RL suite: fastrnn.torch against torch.nn -----------------------------------------------
+
+_RL_HEADER = ["row", "group", "fastrnn.torch fwd ms", "torch.nn fwd ms", "fwd ratio",
+              "fastrnn.torch f+b ms", "torch.nn f+b ms", "f+b ratio", "floor% fwd",
+              "floor% f+b", "err y", "err grad", "targets", "notes"]
+
+
+def rl_table(results: List[Dict[str, object]]) -> List[str]:
+    """A row per RL workload: both sides' times (per call for a stream) and their ratio,
+    fastrnn.torch's floor fraction, the errors against torch.nn, the targets, and notes."""
+    return md_table([_RL_HEADER] + [_rl_cells(r) for r in results], right_from=2)
+
+
+def _rl_cells(r: Dict[str, object]) -> List[str]:
+    sides, ratio = r.get("sides", {}), r.get("ratio", {})
+    fast, torch_nn = sides.get("fastrnn.torch", {}), sides.get("torch.nn", {})
+    cells = [r["row"]["label"], r["row"]["group"]]
+    for kind in _PHASES:
+        for entry in (fast, torch_nn):
+            m = entry.get(kind)
+            cells.append(fmt_ms(m) + noise(m) if m else "error" if "error" in entry else "")
+        cells.append(fmt_x(ratio.get(kind)))
+    cells += [fmt_floor(fast[kind]) if kind in fast else "" for kind in _PHASES]
+    acc = r.get("accuracy") or {}
+    cells += [fmt_err(acc["y"]) if "y" in acc else "", fmt_err(acc["grad"]) if "grad" in acc
+              else "", rl_target_text(r)]
+    notes = list(acc.get("flags", []))
+    failed = rl_failure(r)
+    if failed and failed not in notes:
+        notes.append(failed)
+    return cells + ["; ".join(n.replace("|", "/") for n in notes)]
 
 
 # ---- GPU: fastrnn.torch against cuDNN -------------------------------------------------------

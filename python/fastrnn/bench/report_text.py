@@ -1,10 +1,12 @@
-"""What a run prints as it goes: header fields, the CPU mode's table rows, the GPU progress lines.
+"""What a run prints as it goes: header fields, the CPU mode's and the RL suite's table rows, the
+GPU progress lines.
 
 A header is a list of ``(title, text)`` fields, printed as ``title: text`` lines under a first
 line by :func:`format_header` (the same fields become Markdown bullets). The CPU mode prints a
-fixed-width table, one row per peer of each configuration as it finishes (:func:`peer_rows`); the
-GPU mode prints one progress line per row on stderr (:func:`progress_line`) and its Markdown
-table at the end.
+fixed-width table, one row per peer of each configuration as it finishes (:func:`peer_rows`), the
+RL suite one line per row as it finishes (:func:`rl_row`), both laid out by one fixed-width
+formatter (:func:`fixed_width`); the GPU mode prints one progress line per row on stderr
+(:func:`progress_line`) and its Markdown table at the end.
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from typing import Dict, List, Sequence, Tuple
 
 from fastrnn._cells import CELLS
 
-from .accuracy import row_failure
+from .accuracy import rl_failure, row_failure
 from .formatting import fmt_diff, fmt_err, fmt_floor, fmt_ms, fmt_x, noise
+from .targets import rl_target_text
 
 Field = Tuple[str, str]
 
@@ -21,6 +24,20 @@ Field = Tuple[str, str]
 def format_header(first_line: str, fields: Sequence[Field], width: int) -> str:
     """``first_line``, then a ``title: text`` line per field, titles padded to ``width``."""
     return "\n".join([first_line] + [f"{title:{width}s}: {text}" for title, text in fields])
+
+
+Column = Tuple[str, int, str]  # (title, width, align)
+
+
+def fixed_width(cells: Sequence[str], columns: Sequence[Column]) -> str:
+    """One line of a fixed-width table: each cell padded to its column, two spaces apart."""
+    return "  ".join(f"{c:{a}{w}}" for c, (_, w, a) in zip(cells, columns)).rstrip()
+
+
+def fixed_width_head(columns: Sequence[Column]) -> List[str]:
+    """The column titles and their underlines."""
+    return [fixed_width([t for t, _, _ in columns], columns),
+            fixed_width(["-" * w for _, w, _ in columns], columns)]
 
 
 # ---- CPU: one row per peer ------------------------------------------------------------------
@@ -34,12 +51,12 @@ _COLUMNS = [  # (title, width, align)
 
 
 def _row(cells: Sequence[str]) -> str:
-    return "  ".join(f"{c:{a}{w}}" for c, (_, w, a) in zip(cells, _COLUMNS)).rstrip()
+    return fixed_width(cells, _COLUMNS)
 
 
 def table_head() -> List[str]:
     """The column titles and their underlines."""
-    return [_row([t for t, _, _ in _COLUMNS]), _row(["-" * w for _, w, _ in _COLUMNS])]
+    return fixed_width_head(_COLUMNS)
 
 
 def peer_rows(result: Dict[str, object]) -> str:
@@ -67,6 +84,45 @@ def peer_rows(result: Dict[str, object]) -> str:
                                f"fastrnn.torch's: fwd {fmt_x(adapter['forward'])}, "
                                f"fwd+bwd {fmt_x(adapter['forward_backward'])}"]))
     return "\n".join(lines)
+
+
+# ---- RL suite: one line per row -------------------------------------------------------------
+
+RL_COLUMNS = [
+    ("row", 44, "<"), ("fastrnn ms", 10, ">"), ("torch ms", 9, ">"), ("fwd x", 7, ">"),
+    ("flr%", 6, ">"), ("fastrnn f+b", 11, ">"), ("torch f+b", 9, ">"), ("f+b x", 7, ">"),
+    ("flr%", 6, ">"), ("err y", 7, ">"), ("err grad", 8, ">"), ("runs", 9, ">"),
+    ("target", 0, "<"),
+]
+
+
+def rl_table_head() -> List[str]:
+    return fixed_width_head(RL_COLUMNS)
+
+
+def rl_row(result: Dict[str, object]) -> str:
+    """One RL row: both sides' median times (ms; per call for a stream), torch.nn's over
+    fastrnn.torch's, fastrnn.torch's floor fraction, the errors, the runs, the targets."""
+    label = result["row"]["label"]
+    failed = rl_failure(result)
+    sides = result.get("sides", {})
+    fast, torch_nn = sides.get("fastrnn.torch", {}), sides.get("torch.nn", {})
+    if failed and not result.get("ratio"):
+        return fixed_width([label, "error: " + failed], RL_COLUMNS[:1] + [("", 0, "<")])
+    cells = [label]
+    runs = []
+    for kind in ("forward", "forward_backward"):
+        a, b = fast.get(kind), torch_nn.get(kind)
+        if a is None or b is None:
+            cells += ["", "", "", ""]
+            continue
+        cells += [fmt_ms(a), fmt_ms(b), fmt_x(result["ratio"][kind]), fmt_floor(a)]
+        runs.append(f"{a['n']}{noise(a)}/{b['n']}{noise(b)}")
+    acc = result.get("accuracy") or {}
+    cells += [fmt_err(acc["y"]) if "y" in acc else "",
+              fmt_err(acc["grad"]) if "grad" in acc else "", " ".join(runs),
+              rl_target_text(result) + (f"; {failed}" if failed else "")]
+    return fixed_width(cells, RL_COLUMNS)
 
 
 # ---- GPU: one progress line per row ---------------------------------------------------------

@@ -79,6 +79,7 @@ class CpuMode(Mode):
     gemm_n = GEMM_N
     default_suite = "quick"
     item_name = "configuration"
+    count_name = "config"  # the closing line's "N config(s) in S s"
     failure_rule = "error, or non-finite output or input gradient"
 
     def __init__(self):
@@ -152,8 +153,8 @@ class CpuMode(Mode):
 
     def closing(self, session: Session) -> List[str]:
         busy = session.meta["cpu_busy_end"]
-        lines = ["", f"{len(session.items)} config(s) in {session.meta['wall_s']:.1f} s; CPUs "
-                     f"busy with other processes just after the end: {pct(busy)}"]
+        lines = ["", f"{len(session.items)} {self.count_name}(s) in {session.meta['wall_s']:.1f} "
+                     f"s; CPUs busy with other processes just after the end: {pct(busy)}"]
         if busy is not None and busy > BUSY_WARNING:
             lines.append("WARNING: other processes were running at the end: times may be slow "
                          "and noisy")
@@ -173,13 +174,13 @@ class CpuMode(Mode):
                 for name, e in r["peers"].items() if peer_failed(e)]
 
 
-def _header_fields(meta: Dict[str, object], settings: Settings,
-                   ceilings: CpuCeilings) -> List[Tuple[str, str]]:
-    """The printed header: the build, software, machine and threads, then the conventions."""
+def machine_fields(meta: Dict[str, object]) -> List[Tuple[str, str]]:
+    """The printed header's first fields, those of every CPU run: the build, software, machine
+    and threads."""
     info, th = meta["build_info"], meta["threads"]
     env = th["env"]
     affinity = th["affinity_cpus"]
-    fields = [
+    return [
         ("build", f"{info['compiler']}; BLAS {info['blas']}; SIMD {', '.join(info['simd'])}; "
                   f"cuda {info['cuda']}"),
         ("BLAS", f"{info['blas_config']}; parallel jobs on {info['thread_pool']}"),
@@ -196,6 +197,23 @@ def _header_fields(meta: Dict[str, object], settings: Settings,
                    for lib in th["blas_libraries"])),
         ("coretype", f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}"
                      if "OPENBLAS_CORETYPE" in env else "OPENBLAS_CORETYPE unset"),
+    ]
+
+
+def busy_warning(meta: Dict[str, object]) -> List[Tuple[str, str]]:
+    """The header's last field when other processes kept the CPUs busy before the start."""
+    busy = meta["cpu_busy_start"]
+    if busy is not None and busy > BUSY_WARNING:
+        return [("WARNING", f"other processes kept the CPUs {pct(busy)} busy just before the "
+                            "start: times will be slow and noisy")]
+    return []
+
+
+def _header_fields(meta: Dict[str, object], settings: Settings,
+                   ceilings: CpuCeilings) -> List[Tuple[str, str]]:
+    """The printed header: the build, software, machine and threads, then the conventions."""
+    return [
+        *machine_fields(meta),
         ("measured", "fwd = eval-mode forward (inference); fwd+bwd = train-mode forward, then "
                      ".backward(dy)"),
         ("timing", f"wall clock of the module call; median of up to {settings.repeats} runs "
@@ -213,19 +231,14 @@ def _header_fields(meta: Dict[str, object], settings: Settings,
                      "input and dy"),
         ("runs", f"timed runs fwd/fwd+bwd; '~' marks a noisy measurement (interquartile "
                  f"range > {NOISY_SPREAD:.0%} of the median)"),
+        *busy_warning(meta),
     ]
-    busy = meta["cpu_busy_start"]
-    if busy is not None and busy > BUSY_WARNING:
-        fields.append(("WARNING", f"other processes kept the CPUs {pct(busy)} busy just before "
-                                  "the start: times will be slow and noisy"))
-    return fields
 
 
-def _markdown_fields(meta: Dict[str, object], settings: Settings, ceilings: CpuCeilings,
-                     results: List[Dict[str, object]]) -> List[Tuple[str, str]]:
-    """The Markdown report's bullets: where the numbers come from, and the conventions."""
+def machine_markdown_fields(meta: Dict[str, object]) -> List[Tuple[str, str]]:
+    """The Markdown report's first bullets, those of every CPU run: the machine, fastrnn's
+    build and threads, NumPy."""
     info, th = meta["build_info"], meta["threads"]
-    adapter = any("speedup_torch_adapter" in r for r in results)
     return [
         ("machine", f"{meta['cpu_model']} ({meta['machine']}), {th['cpu_count']} CPUs; "
                     f"{meta['platform']}; CPUs busy before start {pct(meta['cpu_busy_start'])}"),
@@ -235,6 +248,15 @@ def _markdown_fields(meta: Dict[str, object], settings: Settings, ceilings: CpuC
                       f"{meta['ceilings']['threads']} threads"),
         ("numpy", f"{meta['numpy_version']} ({meta['numpy_blas'] or 'BLAS unknown'}); "
                   f"python {meta['python']}"),
+    ]
+
+
+def _markdown_fields(meta: Dict[str, object], settings: Settings, ceilings: CpuCeilings,
+                     results: List[Dict[str, object]]) -> List[Tuple[str, str]]:
+    """The Markdown report's bullets: where the numbers come from, and the conventions."""
+    adapter = any("speedup_torch_adapter" in r for r in results)
+    return [
+        *machine_markdown_fields(meta),
         *((f"peer {name}", meta["peers"][name]) for name in other_peers(results)),
         *((f"{title} ceiling", text) for title, text in ceilings.describe()),
         ("FLOPs", FLOP_CONVENTION),

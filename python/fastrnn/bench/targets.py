@@ -1,14 +1,20 @@
-"""The GPU mode's targets: how fast fastrnn.torch must be against cuDNN, per row and per run.
+"""The targets: how fast fastrnn.torch should be against cuDNN (GPU mode) and against torch.nn
+on the RL suite, per row and per run.
 
-Training (forward+backward) must be at least as fast as cuDNN on every row; where cuDNN has no
-persistent kernel (GRU, float32 or packed input -- torch only picks cuDNN's persistent algorithm
-for unpacked float16) at batch <= 16, forward and forward+backward must each be twice as fast.
+GPU: training (forward+backward) must be at least as fast as cuDNN on every row; where cuDNN has
+no persistent kernel (GRU, float32 or packed input -- torch only picks cuDNN's persistent
+algorithm for unpacked float16) at batch <= 16, forward and forward+backward must each be twice
+as fast.
+
+RL suite (:data:`RL_TARGET_RULE`, printed next to the rows, never asserted nor failing a run):
+the reset path 10x the torch.nn step loop forward+backward; cells 1.5x at batch <= 16 and never
+slower; streaming 1.5x per call.
 """
 from __future__ import annotations
 
 from typing import Dict, List
 
-from .configs import GpuRow
+from .configs import GpuRow, RlRow
 
 TARGET_TRAINING = 1.0        # fwd+bwd: cuDNN time / fastrnn time on every row
 TARGET_NO_PERSISTENT = 2.0   # where cuDNN has no persistent kernel, at batch <= 16
@@ -79,5 +85,80 @@ def summary_lines(summary: Dict[str, object]) -> List[str]:
                      + (f"; missed: {', '.join(k['missed'])}" if k["missed"] else ""))
     if summary["rows_measured"] < summary["rows_total"]:
         lines.append(f"{summary['rows_total'] - summary['rows_measured']} row(s) not measured "
+                     "on both sides (errors): not counted above")
+    return lines
+
+
+# ---- RL suite: fastrnn.torch against torch.nn -----------------------------------------------
+
+RL_TARGET_UPDATE = 10.0     # update rows, fwd+bwd: the reset path against the step loop
+RL_TARGET_CELL = 1.5        # cell and loop rows at B <= RL_TARGET_CELL_MAX_B, fwd and fwd+bwd
+RL_TARGET_CELL_MAX_B = 16
+RL_TARGET_NOT_SLOWER = 1.0  # cell and loop rows at larger B
+RL_TARGET_STREAM = 1.5      # stream rows, per call
+RL_TARGET_RULE = (f"update: fwd+bwd ratio >= {RL_TARGET_UPDATE:g}x (the reset path against the "
+                  f"torch.nn step loop); cell and loop: fwd and fwd+bwd ratio >= "
+                  f"{RL_TARGET_CELL:g}x at B <= {RL_TARGET_CELL_MAX_B} and never slower "
+                  f"(>= {RL_TARGET_NOT_SLOWER:g}x) at larger B; stream: ratio per call >= "
+                  f"{RL_TARGET_STREAM:g}x. Printed, not asserted")
+
+
+def rl_row_targets(row: RlRow, ratio: Dict[str, float]) -> List[Dict[str, object]]:
+    """The targets of ``row`` (each a phase and the ratio it requires) and whether its ratios
+    (torch.nn time / fastrnn.torch time) meet them."""
+    if row.group == "update":
+        wanted = [("forward_backward", RL_TARGET_UPDATE)]
+    elif row.group == "stream":
+        wanted = [("forward", RL_TARGET_STREAM)]
+    else:
+        need = RL_TARGET_CELL if row.config.B <= RL_TARGET_CELL_MAX_B else RL_TARGET_NOT_SLOWER
+        wanted = [("forward", need), ("forward_backward", need)]
+    out = []
+    for kind, required in wanted:
+        r = ratio.get(kind)
+        out.append({"phase": kind, "required": required, "ratio": r,
+                    "met": r is not None and r >= required})
+    return out
+
+
+def rl_target_text(result: Dict[str, object]) -> str:
+    """A row's targets cell: ``fwd/f+b >= 1.5x ok``, ``... MISS fwd``; empty when the row was
+    not measured on both sides."""
+    targets = result.get("targets") or []
+    if not result.get("ratio") or not targets:
+        return ""
+    short = {kind: label for label, kind in _PHASES}
+    phases = "/".join(short[t["phase"]] for t in targets)
+    missed = [short[t["phase"]] for t in targets if not t["met"]]
+    return (f"{phases} >= {targets[0]['required']:g}x "
+            + (f"MISS {','.join(missed)}" if missed else "ok"))
+
+
+def rl_targets_summary(results: List[Dict[str, object]]) -> Dict[str, object]:
+    """Per group: how many measured rows met all their targets, and which missed."""
+    summary: Dict[str, object] = {"rule": RL_TARGET_RULE, "groups": {}}
+    for r in results:
+        if not r.get("ratio"):
+            continue
+        group = summary["groups"].setdefault(r["row"]["group"], {"met": 0, "of": 0,
+                                                                 "missed": []})
+        group["of"] += 1
+        if all(t["met"] for t in r["targets"]):
+            group["met"] += 1
+        else:
+            group["missed"].append(r["row"]["label"])
+    summary["rows_measured"] = sum(g["of"] for g in summary["groups"].values())
+    summary["rows_total"] = len(results)
+    return summary
+
+
+def rl_summary_lines(summary: Dict[str, object]) -> List[str]:
+    """The closing lines of an RL run: per group, on how many rows the targets were met."""
+    lines = [f"targets ({summary['rule']}):"]
+    for group, g in summary["groups"].items():
+        lines.append(f"  {group}: {g['met']}/{g['of']} rows met"
+                     + (f"; missed: {', '.join(g['missed'])}" if g["missed"] else ""))
+    if summary["rows_measured"] < summary["rows_total"]:
+        lines.append(f"  {summary['rows_total'] - summary['rows_measured']} row(s) not measured "
                      "on both sides (errors): not counted above")
     return lines

@@ -2,7 +2,9 @@
 
 :func:`measure` warms a call up, then times it until it has ``repeats`` runs or has spent its
 budget (but at least ``min_repeats`` runs), with the garbage collector paused, and summarises the
-times (:func:`summary`). The clock says what one run's time is:
+times (:func:`summary`); :func:`measure_alternating` does the same for several implementations of
+the same work at once, their timed runs taking turns (the RL suite's two sides). The clock says
+what one run's time is:
 
 - :class:`WallClock` (the CPU mode): ``time.perf_counter`` around the call, what a user pays;
 - :class:`CudaEventClock` (the GPU mode): CUDA events around the call, each run started on an
@@ -113,22 +115,45 @@ def measure(calls: Sequence[Callable[[], object]], settings: Settings, clock=WAL
     for the thread pool of a BLAS used just before, by another peer, to stop spinning and give
     the cores back), but stops, even after a single run, once it has used the larger of
     ``warmup_s`` and a quarter of the budget, so that a slow call is not run needlessly.
-    Returns the times in seconds with their statistics (:func:`summary`).
+    Returns the times in seconds with their statistics (:func:`summary`). One side of
+    :func:`measure_alternating`.
     """
+    return measure_alternating([calls], settings, clock, [prepare])[0]
+
+
+def measure_alternating(sides: Sequence[Sequence[Callable[[], object]]], settings: Settings,
+                        clock=WALL_CLOCK,
+                        prepares: Optional[Sequence[Optional[Callable[[int], object]]]] = None
+                        ) -> List[Dict[str, object]]:
+    """:func:`measure` of several implementations of the same work (``sides``, each a list of
+    calls as ``measure`` takes them, with its ``prepares[s]``), their timed runs alternating.
+
+    Each side warms up in turn as ``measure`` does; then every round times one run of each side,
+    in order, so that a change in the machine's load reaches all of them alike. A side stops at
+    ``settings.repeats`` runs; the rounds stop once every side has ``settings.min_repeats`` runs
+    and ``settings.budget`` seconds per side have been spent. Returns each side's
+    :func:`summary`, in the order of ``sides``.
+    """
+    prepares = list(prepares) if prepares is not None else [None] * len(sides)
     with _gc_paused():
-        warmups = _warm_up(calls, settings, clock, prepare)
-        marks: List[object] = []
+        warmups = [_warm_up(calls, settings, clock, prepare)
+                   for calls, prepare in zip(sides, prepares)]
+        marks: List[List[object]] = [[] for _ in sides]
         start = time.perf_counter()
-        while len(marks) < settings.repeats:
-            i = (warmups + len(marks)) % len(calls)
-            if prepare is not None:
-                prepare(i)
-            marks.append(clock.time_call(calls[i]))
-            if (len(marks) >= settings.min_repeats
-                    and time.perf_counter() - start >= settings.budget):
+        while any(len(m) < settings.repeats for m in marks):
+            for calls, prepare, warmed, side_marks in zip(sides, prepares, warmups, marks):
+                if len(side_marks) >= settings.repeats:
+                    continue
+                i = (warmed + len(side_marks)) % len(calls)
+                if prepare is not None:
+                    prepare(i)
+                side_marks.append(clock.time_call(calls[i]))
+            if (all(len(m) >= settings.min_repeats for m in marks)
+                    and time.perf_counter() - start >= settings.budget * len(sides)):
                 break
         clock.wait()
-    return summary([clock.seconds(mark) for mark in marks], warmups)
+    return [summary([clock.seconds(mark) for mark in side_marks], warmed)
+            for side_marks, warmed in zip(marks, warmups)]
 
 
 def _warm_up(calls: Sequence[Callable[[], object]], settings: Settings, clock,
@@ -148,6 +173,11 @@ def _warm_up(calls: Sequence[Callable[[], object]], settings: Settings, clock,
             return warmups  # a slow call: one run (or the few that fit) is warm-up enough
         if warmups >= settings.warmup and elapsed >= settings.warmup_s:
             return warmups
+
+
+def per_call(m: Dict[str, object], calls: int) -> Dict[str, object]:
+    """Measurement ``m`` of runs that each made ``calls`` calls, as the time of one call."""
+    return {**summary([t / calls for t in m["times_s"]], m["warmup"]), "calls_per_run": calls}
 
 
 def summary(times: List[float], warmups: int) -> Dict[str, object]:
