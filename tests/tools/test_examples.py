@@ -43,3 +43,34 @@ def test_char_rnn_learns_and_backends_agree():
     assert last < 0.85 * first
     assert text.startswith("The ") and len(text) == 44
     np.testing.assert_allclose(fast, ref, rtol=2e-3)  # same weights, float32 rounding only
+
+
+def test_recurrent_rl_learns_and_backends_agree(capsys):
+    pytest = __import__("pytest")
+    pytest.importorskip("torch")
+    example = load("recurrent_rl")
+    fast = example.train("fastrnn", verbose=False, **example.QUICK)
+    first, last = np.mean(fast.returns[:10]), np.mean(fast.returns[-10:])
+    print(f"mean return {first:.3f} -> {last:.3f}; {fast.ms_per_update():.1f} ms per update")
+    assert np.all(np.isfinite(fast.returns)) and np.all(np.isfinite(fast.losses))
+    assert abs(first - 0.25) < 0.1  # a policy without memory: right one time in four
+    assert last > first + 0.25      # the state carries the cue to the query step
+    assert len(fast.update_s) == len(fast.rollout_s) == example.QUICK["updates"]
+    # The torch.nn step loop with (1 - episode_start) masks computes what resets= computes:
+    # the same weights draw the same actions and give the same losses (float32 rounding only).
+    for cell in ("lstm", "gru"):
+        small = dict(example.QUICK, updates=4)
+        ref = example.train("torch", cell=cell, verbose=False, **small)
+        ours = fast if cell == "lstm" else example.train("fastrnn", cell=cell, verbose=False,
+                                                         **small)
+        assert ours.returns[:4] == ref.returns
+        np.testing.assert_allclose(ours.losses[:4], ref.losses, rtol=2e-3)
+
+    example.main(["--compare", "--updates", "2", "--envs", "4", "--steps", "6", "--hidden", "8",
+                  "--cell", "gru", "--log-every", "1"])
+    out = capsys.readouterr().out
+    assert "GRU policy, hidden 8, 4 environments x 6 steps per update" in out
+    assert out.count("  update    2: mean return ") == 2
+    assert "torch: mean return " in out and "fastrnn: mean return " in out
+    assert out.count(" ms per update (mean)") == 2
+    assert "update time, torch.nn step loop / fastrnn.torch with resets=: " in out
