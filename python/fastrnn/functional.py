@@ -154,7 +154,7 @@ def layer_forward(mode: str, x: NDArray[_FloatT], h0: NDArray[_FloatT],
     reverse, training = _validate.flag(reverse, "reverse"), _validate.flag(training, "training")
     y, h_n, c_n, reserve = _core.layer_forward(code, x, h0, c0, weight_ih, weight_hh, bias_ih,
                                                bias_hh, weight_hr, lengths, reverse, training,
-                                               resets=resets)
+                                               resets)
     state: Optional[LayerState] = None
     if training:
         state = LayerState(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
@@ -181,7 +181,7 @@ def layer_backward(state: LayerState, dy: _FloatArray, dh_n: Optional[_FloatArra
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _core.layer_backward(
         _cells.cell(s.mode).code, s.x, s.h0, s.c0, s.weight_ih, s.weight_hh, s.bias_ih, s.bias_hh,
         s.weight_hr, s.lengths, s.reverse, s.reserve, _contiguous(dy), _contiguous(dh_n),
-        _contiguous(dc_n), resets=s.resets)
+        _contiguous(dc_n), False, s.resets)
     return {"input": dx, "h0": dh0, "c0": dc0, "weight_ih": dw_ih, "weight_hh": dw_hh,
             "bias_ih": db_ih, "bias_hh": db_hh, "weight_hr": dw_hr}
 
