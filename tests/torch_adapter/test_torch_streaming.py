@@ -77,3 +77,25 @@ def test_inference_path_keeps_torch_nn_errors():
         with pytest.raises(RuntimeError) as mine:
             ours(x, bad_hx)
     assert str(mine.value) == str(theirs.value)
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
+@pytest.mark.parametrize("name,kw", [("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {}),
+                                     ("RNNCell", {"nonlinearity": "relu"}),
+                                     ("GRUCell", {"bias": False})],
+                         ids=["lstm", "gru", "rnn_tanh", "rnn_relu", "gru_nobias"])
+def test_cells_without_gradient_equal_torch_nn(name, kw, with_hx, batched):
+    ours, ref = pair(name, 5, 7, dtype=torch.float64, **kw)
+    x = torch.randn(3, 5, dtype=torch.float64) if batched else torch.randn(5, dtype=torch.float64)
+    shape = (3, 7) if batched else (7,)
+    hx = None
+    if with_hx:
+        hx = torch.randn(*shape, dtype=torch.float64)
+        if name == "LSTMCell":
+            hx = (hx, torch.randn(*shape, dtype=torch.float64))
+    with torch.no_grad():
+        got, want = ours(x, hx), ref(x, hx)
+    for a, b in zip(flat(got), flat(want)):
+        assert a.grad_fn is None and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

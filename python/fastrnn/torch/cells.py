@@ -10,14 +10,19 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _core
 from .. import cuda as _cuda_api
 from .._cells import CELLS, VANILLA_MODES
 from . import _patch
-from ._fallback import _warn_once, fallback_reason
-from ._ops import ALGO_CODES, layer
+from ._fallback import _in_onnx_export, _warn_once, fallback_reason
+from ._ops import ALGO_CODES, _np, _transforms_active, layer
+from ._runtime import follow_torch_threads
+
+_CORE_DTYPES = (torch.float32, torch.float64)  # what the CPU core computes in
 
 
 class _FastCellMixin:
@@ -50,6 +55,10 @@ class _FastCellMixin:
 
     def forward(self, input, hx=None):
         mode = self._cell_mode
+        if mode is not None and not torch.is_grad_enabled():
+            result = self._inference_step(input, hx, mode)
+            if result is not None:
+                return result
         if mode is None or not isinstance(input, Tensor):
             return super().forward(input, hx)
         biases = [self.bias_ih, self.bias_hh]
@@ -73,6 +82,49 @@ class _FastCellMixin:
             h = h.squeeze(0)
             c = c.squeeze(0) if c is not None else None
         return (h, c) if c is not None else h
+
+    def _inference_step(self, input, hx, mode: str):
+        """A step without gradient on the CPU (a sampler's, a decoder's) straight to the core: no
+        autograd node, nothing saved, no torch operation. None where the call needs the general
+        path (anything else, or a call that torch.nn must check or refuse)."""
+        if (type(input) is not Tensor or input.device.type != "cpu" or input.requires_grad
+                or input.dtype not in _CORE_DTYPES or input.dim() not in (1, 2)
+                or input.numel() == 0 or _transforms_active() or torch.compiler.is_compiling()
+                or torch.jit.is_tracing() or _in_onnx_export() or torch.is_autocast_enabled("cpu")):
+            return None
+        spec = CELLS[mode]
+        B, H = (input.shape[0] if input.dim() == 2 else 1), self.hidden_size
+        G, I = spec.gates, input.shape[-1]
+        w_ih, w_hh, b_ih, b_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        weights = [(w_ih, (G * H, I)), (w_hh, (G * H, H))]
+        if (b_ih is None) != (b_hh is None):
+            return None
+        if b_ih is not None:
+            weights += [(b_ih, (G * H,)), (b_hh, (G * H,))]
+        states = [] if hx is None else (list(hx) if spec.has_cell_state and isinstance(
+            hx, (tuple, list)) else [hx])
+        state_shape = (B, H) if input.dim() == 2 else (H,)
+        if hx is not None and (len(states) != (2 if spec.has_cell_state else 1) or any(
+                type(h) is not Tensor or tuple(h.shape) != state_shape or h.requires_grad
+                for h in states)):
+            return None
+        for t, shape in weights + [(h, state_shape) for h in states]:
+            if (tuple(t.shape) != shape or t.dtype != input.dtype or t.device.type != "cpu"
+                    or t.layout != torch.strided):
+                return None
+        x = _np(input.contiguous()).reshape(1, B, I)
+        if states:
+            h0, c0 = (_np(h.contiguous()).reshape(B, H) for h in (states + states)[:2])
+        else:
+            h0 = c0 = np.zeros((B, H), x.dtype)
+        follow_torch_threads()
+        _, h, c, _ = _core.layer_forward(
+            spec.code, x, h0, c0 if spec.has_cell_state else None, _np(w_ih), _np(w_hh),
+            _np(b_ih), _np(b_hh), None, None, False, False)
+        h = torch.from_numpy(h if input.dim() == 2 else h.reshape(H))
+        if not spec.has_cell_state:
+            return h
+        return h, torch.from_numpy(c if input.dim() == 2 else c.reshape(H))
 
     def _initial_state(self, input: Tensor, hx, mode: str
                        ) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
