@@ -92,21 +92,13 @@ class _Library:
         return arr, int(arr.data_ptr)
 
     def upload_int64(self, values: np.ndarray) -> Tuple[Any, int]:
-        values = np.ascontiguousarray(values, dtype=np.int64)
-        if self.kind == "torch":
-            t = self.lib.from_numpy(values).to(f"cuda:{self.device}")
-            return t, int(t.data_ptr())
-        if self.kind == "cupy":
-            with self.lib.cuda.Device(self.device):
-                a = self.lib.asarray(values)
-            return a, int(a.data.ptr)
-        module = _cuda_api._require()
-        arr = module.DeviceArray([values.size], _DEVICE_ARRAY_CODES["int64"], self.device)
-        module.copy_from_host(arr.data_ptr, values.tobytes(), self.device)
-        return arr, int(arr.data_ptr)
+        return self._upload(np.ascontiguousarray(values, dtype=np.int64), "int64")
 
     def upload_uint8(self, values: np.ndarray) -> Tuple[Any, int]:
-        values = np.ascontiguousarray(values, dtype=np.uint8)
+        return self._upload(np.ascontiguousarray(values, dtype=np.uint8), "uint8")
+
+    def _upload(self, values: np.ndarray, dtype: str) -> Tuple[Any, int]:
+        """A device copy of a contiguous host array, in the input's library, and its address."""
         if self.kind == "torch":
             t = self.lib.from_numpy(values).to(f"cuda:{self.device}")
             return t, int(t.data_ptr())
@@ -115,7 +107,7 @@ class _Library:
                 a = self.lib.asarray(values)
             return a, int(a.data.ptr)
         module = _cuda_api._require()
-        arr = module.DeviceArray(list(values.shape), _DEVICE_ARRAY_CODES["uint8"], self.device)
+        arr = module.DeviceArray(list(values.shape), _DEVICE_ARRAY_CODES[dtype], self.device)
         module.copy_from_host(arr.data_ptr, values.tobytes(), self.device)
         return arr, int(arr.data_ptr)
 

@@ -25,6 +25,7 @@ from .. import _core
 from .. import cuda as _cuda_api
 from .._cells import CELLS, CELLS_BY_CODE
 from . import _batching
+from ._fallback import _in_onnx_export
 from ._runtime import follow_torch_threads
 from ._tangent import layer_tangent
 
@@ -232,6 +233,20 @@ def _transforms_active() -> bool:
     even without a gradient to save (vmap, jvp)."""
     return (torch._C._functorch.maybe_current_level() is not None
             or torch.autograd.forward_ad._current_level >= 0)
+
+
+CORE_DTYPES = (torch.float32, torch.float64)  # what the CPU core computes in
+
+
+def plain_cpu_call(input) -> bool:
+    """``input`` is a plain CPU tensor of a dtype the core computes in, wanting no gradient, and
+    no transform, compilation, trace or autocast is running: a call the modules' and cells'
+    inference paths may take straight to the core (they check the rest of the call)."""
+    return (type(input) is Tensor and input.device.type == "cpu" and not input.requires_grad
+            and input.dtype in CORE_DTYPES and not torch.is_grad_enabled()
+            and not _transforms_active() and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and not _in_onnx_export()
+            and not torch.is_autocast_enabled("cpu"))
 
 
 def _run_forward(tensors, lengths, cell, reverse, save, algo, resets):

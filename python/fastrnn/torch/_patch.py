@@ -21,6 +21,8 @@ import threading
 
 import torch
 
+from .. import cuda as _cuda_api
+
 _lock = threading.Lock()
 _saved: dict = {}  # (namespace, name) -> the original object, while patched
 _ABSENT = object()  # _saved's value for a class attribute that patch() added (unpatch deletes it)
@@ -89,6 +91,27 @@ def _setstate_as_twin(self, state) -> None:
 
 
 # ---- pickling as the torch.nn class; copies keep the class --------------------------------------
+
+class TwinMixin:
+    """What every fastrnn.torch twin of a torch.nn class adds to it, mixed in before the torch.nn
+    class: the ``algo`` keyword (also a plain attribute, absent from modules made by ``convert``,
+    which run ``"auto"``: the CUDA algorithm, see ``fastrnn.cuda``; the CPU core has one), pickling
+    as the torch.nn class (so that checkpoints load with torch.load's defaults and without
+    fastrnn), and copies that keep fastrnn's class."""
+
+    def __init__(self, *args, algo: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.algo = _cuda_api.check_algo(algo)
+
+    def __reduce_ex__(self, protocol):
+        return torch_reduce(self, protocol)
+
+    def __copy__(self):
+        return same_class_copy(self)
+
+    def __deepcopy__(self, memo):
+        return same_class_copy(self, memo)
+
 
 def torch_reduce(module, protocol: int):
     """``module.__reduce_ex__``: rebuilt as its torch.nn class (see the module docstring).

@@ -18,14 +18,12 @@ from .. import _core
 from .. import cuda as _cuda_api
 from .._cells import CELLS, VANILLA_MODES
 from . import _patch
-from ._fallback import _in_onnx_export, _warn_once, fallback_reason
-from ._ops import ALGO_CODES, _np, _transforms_active, layer
+from ._fallback import _warn_once, fallback_reason
+from ._ops import ALGO_CODES, _np, layer, plain_cpu_call
 from ._runtime import follow_torch_threads
 
-_CORE_DTYPES = (torch.float32, torch.float64)  # what the CPU core computes in
 
-
-class _FastCellMixin:
+class _FastCellMixin(_patch.TwinMixin):
     """The forward of RNNCell, LSTMCell and GRUCell: torch.nn's input handling, fastrnn's kernels.
 
     Mixed in before the torch.nn class, so ``super().forward`` is torch's implementation (the
@@ -36,20 +34,6 @@ class _FastCellMixin:
     made by :func:`fastrnn.torch.convert`, which run ``"auto"``): the CUDA algorithm, as for the
     layer modules. The CPU core has one algorithm and ignores it.
     """
-
-    def __init__(self, *args, algo: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.algo = _cuda_api.check_algo(algo)
-
-    # Pickled as the torch.nn class; copies keep the class (_patch explains).
-    def __reduce_ex__(self, protocol):
-        return _patch.torch_reduce(self, protocol)
-
-    def __copy__(self):
-        return _patch.same_class_copy(self)
-
-    def __deepcopy__(self, memo):
-        return _patch.same_class_copy(self, memo)
 
     # Each class's ``_cell_mode``: "rnn_tanh", "lstm", ...; None: torch.nn's forward decides.
 
@@ -87,10 +71,7 @@ class _FastCellMixin:
         """A step without gradient on the CPU (a sampler's, a decoder's) straight to the core: no
         autograd node, nothing saved, no torch operation. None where the call needs the general
         path (anything else, or a call that torch.nn must check or refuse)."""
-        if (type(input) is not Tensor or input.device.type != "cpu" or input.requires_grad
-                or input.dtype not in _CORE_DTYPES or input.dim() not in (1, 2)
-                or input.numel() == 0 or _transforms_active() or torch.compiler.is_compiling()
-                or torch.jit.is_tracing() or _in_onnx_export() or torch.is_autocast_enabled("cpu")):
+        if not plain_cpu_call(input) or input.dim() not in (1, 2) or input.numel() == 0:
             return None
         spec = CELLS[mode]
         B, H = (input.shape[0] if input.dim() == 2 else 1), self.hidden_size

@@ -18,14 +18,10 @@ from .. import cuda as _cuda_api
 from .._cells import CELLS, CellSpec, has_cell_state
 from . import _patch
 from ._fallback import _warn_once, fallback_reason
-from ._fallback import _in_onnx_export
-from ._ops import ALGO_CODES, _np, _transforms_active, layer
+from ._ops import ALGO_CODES, _np, layer, plain_cpu_call
 from ._runtime import follow_torch_threads
 from ._packed import check_packed, packed_to_padded, padded_to_packed
 from .cells import GRUCell, LSTMCell, RNNCell
-
-
-_CORE_DTYPES = (torch.float32, torch.float64)  # what the CPU core computes in
 
 
 def _torch_mode(spec: CellSpec) -> str:
@@ -66,7 +62,7 @@ class _Call(NamedTuple):
     batched: bool = True                     # False: the input had no batch dimension
 
 
-class _FastRNNMixin:
+class _FastRNNMixin(_patch.TwinMixin):
     """The forward of RNN, LSTM and GRU: torch.nn's checks and input handling, fastrnn's kernels.
 
     Mixed in before the torch.nn class, so ``super().forward`` is torch's implementation (the
@@ -77,21 +73,6 @@ class _FastRNNMixin:
     algorithm, ``"auto"``, ``"standard"`` or ``"persistent"`` (see ``fastrnn.cuda``). The CPU
     core has one algorithm and ignores it.
     """
-
-    def __init__(self, *args, algo: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.algo = _cuda_api.check_algo(algo)
-
-    # Pickled (torch.save of a whole model) as the torch.nn class, so that checkpoints load with
-    # torch.load's defaults and without fastrnn; copies keep the class (_patch explains).
-    def __reduce_ex__(self, protocol):
-        return _patch.torch_reduce(self, protocol)
-
-    def __copy__(self):
-        return _patch.same_class_copy(self)
-
-    def __deepcopy__(self, memo):
-        return _patch.same_class_copy(self, memo)
 
     def forward(self, input, hx=None, *, resets=None):
         """torch.nn's forward, plus ``resets``: None, or a bool tensor (T, B) -- (B, T) with
@@ -130,11 +111,8 @@ class _FastRNNMixin:
         layer's output feeding the next as a NumPy array -- no autograd node, no torch operation
         between layers, nothing saved. None where the call needs the general path (any other
         call, or one the general path must check or refuse: it gives torch.nn's errors)."""
-        if (type(input) is not Tensor or input.dim() != 3 or input.device.type != "cpu"
-                or input.dtype not in _CORE_DTYPES or self.bidirectional or input.numel() == 0
-                or (self.dropout and self.training) or _transforms_active()
-                or torch.compiler.is_compiling() or torch.jit.is_tracing() or _in_onnx_export()
-                or torch.is_autocast_enabled("cpu") or input.requires_grad):
+        if (not plain_cpu_call(input) or input.dim() != 3 or input.numel() == 0
+                or self.bidirectional or (self.dropout and self.training)):
             return None
         B = input.shape[0] if self.batch_first else input.shape[1]
         L, H, R = self.num_layers, self.hidden_size, self.proj_size or self.hidden_size
