@@ -99,3 +99,14 @@ def test_cells_without_gradient_equal_torch_nn(name, kw, with_hx, batched):
     for a, b in zip(flat(got), flat(want)):
         assert a.grad_fn is None and a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_inference_path_keeps_torch_nn_input_size_error():
+    ours, ref = pair("LSTM", 4, 5, num_layers=2)
+    x = torch.randn(1, 3, 6)  # input size 6 for a module of input size 4
+    with torch.no_grad():
+        with pytest.raises(RuntimeError) as theirs:
+            ref(x)
+        with pytest.raises(RuntimeError) as mine:
+            ours(x)
+    assert str(mine.value) == str(theirs.value)

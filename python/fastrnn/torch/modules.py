@@ -112,6 +112,7 @@ class _FastRNNMixin(_patch.TwinMixin):
         between layers, nothing saved. None where the call needs the general path (any other
         call, or one the general path must check or refuse: it gives torch.nn's errors)."""
         if (not plain_cpu_call(input) or input.dim() != 3 or input.numel() == 0
+                or input.shape[-1] != self.input_size  # torch.nn's check and error: general path
                 or self.bidirectional or (self.dropout and self.training)):
             return None
         B = input.shape[0] if self.batch_first else input.shape[1]
