@@ -14,6 +14,9 @@
 #include <vector>
 
 #include "bindings/args.h"
+#ifdef FASTRNN_JAX_FFI
+#include "bindings/jax_ffi.h"
+#endif
 #include "bindings/memory.h"
 #include "bindings/scratch.h"
 #include "common/dispatch.h"
@@ -304,4 +307,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("activation", &b::activation, py::arg("kind"), py::arg("x"),
         "Applies the kernels' vectorised 'sigmoid' or 'tanh' to a float32/float64 array "
         "(for accuracy tests).");
+#ifdef FASTRNN_JAX_FFI
+  b::add_jax_ffi(m);  // fastrnn.jax's custom calls
+#endif
 }

@@ -14,7 +14,7 @@ batched-gradient check, ``jacrev``, per-sample gradients) turns a layer call int
 - The reserve of N folded problems is handed back per problem (``(N, reserve_size(B))``, each row
   one problem's reserve), so that every output is truly batched and nested transforms compose.
   The core's reserve is a sequence of sections, each ``(slots, B, width)`` (``ReserveLayout`` in
-  csrc/cpu/step.h); :func:`_reserve_sections` lists them.
+  csrc/cpu/step.h); :func:`fastrnn._reserve.sections` lists them.
 
 CUDA tensors loop over the vmapped dimension (their reserve is raw bytes of another layout).
 
@@ -32,24 +32,11 @@ from torch import Tensor
 
 from .. import _core
 from .._cells import CELLS_BY_CODE
+from .._reserve import sections as reserve_sections
 from ._runtime import follow_torch_threads
 from ._tangent import fresh_steps
 
 _WEIGHTS = slice(3, 8)  # w_ih, w_hh, b_ih, b_hh, w_hr among the operators' tensor arguments
-
-
-def _reserve_sections(cell: int, T: int, H: int, R: int, P: int) -> List[Tuple[int, int]]:
-    """(slots, width) of each section of the CPU reserve, in order (hs | cs | acts | ms)."""
-    spec = CELLS_BY_CODE[cell]
-    per_slot, per_step = _core.reserve_widths(cell, H, P)
-    sections = [(T + 1, R)]
-    if spec.has_cell_state:
-        sections.append((T + 1, H))
-    sections.append((T, per_step - (H if P else 0)))
-    if P:
-        sections.append((T, H))
-    assert sum(w for s, w in sections if s == T + 1) == per_slot
-    return sections
 
 
 def _fold_reserve(reserve: Tensor, dim: Optional[int], N: int, B: int,
@@ -136,7 +123,7 @@ def forward_rule(op, info, in_dims, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, len
     if save:
         R, H = h_n.shape[-1], w_hh.shape[0] // CELLS_BY_CODE[cell].gates
         P = w_hr.shape[0] if w_hr is not None else 0
-        reserve = _unfold_reserve(reserve, N, B, _reserve_sections(cell, T, H, R, P))
+        reserve = _unfold_reserve(reserve, N, B, reserve_sections(cell, T, H, R, P))
     return (y, h_n, c_n, reserve), (1, 0, 0 if c0 is not None else None, 0 if save else None)
 
 
@@ -153,7 +140,7 @@ def backward_rule(op, info, in_dims, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, le
     T, B = X.shape[0], X.shape[1] // N
     R, H = h0.shape[-1], w_hh.shape[0] // CELLS_BY_CODE[cell].gates
     P = w_hr.shape[0] if w_hr is not None else 0
-    sections = _reserve_sections(cell, T, H, R, P)
+    sections = reserve_sections(cell, T, H, R, P)
     folded_reserve = _fold_reserve(reserve, in_dims[9], N, B, sections)
     h0f, c0f = _fold_rows(h0, in_dims[1], N), _fold_rows(c0, in_dims[2], N)
     lengths_f, resets_f = _fold_rows(lengths, in_dims[8], N), _fold_seq(resets, resets_dim, N)
