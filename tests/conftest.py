@@ -31,6 +31,13 @@ import pytest
 # a broken torch install fails the run instead of turning those tests into skips.
 if os.environ.get("FASTRNN_REQUIRE_TORCH") == "1":
     import torch  # noqa: F401
+# The same for JAX (fastrnn.jax, its Flax modules, the jax bench peers): jax and flax are in the
+# test extra, and fastrnn.jax needs the build's XLA FFI handlers.
+if os.environ.get("FASTRNN_REQUIRE_JAX") == "1":
+    import flax  # noqa: F401
+    import jax  # noqa: F401
+
+    import fastrnn.jax  # noqa: F401
 
 
 def pytest_report_header(config):

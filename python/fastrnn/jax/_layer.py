@@ -11,8 +11,9 @@ batching rules around the XLA custom calls of :mod:`fastrnn.jax._ffi`.
   are formed from its own rows. The reserve of N folded problems is handed back per problem
   (``fastrnn._reserve``), so nested transforms compose. Vmapped *weights* (an ensemble) run as a
   ``lax.map`` of calls, one per member.
-- **Forward mode and second order** (``jax.jvp``, ``jacfwd``, ``hessian``, grad of grad) are
-  not supported: differentiating a custom call raises NotImplementedError saying so.
+- **Forward mode and second order** are not supported: ``jax.jvp``/``jacfwd`` of the layer
+  raise JAX's own TypeError for a ``custom_vjp`` function; ``hessian`` and grad of grad reach a
+  custom call, which raises NotImplementedError saying so.
 """
 from __future__ import annotations
 
