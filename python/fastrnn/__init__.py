@@ -97,6 +97,8 @@ def build_info() -> _Dict[str, _Any]:
     BLAS library's jobs): fastrnn's own, or (after ``import fastrnn.torch``) torch's OpenMP pool.
     ``cuda`` says whether the CUDA backend is built in (``cuda_available()`` whether it can run
     here); when it is, the ``cuda_*`` keys say what it was built for and what it finds.
+    ``jax_ffi`` names the jaxlib whose XLA FFI headers built fastrnn.jax's handlers (they load in
+    that jaxlib and later ones), or None where the build has none.
     """
     return {
         "version": __version__,
@@ -108,5 +110,6 @@ def build_info() -> _Dict[str, _Any]:
         "num_threads": get_num_threads(),
         "thread_pool": _core.thread_pool(),
         "deterministic": get_deterministic(),
+        "jax_ffi": getattr(_core, "JAX_FFI_BUILT_WITH_JAXLIB", None),
         **cuda.build_details(),
     }

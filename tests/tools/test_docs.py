@@ -9,6 +9,7 @@ A block that needs more than fastrnn and NumPy says so in an HTML comment on the
 its fence (invisible in the rendered site)::
 
     <!-- docs-test: torch -->    needs PyTorch: skipped only where torch is not installed
+    <!-- docs-test: jax -->      needs JAX, Flax and fastrnn.jax: skipped only where they are not
     <!-- docs-test: cuda -->     needs a GPU: skipped only where fastrnn.cuda_available() is False
                                  or torch cannot use the GPU (marked ``cuda``, as the GPU tests)
 
@@ -38,7 +39,7 @@ _BLOCK = re.compile(
     r"(?:^[ \t]*<!--\s*docs-test:\s*(?P<marker>[\w-]+)\s*-->[ \t]*\n)?"
     r"^(?P<indent>[ \t]*)```python[ \t]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
     re.M | re.S)
-_MARKERS = ("torch", "cuda")
+_MARKERS = ("torch", "jax", "cuda")
 
 
 class Block(NamedTuple):
@@ -83,6 +84,17 @@ def _torch_missing() -> Optional[str]:
     return None
 
 
+def _jax_missing() -> Optional[str]:
+    try:
+        import flax  # noqa: F401
+        import jax  # noqa: F401
+
+        import fastrnn.jax  # noqa: F401
+    except ImportError as e:
+        return f"needs JAX, Flax and fastrnn.jax (pip install 'fastrnn[jax]'): {e}"
+    return None
+
+
 def _gpu_missing() -> Optional[str]:
     if not fastrnn.cuda_available():
         return f"needs an NVIDIA GPU: {fastrnn.cuda.unavailable_reason()}"
@@ -103,6 +115,8 @@ def _skip_reason(block: Block) -> Optional[str]:
                     f"{block.marker!r} (known: {', '.join(_MARKERS)})")
     if block.marker == "torch":
         return _torch_missing()
+    if block.marker == "jax":
+        return _jax_missing()
     return _gpu_missing()
 
 
@@ -160,4 +174,4 @@ def test_docs_have_examples():
         assert expected in pages, f"no ```python example found in docs/{expected}"
     markers = {block.marker for block in _BLOCKS}
     assert markers <= {None, *_MARKERS}, f"unknown docs-test markers: {markers}"
-    assert "torch" in markers and "cuda" in markers
+    assert "torch" in markers and "jax" in markers and "cuda" in markers
