@@ -210,3 +210,14 @@ def measure_read_gbs(nbytes: SupportsIndex, reps: SupportsIndex) -> float:
 
 def activation(kind: str, x: NDArray[_FloatT]) -> NDArray[_FloatT]:
     """The kernels' vectorised ``"sigmoid"`` or ``"tanh"`` of a float32/float64 array."""
+
+# ---- XLA FFI handlers for fastrnn.jax (csrc/bindings/jax_ffi.cpp) ------------------------------
+# Present only in a build made with jaxlib's headers (CMakeLists.txt, FASTRNN_JAX).
+
+# (major, minor) of the XLA FFI API the handlers were compiled against.
+JAX_FFI_API_VERSION: tuple[int, int]
+# The jaxlib whose headers built them: they load in it and in later releases.
+JAX_FFI_BUILT_WITH_JAXLIB: str
+
+def jax_ffi_targets() -> dict[str, Any]:
+    """{name: PyCapsule} of the XLA FFI handlers (CPU) for jax.ffi.register_ffi_target."""

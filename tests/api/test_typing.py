@@ -66,9 +66,18 @@ def test_package_ships_py_typed_and_stub():
     assert STUB.is_file(), f"no {STUB.name} in {PACKAGE_DIR}"
 
 
+# What the extension has only where it was built with them (the JAX handlers need jaxlib's
+# headers at build time): the stub declares them, a build without them may lack them.
+OPTIONAL_NAMES = {"JAX_FFI_API_VERSION", "JAX_FFI_BUILT_WITH_JAXLIB", "jax_ffi_targets"}
+
+
+def _absent_optional_names() -> set:
+    return {name for name in OPTIONAL_NAMES if not hasattr(_core, name)}
+
+
 def test_stub_declares_exactly_the_runtime_names():
     runtime = {name for name in dir(_core) if not name.startswith("_")}
-    stub = _stub_public_names()
+    stub = _stub_public_names() - _absent_optional_names()
     assert not runtime - stub, f"in fastrnn._core but not in {STUB.name}: {sorted(runtime - stub)}"
     assert not stub - runtime, f"in {STUB.name} but not in fastrnn._core: {sorted(stub - runtime)}"
 
@@ -94,7 +103,7 @@ _PARAM_TYPES = {
 # The same for return types: an exact match, or (for a bare tuple / array) the stub's prefix.
 _EXACT_RETURNS = {"None", "bool", "int", "float", "str", "list[str]", "tuple[int, int]",
                   "tuple[int, int, int]"}
-_RETURN_PREFIXES = {"tuple": "tuple[", "numpy.ndarray": "NDArray["}
+_RETURN_PREFIXES = {"tuple": "tuple[", "numpy.ndarray": "NDArray[", "dict": "dict["}
 
 
 def _runtime_signature(name: str) -> ast.FunctionDef:
@@ -129,6 +138,8 @@ def test_stub_signature_matches_binding(name):
 
     mypy.stubtest cannot check these: pybind11 functions carry no ``__text_signature__``, so it
     only sees that the names exist. The binding's docstring line has them."""
+    if name in _absent_optional_names():
+        pytest.skip(f"this build has no {name} (built without jaxlib's headers)")
     stub_fn, runtime_fn = _stub_functions()[name], _runtime_signature(name)
     stub_params, runtime_params = _params(stub_fn), _params(runtime_fn)
     assert [p[0] for p in stub_params] == [p[0] for p in runtime_params], (
@@ -190,8 +201,10 @@ def _mypy_config(tmp_path: Path) -> Path:
 def test_mypy_stubtest(tmp_path):
     _require_mypy()
     config = _mypy_config(tmp_path)
-    proc = _run(["-m", "mypy.stubtest", "--mypy-config-file", str(config), "fastrnn._core"],
-                tmp_path)
+    allowlist = tmp_path / "allowlist.txt"
+    allowlist.write_text("".join(f"fastrnn._core.{n}\n" for n in sorted(_absent_optional_names())))
+    proc = _run(["-m", "mypy.stubtest", "--mypy-config-file", str(config), "--allowlist",
+                 str(allowlist), "fastrnn._core"], tmp_path)
     assert proc.returncode == 0, f"stubtest found differences:\n{proc.stdout}{proc.stderr}"
 
 
