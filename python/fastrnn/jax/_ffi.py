@@ -98,9 +98,9 @@ def forward(layout: Layout, training: bool, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w
     lstm = L.spec.has_cell_state
     results = (_shape(L, (L.T, L.B, L.R), True), _shape(L, (L.B, L.R), True),
                _shape(L, (L.B, L.H), lstm), _shape(L, (L.reserve_size(),), training))
-    return jax.ffi.ffi_call(FORWARD, results)(
+    return tuple(jax.ffi.ffi_call(FORWARD, results)(  # a list before jax 0.6
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, resets,
-        cell=np.int64(L.cell), reverse=np.int64(L.reverse), training=np.int64(training))
+        cell=np.int64(L.cell), reverse=np.int64(L.reverse), training=np.int64(training)))
 
 
 def backward(layout: Layout, gate_grads: bool, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
@@ -120,9 +120,9 @@ def backward(layout: Layout, gate_grads: bool, x, h0, c0, w_ih, w_hh, b_ih, b_hh
         _shape(L, (L.T, L.B, L.GH), g),
         _shape(L, (L.T, L.B, L.H), g and L.cell == _cells.CELLS["gru"].code),
         _shape(L, (L.T, L.B, L.R), g and L.P > 0))
-    return jax.ffi.ffi_call(BACKWARD, results)(
+    return tuple(jax.ffi.ffi_call(BACKWARD, results)(
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, resets, reserve, dy, dh_n, dc_n,
-        cell=np.int64(L.cell), reverse=np.int64(L.reverse), gate_grads=np.int64(gate_grads))
+        cell=np.int64(L.cell), reverse=np.int64(L.reverse), gate_grads=np.int64(gate_grads)))
 
 
 def present(a: Optional[jax.Array]) -> bool:
