@@ -15,6 +15,9 @@
 #include <vector>
 
 #include "fastrnn/fastrnn_cuda.h"
+#ifdef FASTRNN_JAX_FFI
+#include "bindings/jax_ffi_cuda.h"
+#endif
 #ifdef FASTRNN_CUDA_HOST_EMULATION
 #include "cuda/emulation/gemm_log.h"
 #endif
@@ -430,4 +433,7 @@ FASTRNN_PYBIND11_MODULE(FASTRNN_CUDA_MODULE_NAME, m) {
       .def("__dlpack_device__", [](const DeviceArray& a) {
         return py::make_tuple(kDLCUDA, a.device());
       });
+#ifdef FASTRNN_JAX_FFI
+  fastrnn::bindings::add_jax_ffi_cuda(m);  // fastrnn.jax's custom calls, CUDA platform
+#endif
 }

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/jax_ffi_checks.h"
 #include "bindings/scratch.h"
 #include "fastrnn/fastrnn.h"
 #include "xla/ffi/api/ffi.h"
@@ -29,56 +30,12 @@ namespace fastrnn::bindings {
 
 namespace {
 
-using Dims = std::vector<int64_t>;
-
-Dims dims_of(const ffi::AnyBuffer& b) {
-  auto d = b.dimensions();
-  return Dims(d.begin(), d.end());
-}
-
-std::string dims_str(const Dims& d) {
-  std::string s = "(";
-  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
-  return s + (d.size() == 1 ? ",)" : ")");
-}
-
-// A bad call: the message names the argument, as every fastrnn error does.
-struct BadArgument {
-  std::string message;
-};
-
-template <typename scalar_t>
-constexpr ffi::DataType kFloatType = std::is_same_v<scalar_t, float> ? ffi::DataType::F32
-                                                                      : ffi::DataType::F64;
-
-// Checks a float buffer's dtype and shape; an empty `expected` with `optional` accepts a
-// zero-size buffer (absent). Returns its data, or nullptr when absent.
-template <typename scalar_t>
-const scalar_t* input(const ffi::AnyBuffer& b, const char* name, const Dims& expected,
-                      bool present) {
-  if (!present) {
-    if (b.element_count() != 0)
-      throw BadArgument{std::string(name) + ": expected a zero-size placeholder, got shape " +
-                        dims_str(dims_of(b))};
-    return nullptr;
-  }
-  if (b.element_type() != kFloatType<scalar_t>)
-    throw BadArgument{std::string(name) + ": expected the dtype of x"};
-  if (dims_of(b) != expected)
-    throw BadArgument{std::string(name) + ": expected shape " + dims_str(expected) + ", got " +
-                      dims_str(dims_of(b))};
-  return static_cast<const scalar_t*>(b.untyped_data());
-}
-
-template <typename scalar_t>
-scalar_t* output(ffi::Result<ffi::AnyBuffer>& b, const char* name, const Dims& expected,
-                 bool present) {
-  return const_cast<scalar_t*>(input<scalar_t>(*b, name, expected, present));
-}
+using namespace jax;  // the checks shared with the CUDA handlers (jax_ffi_checks.h)
 
 // The layer's inputs as the core takes them, checked. Forward and backward share it.
 template <typename scalar_t>
 struct Inputs {
+  LayerInputs layer;
   ForwardArgs<scalar_t> args{};
   std::vector<int64_t> lengths;  // int64 for the core, whatever integer type JAX passed
 
@@ -86,66 +43,38 @@ struct Inputs {
          const ffi::AnyBuffer& c0, const ffi::AnyBuffer& w_ih, const ffi::AnyBuffer& w_hh,
          const ffi::AnyBuffer& b_ih, const ffi::AnyBuffer& b_hh, const ffi::AnyBuffer& w_hr,
          const ffi::AnyBuffer& lengths_buf, const ffi::AnyBuffer& resets) {
-    LayerShape& s = args.shape;
-    if (cell_code < 0 || cell_code >= cell_list::kCount)
-      throw BadArgument{"cell: unknown cell code " + std::to_string(cell_code)};
-    s.cell = static_cast<Cell>(cell_code);
-    s.reverse = reverse;
-    const Dims xd = dims_of(x), wd = dims_of(w_hh);
-    if (xd.size() != 3 || xd[0] < 1 || xd[1] < 1 || xd[2] < 1)
-      throw BadArgument{"x: expected shape (T, B, I) with every size >= 1, got " + dims_str(xd)};
-    const int64_t G = num_gates(s.cell);
-    if (wd.size() != 2 || wd[0] < G || wd[0] % G != 0)
-      throw BadArgument{"weight_hh: expected shape (G*H, R), got " + dims_str(wd)};
-    s.T = xd[0];
-    s.B = xd[1];
-    s.I = xd[2];
-    s.H = wd[0] / G;
-    s.P = w_hr.element_count() ? dims_of(w_hr)[0] : 0;
-    const int64_t GH = s.gate_width(), R = s.R();
-    const bool bias = b_ih.element_count() != 0;
-    args.x = input<scalar_t>(x, "x", xd, true);
-    args.h0 = input<scalar_t>(h0, "h0", {s.B, R}, true);
-    args.c0 = input<scalar_t>(c0, "c0", {s.B, s.H}, has_cell_state(s.cell));
-    args.w_ih = input<scalar_t>(w_ih, "weight_ih", {GH, s.I}, true);
-    args.w_hh = input<scalar_t>(w_hh, "weight_hh", {GH, R}, true);
-    args.b_ih = input<scalar_t>(b_ih, "bias_ih", {GH}, bias);
-    args.b_hh = input<scalar_t>(b_hh, "bias_hh", {GH}, bias);
-    args.w_hr = input<scalar_t>(w_hr, "weight_hr", {s.P, s.H}, s.P > 0);
-    if (s.P > 0 && (!can_project(s.cell) || s.P >= s.H))
-      throw BadArgument{"weight_hr: expected shape (P, H) with 0 < P < H for an LSTM"};
-    if (lengths_buf.element_count()) read_lengths(lengths_buf);
-    if (resets.element_count()) {
-      if (resets.element_type() != ffi::DataType::PRED && resets.element_type() != ffi::DataType::U8)
-        throw BadArgument{"resets: expected dtype bool"};
-      if (dims_of(resets) != Dims{s.T, s.B})
-        throw BadArgument{"resets: expected shape " + dims_str({s.T, s.B}) + ", got " +
-                          dims_str(dims_of(resets))};
-      args.resets = static_cast<const uint8_t*>(resets.untyped_data());
-    }
+    const LayerInputs& in = layer =
+        check_layer(cell_code, reverse, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths_buf,
+                    resets, [&](const ffi::AnyBuffer& b) { read_lengths(b, x); });
+    args.shape = in.shape;
+    args.x = static_cast<const scalar_t*>(in.x);
+    args.h0 = static_cast<const scalar_t*>(in.h0);
+    args.c0 = static_cast<const scalar_t*>(in.c0);
+    args.w_ih = static_cast<const scalar_t*>(in.w_ih);
+    args.w_hh = static_cast<const scalar_t*>(in.w_hh);
+    args.b_ih = static_cast<const scalar_t*>(in.b_ih);
+    args.b_hh = static_cast<const scalar_t*>(in.b_hh);
+    args.w_hr = static_cast<const scalar_t*>(in.w_hr);
+    args.lengths = in.lengths ? lengths.data() : nullptr;
+    args.resets = in.resets;
   }
 
-  void read_lengths(const ffi::AnyBuffer& b) {
-    const LayerShape& s = args.shape;
-    if (dims_of(b) != Dims{s.B})
-      throw BadArgument{"lengths: expected shape " + dims_str({s.B}) + ", got " +
-                        dims_str(dims_of(b))};
-    lengths.resize(s.B);
+  // lengths' shape and dtype are checked (check_layer); its values are read here, on the host.
+  void read_lengths(const ffi::AnyBuffer& b, const ffi::AnyBuffer& x) {
+    const int64_t T = x.dimensions()[0], B = x.dimensions()[1];
+    lengths.resize(B);
     if (b.element_type() == ffi::DataType::S64) {
       const int64_t* v = static_cast<const int64_t*>(b.untyped_data());
-      lengths.assign(v, v + s.B);
-    } else if (b.element_type() == ffi::DataType::S32) {
-      const int32_t* v = static_cast<const int32_t*>(b.untyped_data());
-      lengths.assign(v, v + s.B);
+      lengths.assign(v, v + B);
     } else {
-      throw BadArgument{"lengths: expected dtype int32 or int64"};
+      const int32_t* v = static_cast<const int32_t*>(b.untyped_data());
+      lengths.assign(v, v + B);
     }
-    for (int64_t i = 0; i < s.B; ++i)
-      if (lengths[i] < 1 || lengths[i] > s.T)
-        throw BadArgument{"lengths: expected every value in [1, T=" + std::to_string(s.T) +
+    for (int64_t i = 0; i < B; ++i)
+      if (lengths[i] < 1 || lengths[i] > T)
+        throw BadArgument{"lengths: expected every value in [1, T=" + std::to_string(T) +
                           "], got lengths[" + std::to_string(i) + "] = " +
                           std::to_string(lengths[i])};
-    args.lengths = lengths.data();
   }
 };
 
@@ -181,10 +110,12 @@ ffi::Error forward_impl(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0,
                         resets);
     ForwardArgs<scalar_t> a = in.args;
     const LayerShape& s = a.shape;
-    a.y = output<scalar_t>(y, "y", {s.T, s.B, s.R()}, true);
-    a.h_n = output<scalar_t>(h_n, "h_n", {s.B, s.R()}, true);
-    a.c_n = output<scalar_t>(c_n, "c_n", {s.B, s.H}, has_cell_state(s.cell));
-    a.reserve = output<scalar_t>(reserve, "reserve", {reserve_elements(s)}, training != 0);
+    const ForwardOutputs out = check_forward_outputs(in.layer, y, h_n, c_n);
+    a.y = static_cast<scalar_t*>(out.y);
+    a.h_n = static_cast<scalar_t*>(out.h_n);
+    a.c_n = static_cast<scalar_t*>(out.c_n);
+    a.reserve = static_cast<scalar_t*>(
+        checked(reserve, "reserve", in.layer.dtype, {reserve_elements(s)}, training != 0));
     const Scratch workspace = Scratch::of<scalar_t>(forward_workspace_elements(s, training != 0));
     a.workspace = workspace.template get<scalar_t>();
     layer_forward<scalar_t>(a);
@@ -210,26 +141,25 @@ ffi::Error backward_impl(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0,
     BackwardArgs<scalar_t> a{};
     static_cast<ForwardArgs<scalar_t>&>(a) = in.args;
     const LayerShape& s = a.shape;
-    const int64_t GH = s.gate_width(), R = s.R();
-    const bool lstm = has_cell_state(s.cell), bias = in.args.b_ih != nullptr;
-    const bool gates = gate_grads != 0, weights = !gates;
-    a.reserve = const_cast<scalar_t*>(
-        input<scalar_t>(reserve, "reserve", {reserve_elements(s)}, true));
-    a.dy = input<scalar_t>(dy, "dy", {s.T, s.B, R}, true);
-    a.dh_n = input<scalar_t>(dh_n, "dh_n", {s.B, R}, true);
-    a.dc_n = input<scalar_t>(dc_n, "dc_n", {s.B, s.H}, lstm);
-    a.dx = output<scalar_t>(dx, "dx", {s.T, s.B, s.I}, true);
-    a.dh0 = output<scalar_t>(dh0, "dh0", {s.B, R}, true);
-    a.dc0 = output<scalar_t>(dc0, "dc0", {s.B, s.H}, lstm);
-    a.dw_ih = output<scalar_t>(dw_ih, "dweight_ih", {GH, s.I}, weights);
-    a.dw_hh = output<scalar_t>(dw_hh, "dweight_hh", {GH, R}, weights);
-    a.db_ih = output<scalar_t>(db_ih, "dbias_ih", {GH}, weights && bias);
-    a.db_hh = output<scalar_t>(db_hh, "dbias_hh", {GH}, weights && bias);
-    a.dw_hr = output<scalar_t>(dw_hr, "dweight_hr", {s.P, s.H}, weights && s.P > 0);
-    a.dgates = output<scalar_t>(dgates, "dgates", {s.T, s.B, GH}, gates);
-    a.dgates_h = output<scalar_t>(dgates_h, "dgates_h", {s.T, s.B, s.H},
-                                  gates && scales_recurrent_gate(s.cell));
-    a.dh_proj = output<scalar_t>(dh_proj, "dh_proj", {s.T, s.B, R}, gates && s.P > 0);
+    a.reserve = static_cast<scalar_t*>(
+        checked(reserve, "reserve", in.layer.dtype, {reserve_elements(s)}, true));
+    const BackwardBuffers g =
+        check_backward_buffers(in.layer, gate_grads != 0, dy, dh_n, dc_n, dx, dh0, dc0, dw_ih,
+                               dw_hh, db_ih, db_hh, dw_hr, dgates, dgates_h, dh_proj);
+    a.dy = static_cast<const scalar_t*>(g.dy);
+    a.dh_n = static_cast<const scalar_t*>(g.dh_n);
+    a.dc_n = static_cast<const scalar_t*>(g.dc_n);
+    a.dx = static_cast<scalar_t*>(g.dx);
+    a.dh0 = static_cast<scalar_t*>(g.dh0);
+    a.dc0 = static_cast<scalar_t*>(g.dc0);
+    a.dw_ih = static_cast<scalar_t*>(g.dw_ih);
+    a.dw_hh = static_cast<scalar_t*>(g.dw_hh);
+    a.db_ih = static_cast<scalar_t*>(g.db_ih);
+    a.db_hh = static_cast<scalar_t*>(g.db_hh);
+    a.dw_hr = static_cast<scalar_t*>(g.dw_hr);
+    a.dgates = static_cast<scalar_t*>(g.dgates);
+    a.dgates_h = static_cast<scalar_t*>(g.dgates_h);
+    a.dh_proj = static_cast<scalar_t*>(g.dh_proj);
     const Scratch workspace = Scratch::of<scalar_t>(backward_workspace_elements(s));
     a.workspace = workspace.template get<scalar_t>();
     layer_backward<scalar_t>(a);
