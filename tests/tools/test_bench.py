@@ -252,13 +252,110 @@ def test_torch_peer_runs_the_same_problem(tmp_path):
 
 
 def test_bench_runs_without_torch():
-    """The quick benchmark needs nothing but NumPy: hide torch and run a tiny suite."""
-    code = ("import sys; sys.modules['torch'] = None\n"
+    """The quick benchmark needs nothing but NumPy: hide torch, jax and flax and run a tiny
+    suite."""
+    code = ("import sys\n"
+            "for name in ('torch', 'jax', 'flax'): sys.modules[name] = None\n"
             "from fastrnn import bench\n"
             "raise SystemExit(bench.main(" + repr(FAST + ["--config", "gru:T=2,B=1,I=2,H=3"]) + "))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "peer torch skipped" in proc.stderr
+    for peer in ("torch", "fastrnn.torch", "jax", "fastrnn.jax"):
+        assert f"peer {peer} skipped" in proc.stderr
+    assert "pip install jax flax" in proc.stderr
+    assert "  fastrnn  " in proc.stdout and "  numpy  " in proc.stdout
+
+
+def _jax_peers_or_skip():
+    """Skip where the JAX peers cannot run (no jax or flax, or fastrnn built without its XLA
+    handlers) -- unless FASTRNN_REQUIRE_JAX=1, where that fails instead (tests/conftest.py)."""
+    import os
+    why = bench.PEERS["jax"].unavailable() or bench.PEERS["fastrnn.jax"].unavailable()
+    if why is not None:
+        if os.environ.get("FASTRNN_REQUIRE_JAX") == "1":
+            pytest.fail(f"FASTRNN_REQUIRE_JAX=1 but the JAX peers cannot run: {why}")
+        pytest.skip(why)
+
+
+def test_jax_peers_run_the_same_problem(tmp_path, capsys):
+    """Flax's scanned cells (jax) and fastrnn.jax.layer (fastrnn.jax) on every cell, stacked,
+    bidirectional and in float64: the same outputs and input gradients as the reference, the
+    ratio line and column, and the geometric means with the target."""
+    _jax_peers_or_skip()
+    path, md_path = tmp_path / "j.json", tmp_path / "j.md"
+    specs = ["lstm:T=4,B=3,I=5,H=6,layers=2,bidirectional=1", "gru:T=3,B=2,I=4,H=5",
+             "rnn_tanh:T=3,B=2,I=4,H=5", "rnn_relu:T=2,B=1,I=2,H=3,dtype=float64"]
+    argv = FAST + ["--peers", "fastrnn,jax,fastrnn.jax", "--json", str(path),
+                   "--markdown", str(md_path)]
+    for spec in specs:
+        argv += ["--config", spec]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(path.read_text())
+    assert "Flax" in doc["meta"]["peers"]["jax"] and "fastrnn.jax" in doc["meta"]["peers"]
+    for result in doc["results"]:
+        f64 = result["config"]["dtype"] == "float64"
+        for name in ("jax", "fastrnn.jax"):
+            entry = result["peers"][name]
+            assert "error" not in entry, entry
+            # the same weights, input and dy as fastrnn: both agree with the float64 reference
+            bound = 1e-12 if f64 else 1e-5
+            assert entry["accuracy"]["finite"] and entry["accuracy"]["max_abs_diff"] < bound
+            assert entry["accuracy"]["grad_input"]["max_abs_diff"] < bound
+            for kind in ("forward", "forward_backward"):
+                _check_measurement(entry[kind], result["flops"][kind],
+                                   result["floor"][kind]["floor_s"])
+        ratio, peers = result["speedup_jax_adapter"], result["peers"]
+        for kind in ("forward", "forward_backward"):
+            assert ratio[kind] == pytest.approx(peers["jax"][kind]["median_s"]
+                                                / peers["fastrnn.jax"][kind]["median_s"])
+    for cell in ("OptimizedLSTMCell", "GRUCell", "SimpleCell"):
+        assert f"Flax nnx.RNN({cell}) time / fastrnn.jax's: fwd " in out
+
+    summary = doc["adapters"]["speedup_jax_adapter"]
+    assert summary["pair"] == ["jax", "fastrnn.jax"] and summary["configs"] == len(specs)
+    for kind in ("forward", "forward_backward"):
+        ratios = [r["speedup_jax_adapter"][kind] for r in doc["results"]]
+        assert summary["geomean"][kind] == pytest.approx(
+            math.exp(sum(map(math.log, ratios)) / len(ratios)))
+    assert summary["target"]["met"] == (summary["geomean"]["forward_backward"] >= 3
+                                        and min(min(r["speedup_jax_adapter"].values())
+                                                for r in doc["results"]) >= 1)
+    line = next(ln for ln in out.splitlines() if ln.startswith("jax / fastrnn.jax, geometric"))
+    assert f"over {len(specs)} config(s): fwd " in line and "target fwd+bwd >= 3x" in line
+
+    md = md_path.read_text()
+    table = [ln for ln in md.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert {"jax / fastrnn.jax fwd", "jax / fastrnn.jax fwd+bwd", "vs jax fwd+bwd"} <= set(header)
+    row = dict(zip(header, (c.strip() for c in table[2].strip("|").split("|"))))
+    assert row["jax / fastrnn.jax fwd+bwd"] == (
+        f"{doc['results'][0]['speedup_jax_adapter']['forward_backward']:.2f}x")
+    assert f"- {line}" in md
+
+
+def test_adapter_summary_geometric_means_and_the_jax_target():
+    def result(label, jax_ratio, torch_ratio=None):
+        r = {"config": {"label": label}, "speedup_jax_adapter": jax_ratio}
+        if torch_ratio:
+            r["speedup_torch_adapter"] = torch_ratio
+        return r
+
+    results = [result("a", {"forward": 2.0, "forward_backward": 4.0},
+                      {"forward": 1.5, "forward_backward": 1.5}),
+               result("b", {"forward": 8.0, "forward_backward": 2.5})]
+    summary = bench.adapter_summary(results)
+    jax = summary["speedup_jax_adapter"]
+    assert jax["geomean"] == {"forward": pytest.approx(4.0),
+                              "forward_backward": pytest.approx(math.sqrt(10))}
+    assert jax["slower"] == {"forward": [], "forward_backward": []} and jax["target"]["met"]
+    assert summary["speedup_torch_adapter"]["configs"] == 1
+    assert "target" not in summary["speedup_torch_adapter"]
+    # a row slower than Flax misses the target whatever the mean
+    results.append(result("c", {"forward": 0.9, "forward_backward": 30.0}))
+    jax = bench.adapter_summary(results)["speedup_jax_adapter"]
+    assert jax["slower"]["forward"] == ["c"] and not jax["target"]["met"]
+    assert bench.adapter_summary([result("d", None)]) == {}
 
 
 # ---- GPU mode (--device cuda): what runs without a GPU ---------------------------------------
@@ -744,3 +841,15 @@ def test_measure_alternating_takes_turns():
     assert b["times_s"] == pytest.approx([0.010, 0.020, 0.030])
     assert bench.per_call(b, 10)["median_s"] == pytest.approx(0.002)
     assert bench.per_call(b, 10)["calls_per_run"] == 10
+
+
+def test_xla_threads_note(monkeypatch):
+    """The JAX peers' note when XLA's pool (one thread per usable CPU) and fastrnn's threads
+    differ; no jax needed."""
+    from fastrnn.bench import jax_peers
+    monkeypatch.setattr(jax_peers, "xla_threads", lambda: 4)
+    monkeypatch.setattr(jax_peers.fastrnn, "get_num_threads", lambda: 4)
+    assert jax_peers.xla_threads_note() is None
+    monkeypatch.setattr(jax_peers.fastrnn, "get_num_threads", lambda: 1)
+    note = jax_peers.xla_threads_note()
+    assert "4 threads" in note and "fastrnn uses 1" in note and "taskset" in note

@@ -74,3 +74,32 @@ def test_recurrent_rl_learns_and_backends_agree(capsys):
     assert "torch: mean return " in out and "fastrnn: mean return " in out
     assert out.count(" ms per update (mean)") == 2
     assert "update time, torch.nn step loop / fastrnn.torch with resets=: " in out
+
+
+def test_jax_char_rnn_learns_with_both_backends(capsys):
+    """examples/jax_char_rnn.py --quick: Flax's nnx.RNN(OptimizedLSTMCell) and fastrnn.jax.nn.LSTM
+    start from the same weights (the same first loss), and both bring the loss down."""
+    import os
+    pytest = __import__("pytest")
+    if os.environ.get("FASTRNN_REQUIRE_JAX") != "1":
+        for name in ("jax", "flax", "optax", "fastrnn.jax", "fastrnn.jax.nn"):
+            pytest.importorskip(name)
+    example = load("jax_char_rnn")
+    quick = dict(example.QUICK, verbose=False)
+    runs = {backend: example.train(backend, **quick) for backend in example.BACKENDS}
+    for backend, (losses, times, text) in runs.items():
+        first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+        print(f"{backend}: loss {first:.3f} -> {last:.3f}; epoch times {times}")
+        assert np.all(np.isfinite(losses)) and len(times) == quick["epochs"]
+        assert last < 0.8 * first
+        assert text.startswith("The ") and len(text) == 4 + quick["sample_chars"]
+    # the same initial weights: the first losses differ by float32 rounding only
+    np.testing.assert_allclose(runs["fastrnn"][0][0], runs["flax"][0][0], rtol=1e-5)
+
+    example.main(["--quick", "--compare", "--epochs", "1", "--max-chars", "4000"])
+    out = capsys.readouterr().out
+    assert "Flax nnx.RNN(OptimizedLSTMCell): 4000 characters" in out
+    assert "fastrnn.jax.nn.LSTM: 4000 characters" in out
+    assert out.count("  epoch 1: mean loss ") == 2 and out.count("--- sample (") == 2
+    assert "flax: median time per epoch " in out and "fastrnn: median time per epoch " in out
+    assert "fastrnn.jax.nn.LSTM vs Flax nnx.RNN(OptimizedLSTMCell), time per epoch: " in out

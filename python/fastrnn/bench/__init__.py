@@ -2,17 +2,23 @@
 
 For every configuration of a suite and every peer (``fastrnn``: the C++ core; ``numpy``: the NumPy
 reference, ``fastrnn.reference``; ``torch``: ``torch.nn.RNN/LSTM/GRU``; ``fastrnn.torch``: their
-drop-in replacements -- the last two when torch is importable) it measures
+drop-in replacements -- these two when torch is importable; ``jax``: Flax's scanned cells,
+``flax.nnx.RNN`` over ``OptimizedLSTMCell``/``GRUCell``/``SimpleCell``; ``fastrnn.jax``:
+``fastrnn.jax.layer`` -- these two when jax and flax are, both under ``jax.jit``,
+:mod:`~fastrnn.bench.jax_peers`) it measures
 
-- forward: the module in eval mode (inference: nothing is saved for backward);
-- forward+backward: a training-mode forward followed by ``.backward(dy)``,
+- forward: the module in eval mode (inference: nothing is saved for backward); for the JAX
+  peers, the jitted function;
+- forward+backward: a training-mode forward followed by ``.backward(dy)``; for the JAX peers,
+  the jitted ``jax.vjp`` of the function applied to ``dy``,
 
 and prints the median (and keeps the minimum) wall time, GFLOP/s, the fraction of the machine's
-floor reached, how many times faster fastrnn is than each peer, and the accuracy of each peer's
-forward output and input gradient against the float64 NumPy reference. ``--json PATH`` also
-writes every number (each timed run included) with the machine and build it came from,
-``--markdown PATH`` a Markdown table for ``bench/RESULTS.md``, ``--plot PATH`` a PNG of the
-speed-ups against the batch size (needs matplotlib).
+floor reached, how many times faster fastrnn is than each peer (and torch.nn than fastrnn.torch,
+Flax than fastrnn.jax, with the geometric means of these two ratios at the end), and the
+accuracy of each peer's forward output and input gradient against the float64 NumPy reference.
+``--json PATH`` also writes every number (each timed run included) with the machine and build it
+came from, ``--markdown PATH`` a Markdown table for ``bench/RESULTS.md``, ``--plot PATH`` a PNG
+of the speed-ups against the batch size (needs matplotlib).
 
 Needs nothing but NumPy. Times are wall clock (``time.perf_counter``) of the Python module call,
 what a user pays, with the garbage collector paused; each measurement warms up first, then
@@ -57,14 +63,16 @@ strategy says how):
 - :mod:`~fastrnn.bench.configs`: :class:`Config`, :class:`GpuRow`, :class:`RlRow`, the suites,
   the FLOP and byte counts, the options that pick them;
 - :mod:`~fastrnn.bench.peers`: the CPU mode's peers (:data:`PEERS`) and the layers and cells
-  every mode builds; :mod:`~fastrnn.bench.rl_workloads`: the RL suite's two sides of a row;
+  every mode builds; :mod:`~fastrnn.bench.jax_peers`: the two JAX peers;
+  :mod:`~fastrnn.bench.rl_workloads`: the RL suite's two sides of a row;
 - :mod:`~fastrnn.bench.timing`: :func:`measure` and :func:`measure_alternating`, on a wall clock
   or CUDA events;
 - :mod:`~fastrnn.bench.ceilings`: the ceilings each device measures and the floor (roofline)
   they put under a piece of work;
 - :mod:`~fastrnn.bench.machine`: the machine and build a run describes;
 - :mod:`~fastrnn.bench.accuracy`, :mod:`~fastrnn.bench.gpu_checks`,
-  :mod:`~fastrnn.bench.targets`: what is checked of a result;
+  :mod:`~fastrnn.bench.targets`: what is checked of a result, the targets, the adapter pairs'
+  geometric means;
 - :mod:`~fastrnn.bench.formatting`, :mod:`~fastrnn.bench.report_text`,
   :mod:`~fastrnn.bench.report_markdown`, :mod:`~fastrnn.bench.report_json`,
   :mod:`~fastrnn.bench.plot`: the reports;
@@ -84,7 +92,7 @@ from .configs import (BYTES_CONVENTION, CELL_ALIASES, DTYPES, FLOP_CONVENTION, G
                       packed_lengths, parse_cells, parse_config, select_configs, select_gpu_rows,
                       select_rl_rows, work_counts)
 from .machine import collect_meta, gpu_unavailable_reason
-from .peers import PEERS, Inputs, Peer, Runner, make_inputs
+from .peers import ADAPTER_PAIRS, PEERS, Inputs, Peer, Runner, make_inputs
 from .report_json import (GPU_JSON_SCHEMA, JSON_SCHEMA, RL_JSON_SCHEMA, cpu_document,
                           gpu_document, json_safe, rl_document, write_json)
 from .report_markdown import cudnn_table, peer_table, rl_table
@@ -92,7 +100,8 @@ from .run_cpu import CpuMode, run_config
 from .run_gpu import GpuMode, run_gpu_row
 from .run_rl import RlMode, run_rl_row
 from .session import run_session
-from .targets import RL_TARGET_RULE, TARGET_RULE, rl_targets_summary, targets_summary
+from .targets import (JAX_TARGET_RULE, RL_TARGET_RULE, TARGET_RULE, adapter_summary,
+                      rl_targets_summary, targets_summary)
 from .timing import (CPU_SETTINGS, GPU_SETTINGS, CudaEventClock, Settings, WallClock, add_rates,
                      measure, measure_alternating, per_call, summary)
 
@@ -102,14 +111,15 @@ __all__ = [
     "GPU_DTYPES", "CELL_ALIASES",
     "parse_config", "parse_cells", "select_configs", "select_gpu_rows", "select_rl_rows",
     "packed_lengths", "work_counts", "FLOP_CONVENTION", "BYTES_CONVENTION",
-    "PEERS", "Peer", "Runner", "Inputs", "make_inputs",
+    "PEERS", "ADAPTER_PAIRS", "Peer", "Runner", "Inputs", "make_inputs",
     "Settings", "CPU_SETTINGS", "GPU_SETTINGS", "measure", "measure_alternating", "per_call",
     "summary", "add_rates", "WallClock", "CudaEventClock",
     "Roofline", "CpuCeilings", "GpuCeilings", "floor_times", "read_probe_bytes", "READ_MIN_BYTES",
     "GEMM_N", "GPU_GEMM_N", "FLOOR_CONVENTION",
     "collect_meta", "gpu_unavailable_reason",
     "peer_failed", "row_failure", "rl_failure", "GPU_TOLERANCE", "RL_TOLERANCE", "TARGET_RULE",
-    "RL_TARGET_RULE", "targets_summary", "rl_targets_summary",
+    "RL_TARGET_RULE", "JAX_TARGET_RULE", "targets_summary", "rl_targets_summary",
+    "adapter_summary",
     "run_config", "run_gpu_row", "run_rl_row",
     "peer_table", "cudnn_table", "rl_table", "JSON_SCHEMA", "GPU_JSON_SCHEMA", "RL_JSON_SCHEMA",
     "cpu_document", "gpu_document", "rl_document", "write_json", "json_safe",

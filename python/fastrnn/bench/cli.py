@@ -70,7 +70,8 @@ def _add_selection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=DTYPES, help="override the configurations' dtype")
     p.add_argument("--peers", type=_arg(_parse_peers), metavar="LIST",
                    help="comma-separated peers to run (default, whatever the suite: all "
-                        f"available of {', '.join(PEERS)}; the torch ones need torch)")
+                        f"available of {', '.join(PEERS)}; the torch ones need torch, the jax "
+                        "ones jax and flax)")
 
 
 def _add_timing_options(p: argparse.ArgumentParser) -> None:

@@ -3,7 +3,9 @@ modes build.
 
 A :class:`Peer` names an implementation and builds a :class:`Runner` for one configuration's
 :class:`Inputs`: ``fastrnn`` (the C++ core), ``numpy`` (the reference, ``fastrnn.reference``),
-``torch`` (``torch.nn``) and ``fastrnn.torch`` (its drop-in replacements; both need torch).
+``torch`` (``torch.nn``) and ``fastrnn.torch`` (its drop-in replacements; both need torch),
+``jax`` (Flax's scanned cells) and ``fastrnn.jax`` (``fastrnn.jax.layer``; both need jax and
+flax, :mod:`fastrnn.bench.jax_peers`).
 :func:`make_layer` builds an RNN/LSTM/GRU of any of these APIs, which share one constructor; the
 GPU mode and the RL suite build their fastrnn.torch and torch.nn modules with it too, and the RL
 suite its single-step cells with :func:`make_cell`.
@@ -26,6 +28,14 @@ from .machine import numpy_blas_name
 BASELINE = "fastrnn"  # the peer every other is compared with
 # The pair whose ratio answers "how much faster does my torch model get": printed per configuration.
 ADAPTER_PAIR = ("torch", "fastrnn.torch")
+# The pairs of a framework's own layer and fastrnn's adapter for it, by the result key of their
+# ratio (the framework's median time / the adapter's): printed per configuration, and their
+# geometric means over the run.
+ADAPTER_PAIRS = {"speedup_torch_adapter": ADAPTER_PAIR,
+                 "speedup_jax_adapter": ("jax", "fastrnn.jax")}
+# How the reports name each pair's ratio (the JAX peer ``jax`` is Flax's scanned cells).
+ADAPTER_TITLES = {"speedup_torch_adapter": "torch.nn / fastrnn.torch",
+                  "speedup_jax_adapter": "jax / fastrnn.jax"}
 
 
 def make_layer(namespace, config: Config, **kwargs):
@@ -190,6 +200,13 @@ def _torch_description() -> str:
     return f"torch.nn on the CPU, torch {torch.__version__}"
 
 
+def _jax_peers():
+    """:mod:`fastrnn.bench.jax_peers`, imported when a JAX peer is asked about (it imports this
+    module)."""
+    from . import jax_peers
+    return jax_peers
+
+
 PEERS: Dict[str, Peer] = {
     "fastrnn": Peer("fastrnn", lambda: f"fastrnn {fastrnn.__version__} C++ core",
                     lambda inputs: ModuleRunner(fastrnn, inputs)),
@@ -198,6 +215,12 @@ PEERS: Dict[str, Peer] = {
     "fastrnn.torch": Peer("fastrnn.torch",
                           lambda: "fastrnn.torch modules (torch.nn's drop-in replacements)",
                           lambda inputs: TorchRunner(inputs, adapter=True), _torch_unavailable),
+    "jax": Peer("jax", lambda: _jax_peers().flax_description(),
+                lambda inputs: _jax_peers().make_flax_runner(inputs),
+                lambda: _jax_peers().jax_unavailable()),
+    "fastrnn.jax": Peer("fastrnn.jax", lambda: _jax_peers().fastrnn_jax_description(),
+                        lambda inputs: _jax_peers().make_fastrnn_jax_runner(inputs),
+                        lambda: _jax_peers().fastrnn_jax_unavailable()),
 }
 
 

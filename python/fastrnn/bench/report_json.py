@@ -25,7 +25,8 @@ import numpy as np
 from .accuracy import GPU_ACCURACY_CONVENTION, RL_ACCURACY_CONVENTION, rl_failure, row_failure
 from .ceilings import FLOOR_CONVENTION, GPU_FLOOR_CONVENTION
 from .configs import BYTES_CONVENTION, FLOP_CONVENTION, RL_GROUPS
-from .targets import RL_TARGET_RULE, TARGET_RULE, rl_targets_summary, targets_summary
+from .targets import (RL_TARGET_RULE, TARGET_RULE, adapter_summary, rl_targets_summary,
+                      targets_summary)
 from .timing import Settings, event_timing_text
 
 JSON_SCHEMA = 2  # 2: ceilings, floors, input-gradient accuracy
@@ -40,7 +41,10 @@ def cpu_document(meta: Dict[str, object], settings: Settings, suite: str,
             "settings": dataclasses.asdict(settings), "flop_convention": FLOP_CONVENTION,
             "bytes_convention": BYTES_CONVENTION, "floor_convention": FLOOR_CONVENTION,
             "speedup_convention": "peer median time / fastrnn median time",
-            "results": results}
+            "adapter_convention": "a framework's median time / fastrnn's adapter's for it "
+                                  "(speedup_torch_adapter: torch.nn / fastrnn.torch; "
+                                  "speedup_jax_adapter: Flax / fastrnn.jax)",
+            "results": results, "adapters": adapter_summary(results)}
 
 
 def gpu_document(meta: Dict[str, object], settings: Settings, suite: str,

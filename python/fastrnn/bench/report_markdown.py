@@ -2,7 +2,8 @@
 
 :func:`markdown_document` lays out either mode's report: a title, the exact command, the header
 fields as bullets, then the body. The CPU mode's body is :func:`peer_table` (fastrnn's times and
-each peer's ratio, a row per configuration); the GPU mode's is :func:`cudnn_table` (fastrnn.torch
+each peer's ratio, a row per configuration, with each adapter pair's ratio where both ran)
+followed by the pairs' geometric means; the GPU mode's is :func:`cudnn_table` (fastrnn.torch
 against cuDNN, a row per shape and dtype), which it also prints; the RL suite's is
 :func:`rl_table` (fastrnn.torch against torch.nn, a row per workload).
 """
@@ -13,7 +14,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from .accuracy import rl_failure, row_failure
 from .formatting import fmt_diff, fmt_err, fmt_errs, fmt_floor, fmt_ms, fmt_x, noise
-from .peers import BASELINE
+from .peers import ADAPTER_PAIRS, ADAPTER_TITLES, BASELINE
 from .targets import missed_targets, rl_target_text
 
 _PHASES = ("forward", "forward_backward")
@@ -46,10 +47,10 @@ def peer_table(results: List[Dict[str, object]]) -> List[str]:
     """A row per configuration: fastrnn's times, each peer's ratio, fastrnn's GFLOP/s, floor
     fraction and accuracy."""
     others = other_peers(results)
-    adapter = any("speedup_torch_adapter" in r for r in results)
+    adapters = [key for key in ADAPTER_PAIRS if any(key in r for r in results)]
     header = ["config", "fwd ms", "fwd+bwd ms"]
     header += [f"vs {name} {phase}" for name in others for phase in ("fwd", "fwd+bwd")]
-    header += [f"torch.nn / fastrnn.torch {p}" for p in ("fwd", "fwd+bwd")] if adapter else []
+    header += [f"{ADAPTER_TITLES[key]} {p}" for key in adapters for p in ("fwd", "fwd+bwd")]
     header += ["GFLOP/s fwd", "GFLOP/s fwd+bwd", "floor fwd", "floor fwd+bwd",
                "max abs err y", "max abs err dx"]
     rows = [header]
@@ -58,19 +59,19 @@ def peer_table(results: List[Dict[str, object]]) -> List[str]:
         if "error" in base:
             rows.append([r["config"]["label"]] + ["error"] * (len(header) - 1))
         else:
-            rows.append([r["config"]["label"]] + _peer_cells(r, base, others, adapter))
+            rows.append([r["config"]["label"]] + _peer_cells(r, base, others, adapters))
     return md_table(rows, right_from=1)
 
 
 def _peer_cells(r: Dict[str, object], base: Dict[str, object], others: List[str],
-                adapter: bool) -> List[str]:
+                adapters: List[str]) -> List[str]:
     cells = [fmt_ms(base[k]) for k in _PHASES]
     for name in others:
         ratio = r["speedup"].get(name)
         cells += [fmt_x(ratio[k]) if ratio else "error" if name in r["peers"] else ""
                   for k in _PHASES]
-    if adapter:
-        ratio = r.get("speedup_torch_adapter")
+    for key in adapters:
+        ratio = r.get(key)
         cells += [fmt_x(ratio[k]) if ratio else "" for k in _PHASES]
     cells += [f"{base[k]['gflops']:.3g}" for k in _PHASES]
     cells += [fmt_floor(base[k]) for k in _PHASES]

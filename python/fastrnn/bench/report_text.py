@@ -16,6 +16,7 @@ from fastrnn._cells import CELLS
 
 from .accuracy import rl_failure, row_failure
 from .formatting import fmt_diff, fmt_err, fmt_floor, fmt_ms, fmt_x, noise
+from .jax_peers import flax_cell_name
 from .targets import rl_target_text
 
 Field = Tuple[str, str]
@@ -61,7 +62,7 @@ def table_head() -> List[str]:
 
 def peer_rows(result: Dict[str, object]) -> str:
     """The table rows of one configuration: one per peer, then torch.nn's time over
-    fastrnn.torch's when both ran."""
+    fastrnn.torch's and Flax's over fastrnn.jax's, each when both ran."""
     label = result["config"]["label"]
     lines = []
     for i, (name, entry) in enumerate(result["peers"].items()):
@@ -77,12 +78,15 @@ def peer_rows(result: Dict[str, object]) -> str:
                            fmt_x(speed.get("forward")), fmt_x(speed.get("forward_backward")),
                            fmt_diff(acc), fmt_diff(acc and acc["grad_input"]),
                            f"{fwd['n']}{noise(fwd)}/{fb['n']}{noise(fb)}"]))
-    adapter = result.get("speedup_torch_adapter")
-    if adapter:
-        torch_class = CELLS[result["config"]["cell"]].torch_class
-        lines.append(_row(["", f"  torch.nn.{torch_class} time / "
-                               f"fastrnn.torch's: fwd {fmt_x(adapter['forward'])}, "
-                               f"fwd+bwd {fmt_x(adapter['forward_backward'])}"]))
+    cell = result["config"]["cell"]
+    for key, framework, adapter in (
+            ("speedup_torch_adapter", f"torch.nn.{CELLS[cell].torch_class}", "fastrnn.torch"),
+            ("speedup_jax_adapter", f"Flax nnx.RNN({flax_cell_name(cell)})", "fastrnn.jax")):
+        ratio = result.get(key)
+        if ratio:
+            lines.append(_row(["", f"  {framework} time / {adapter}'s: fwd "
+                                   f"{fmt_x(ratio['forward'])}, fwd+bwd "
+                                   f"{fmt_x(ratio['forward_backward'])}"]))
     return "\n".join(lines)
 
 

@@ -3,8 +3,10 @@
 For every configuration, every peer (:mod:`fastrnn.bench.peers`) runs on the same weights, input
 and ``dy``: its accuracy against the float64 reference first, then its forward (eval mode) and
 forward+backward (train mode, then ``.backward(dy)``) timed on the wall clock
-(:func:`run_config`). The results say how many times faster fastrnn is than each peer, and
-torch.nn's time over fastrnn.torch's where both ran. :class:`CpuMode` is what the shared run
+(:func:`run_config`; the JAX peers jit the function, forward+backward ``jax.vjp`` applied to
+``dy``). The results say how many times faster fastrnn is than each peer, torch.nn's time over
+fastrnn.torch's and Flax's over fastrnn.jax's where both of a pair ran, and at the end each
+pair's geometric mean (with the JAX pair's target). :class:`CpuMode` is what the shared run
 (:mod:`fastrnn.bench.session`) asks of this device.
 """
 from __future__ import annotations
@@ -20,12 +22,13 @@ from .ceilings import FLOOR_CONVENTION, GEMM_N, CpuCeilings, floor_times
 from .configs import BYTES_CONVENTION, FLOP_CONVENTION, GPU_SUITES, Config, select_configs
 from .formatting import NOISY_SPREAD, pct
 from .machine import BUSY_WARNING, collect_meta, cpu_busy_by_others, loadavg
-from .peers import ADAPTER_PAIR, BASELINE, PEERS, make_inputs, peer_descriptions
+from .peers import ADAPTER_PAIRS, ADAPTER_TITLES, BASELINE, PEERS, make_inputs, peer_descriptions
 from .plot import import_pyplot
 from .report_json import cpu_document
 from .report_markdown import markdown_document, other_peers, peer_table
 from .report_text import format_header, peer_rows, table_head
 from .session import Mode, Session
+from .targets import adapter_summary, adapter_summary_lines
 from .timing import CPU_SETTINGS, Settings, add_rates, measure
 
 _PHASES = ("forward", "forward_backward")
@@ -54,10 +57,11 @@ def run_config(config: Config, peers: Sequence[str], settings: Settings, ceiling
             entry = {"error": f"{type(exc).__name__}: {exc}"}
         result["peers"][name] = entry
     result["speedup"] = _speedups(result["peers"])
-    pair = [result["peers"].get(name) for name in ADAPTER_PAIR]
-    if all(entry and "error" not in entry for entry in pair):
-        result["speedup_torch_adapter"] = {
-            kind: pair[0][kind]["median_s"] / pair[1][kind]["median_s"] for kind in _PHASES}
+    for key, names in ADAPTER_PAIRS.items():
+        pair = [result["peers"].get(name) for name in names]
+        if all(entry and "error" not in entry for entry in pair):
+            result[key] = {kind: pair[0][kind]["median_s"] / pair[1][kind]["median_s"]
+                           for kind in _PHASES}
     return result
 
 
@@ -120,6 +124,11 @@ class CpuMode(Mode):
             # Before any measurement: importing it moves the BLAS jobs onto torch's thread pool
             # (fastrnn.torch docs), so every peer runs on the same pool throughout the run.
             import fastrnn.torch  # noqa: F401
+        if {"jax", "fastrnn.jax"} & set(self.peers):
+            from .jax_peers import xla_threads_note
+            note = xla_threads_note()
+            if note:
+                print(f"note: {note}", file=sys.stderr)
         return None
 
     def describe(self, session: Session) -> Dict[str, object]:
@@ -153,7 +162,8 @@ class CpuMode(Mode):
 
     def closing(self, session: Session) -> List[str]:
         busy = session.meta["cpu_busy_end"]
-        lines = ["", f"{len(session.items)} {self.count_name}(s) in {session.meta['wall_s']:.1f} "
+        lines = ["", *adapter_summary_lines(adapter_summary(session.results)),
+                 f"{len(session.items)} {self.count_name}(s) in {session.meta['wall_s']:.1f} "
                      f"s; CPUs busy with other processes just after the end: {pct(busy)}"]
         if busy is not None and busy > BUSY_WARNING:
             lines.append("WARNING: other processes were running at the end: times may be slow "
@@ -167,7 +177,10 @@ class CpuMode(Mode):
         meta, results = session.meta, session.results
         title = f"fastrnn {meta['fastrnn_version']}, suite {session.suite!r}, {meta['date_utc']}"
         fields = _markdown_fields(meta, session.settings, session.ceilings, results)
-        return markdown_document(title, meta["argv"], fields, ["", *peer_table(results)])
+        summary = adapter_summary_lines(adapter_summary(results))
+        return markdown_document(title, meta["argv"], fields,
+                                 ["", *peer_table(results), *([""] if summary else []),
+                                  *(f"- {line}" for line in summary)])
 
     def failures(self, results: List[Dict[str, object]]) -> List[str]:
         return [f"{r['config']['label']} / {name}" for r in results
@@ -215,7 +228,8 @@ def _header_fields(meta: Dict[str, object], settings: Settings,
     return [
         *machine_fields(meta),
         ("measured", "fwd = eval-mode forward (inference); fwd+bwd = train-mode forward, then "
-                     ".backward(dy)"),
+                     ".backward(dy); JAX peers: fwd = jax.jit(f)(x), fwd+bwd = jax.jit of "
+                     "jax.vjp(f) applied to dy, each ending in block_until_ready()"),
         ("timing", f"wall clock of the module call; median of up to {settings.repeats} runs "
                    f"(at least {settings.min_repeats}; {settings.budget:g} s budget per "
                    f"measurement) after warm-up (>= {settings.warmup} runs and "
@@ -225,7 +239,9 @@ def _header_fields(meta: Dict[str, object], settings: Settings,
         *ceilings.describe(),
         ("floor", FLOOR_CONVENTION),
         ("speedup", "peer median time / fastrnn median time (> 1: fastrnn is faster); with both "
-                    "torch peers, a line per config gives torch.nn time / fastrnn.torch time"),
+                    "torch peers, a line per config gives torch.nn time / fastrnn.torch time, "
+                    "with both JAX peers Flax's time / fastrnn.jax's; their geometric means "
+                    "close the run"),
         ("accuracy", "max |y - y_ref| and max |dx - dx_ref| of each peer's forward output and "
                      "input gradient against the float64 NumPy reference on the same weights, "
                      "input and dy"),
@@ -254,7 +270,9 @@ def machine_markdown_fields(meta: Dict[str, object]) -> List[Tuple[str, str]]:
 def _markdown_fields(meta: Dict[str, object], settings: Settings, ceilings: CpuCeilings,
                      results: List[Dict[str, object]]) -> List[Tuple[str, str]]:
     """The Markdown report's bullets: where the numbers come from, and the conventions."""
-    adapter = any("speedup_torch_adapter" in r for r in results)
+    titles = [ADAPTER_TITLES[key] for key in ADAPTER_PAIRS if any(key in r for r in results)]
+    pairs = [f"{title}: {title.split(' / ')[0]}'s time / {title.split(' / ')[1]}'s"
+             for title in titles]
     return [
         *machine_markdown_fields(meta),
         *((f"peer {name}", meta["peers"][name]) for name in other_peers(results)),
@@ -264,10 +282,10 @@ def _markdown_fields(meta: Dict[str, object], settings: Settings, ceilings: CpuC
         ("floor", FLOOR_CONVENTION),
         ("timing", f"median of up to {settings.repeats} runs (at least {settings.min_repeats}; "
                    f"{settings.budget:g} s budget per measurement) after warm-up; fwd = "
-                   "eval-mode forward, fwd+bwd = train-mode forward then .backward(dy)"),
+                   "eval-mode forward, fwd+bwd = train-mode forward then .backward(dy) (JAX "
+                   "peers: jax.jit of the function, and of jax.vjp applied to dy)"),
         ("vs X", "X's median time / fastrnn's (> 1: fastrnn is faster)"
-                 + ("; torch.nn / fastrnn.torch: torch.nn's time / fastrnn.torch's"
-                    if adapter else "")),
+                 + "".join(f"; {text}" for text in pairs)),
         ("accuracy", "fastrnn's max |y - y_ref| (output) and max |dx - dx_ref| (input gradient) "
                      "against the float64 NumPy reference on the same weights, input and dy"),
     ]

@@ -9,12 +9,20 @@ as fast.
 RL suite (:data:`RL_TARGET_RULE`, printed next to the rows, never asserted nor failing a run):
 the reset path 10x the torch.nn step loop forward+backward; cells 1.5x at batch <= 16 and never
 slower; streaming 1.5x per call.
+
+CPU mode, the adapter pairs (:data:`fastrnn.bench.peers.ADAPTER_PAIRS`: torch.nn against
+fastrnn.torch, Flax against fastrnn.jax): the geometric mean of each pair's ratio over the run
+(:func:`adapter_summary`); for the JAX pair, the target :data:`JAX_TARGET_RULE` (printed, never
+asserted): fastrnn.jax at least 3x Flax's time in geometric mean forward+backward, and no row
+slower than Flax.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List
 
 from .configs import GpuRow, RlRow
+from .peers import ADAPTER_PAIRS, ADAPTER_TITLES
 
 TARGET_TRAINING = 1.0        # fwd+bwd: cuDNN time / fastrnn time on every row
 TARGET_NO_PERSISTENT = 2.0   # where cuDNN has no persistent kernel, at batch <= 16
@@ -161,4 +169,65 @@ def rl_summary_lines(summary: Dict[str, object]) -> List[str]:
     if summary["rows_measured"] < summary["rows_total"]:
         lines.append(f"  {summary['rows_total'] - summary['rows_measured']} row(s) not measured "
                      "on both sides (errors): not counted above")
+    return lines
+
+
+# ---- CPU mode: the adapter pairs (a framework's layer against fastrnn's adapter for it) -------
+
+JAX_TARGET_GEOMEAN = 3.0  # fwd+bwd: geometric mean of Flax time / fastrnn.jax time over the run
+JAX_TARGET_ROW = 1.0      # every row, fwd and fwd+bwd: fastrnn.jax never slower than Flax
+JAX_TARGET_RULE = (f"fastrnn.jax: geometric mean of jax / fastrnn.jax fwd+bwd >= "
+                   f"{JAX_TARGET_GEOMEAN:g}x, and no row slower than Flax (every ratio, fwd and "
+                   f"fwd+bwd, >= {JAX_TARGET_ROW:g}x). Printed, not asserted")
+_ADAPTER_TARGETS = {"speedup_jax_adapter": JAX_TARGET_RULE}
+
+
+def geometric_mean(values: List[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def adapter_summary(results: List[Dict[str, object]]) -> Dict[str, Dict[str, object]]:
+    """Per adapter pair measured on at least one configuration (keyed as its ratio is in a
+    result): the pair, how many configurations, the geometric mean of the ratio (the framework's
+    time / the adapter's) per phase, the rows where the adapter was slower (ratio < 1), and, for
+    the JAX pair, whether its target is met."""
+    out: Dict[str, Dict[str, object]] = {}
+    for key, pair in ADAPTER_PAIRS.items():
+        rows = [r for r in results if r.get(key)]
+        if not rows:
+            continue
+        entry: Dict[str, object] = {"pair": list(pair), "title": ADAPTER_TITLES[key],
+                                    "configs": len(rows), "geomean": {}, "slower": {}}
+        for kind in ("forward", "forward_backward"):
+            entry["geomean"][kind] = geometric_mean([r[key][kind] for r in rows])
+            entry["slower"][kind] = [r["config"]["label"] for r in rows if r[key][kind] < 1.0]
+        if key in _ADAPTER_TARGETS:
+            geo = entry["geomean"]["forward_backward"]
+            slower = sorted({label for labels in entry["slower"].values() for label in labels})
+            entry["target"] = {"rule": _ADAPTER_TARGETS[key],
+                               "required_geomean": JAX_TARGET_GEOMEAN,
+                               "met": geo >= JAX_TARGET_GEOMEAN and not slower}
+        out[key] = entry
+    return out
+
+
+def adapter_summary_lines(summary: Dict[str, Dict[str, object]]) -> List[str]:
+    """A line per adapter pair: the geometric means, the rows where the adapter was slower, and
+    the target where the pair has one."""
+    lines = []
+    for entry in summary.values():
+        adapter = entry["pair"][1]
+        geo, slower = entry["geomean"], entry["slower"]
+        line = (f"{entry['title']}, geometric mean over {entry['configs']} config(s): "
+                f"fwd {geo['forward']:.2f}x, fwd+bwd {geo['forward_backward']:.2f}x")
+        slow = [f"{label} ({phase})" for kind, phase in (("forward", "fwd"),
+                                                         ("forward_backward", "fwd+bwd"))
+                for label in slower[kind]]
+        if slow:
+            line += f"; {adapter} slower on: {', '.join(slow)}"
+        target = entry.get("target")
+        if target:
+            line += (f"; target fwd+bwd >= {target['required_geomean']:g}x and no row slower: "
+                     + ("met" if target["met"] else "MISS"))
+        lines.append(line)
     return lines
