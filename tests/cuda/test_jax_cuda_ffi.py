@@ -90,7 +90,7 @@ def test_registering_the_cuda_targets_is_harmless_without_a_gpu():
     cuda = _cuda_module()
     if not hasattr(cuda, "jax_ffi_targets"):
         pytest.skip("this CUDA build has no XLA FFI handlers")
-    # registering again (fastrnn.jax did at import) is what a second registration does: no error
+    # registering here (fastrnn.jax does it at its first trace where JAX has a GPU): no error
     for name, capsule in cuda.jax_ffi_targets().items():
         jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
     rng = np.random.default_rng(0)

@@ -34,16 +34,34 @@ def _register() -> None:
             "'fastrnn[jax]' from a source tree builds them; see docs/jax.md).")
     for name, capsule in _core.jax_ffi_targets().items():
         jax.ffi.register_ffi_target(name, capsule, platform="cpu")
-    try:  # the CUDA backend's handlers, where it was built with them
-        from .. import _cuda  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    if hasattr(_cuda, "jax_ffi_targets"):
-        for name, capsule in _cuda.jax_ffi_targets().items():
-            jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
 
 
 _register()
+_cuda_registered = False
+
+
+def register_cuda_targets() -> None:
+    """The CUDA backend's handlers, registered for platform "CUDA" where JAX has a GPU and
+    fastrnn's CUDA backend was built with them. Called at the first trace of a layer rather than
+    at import: asking JAX for its devices initialises its backends, which must wait until the
+    program has configured JAX; and loading the CUDA backend loads cuBLAS."""
+    global _cuda_registered
+    if _cuda_registered:
+        return
+    _cuda_registered = True
+    if not any(d.platform in ("gpu", "cuda") for d in jax.devices()):
+        return
+    from .. import cuda
+    module = cuda._load()
+    if module is not None and hasattr(module, "jax_ffi_targets"):
+        for name, capsule in module.jax_ffi_targets().items():
+            jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
+
+
+def on_cpu() -> bool:
+    """Whether layers run on the CPU (JAX's default backend): the vmap rules fold problems into
+    the batch only there (the CUDA handlers have no gate gradients and another reserve layout)."""
+    return jax.default_backend() == "cpu"
 
 
 @dataclass(frozen=True)

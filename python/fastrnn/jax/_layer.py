@@ -10,7 +10,8 @@ batching rules around the XLA custom calls of :mod:`fastrnn.jax._ffi`.
   core returns the pre-activation gradients (``gate_grads``) and each problem's weight gradients
   are formed from its own rows. The reserve of N folded problems is handed back per problem
   (``fastrnn._reserve``), so nested transforms compose. Vmapped *weights* (an ensemble) run as a
-  ``lax.map`` of calls, one per member.
+  ``lax.map`` of calls, one per member; so does everything on a GPU (the CUDA handlers have no
+  gate gradients, and their reserve has another layout).
 - **Forward mode and second order** are not supported: ``jax.jvp``/``jacfwd`` of the layer
   raise JAX's own TypeError for a ``custom_vjp`` function; ``hessian`` and grad of grad reach a
   custom call, which raises NotImplementedError saying so.
@@ -46,7 +47,8 @@ def layer(mode: str, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *, weigh
     Works under ``jax.jit``, ``jax.grad``/``jax.vjp`` (reverse mode, first order), ``jax.vmap``
     (any argument; data axes fold into the batch), ``lax.scan`` and ``jax.checkpoint``. Shapes
     and dtypes are checked at trace time; the values of ``lengths`` when they are known then, and
-    otherwise by the custom call when it runs (an ``XlaRuntimeError`` naming ``lengths``).
+    otherwise by the CPU custom call when it runs (an ``XlaRuntimeError`` naming ``lengths``; the
+    CUDA one does not check them, as that would synchronise the stream).
     """
     spec = _cells.cell(mode)
     x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = (
@@ -65,6 +67,7 @@ def layer(mode: str, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *, weigh
             absent if bias_ih is None else bias_ih, absent if bias_hh is None else bias_hh,
             absent if weight_hr is None else weight_hr,
             _lengths(lengths, T, B), _resets(resets, T, B))
+    _ffi.register_cuda_targets()
     y, h_n, c_n = _layer(layout, *args)
     return y, h_n, (c_n if spec.has_cell_state else None)
 
@@ -134,7 +137,7 @@ def _forward(layout: Layout, training: bool):
 
     @call.def_vmap
     def rule(N, in_batched, *args):
-        if any(in_batched[_WEIGHTS]):
+        if any(in_batched[_WEIGHTS]) or not _ffi.on_cpu():
             return _sequential(call, N, in_batched, args)
         B = layout.B
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, resets = args
@@ -161,7 +164,7 @@ def _backward(layout: Layout, gate_grads: bool):
 
     @call.def_vmap
     def rule(N, in_batched, *args):
-        if any(in_batched[_WEIGHTS]):
+        if any(in_batched[_WEIGHTS]) or not _ffi.on_cpu():
             return _sequential(call, N, in_batched, args)
         L, B = layout, layout.B
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, resets, reserve, dy, dh_n, dc_n = args
