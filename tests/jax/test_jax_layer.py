@@ -407,6 +407,8 @@ def test_malformed_arguments_raise_at_trace_time_naming_them():
             jax.eval_shape(f)
     with pytest.raises(ValueError, match="mode"):
         fj.layer("lsmt", x, h0, c0, *w)
+    with pytest.raises(DtypeError, match="x: got dtype float64, .*jax_enable_x64"):
+        fj.layer("lstm", x.astype(np.float64), h0, c0, *w)  # JAX would make it float32
     with pytest.raises(TypeError, match="reverse"):
         fj.layer("lstm", x, h0, c0, *w, reverse="yes")
 

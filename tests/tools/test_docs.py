@@ -10,6 +10,7 @@ its fence (invisible in the rendered site)::
 
     <!-- docs-test: torch -->    needs PyTorch: skipped only where torch is not installed
     <!-- docs-test: jax -->      needs JAX, Flax and fastrnn.jax: skipped only where they are not
+    <!-- docs-test: jax-torch --> needs both of the above
     <!-- docs-test: cuda -->     needs a GPU: skipped only where fastrnn.cuda_available() is False
                                  or torch cannot use the GPU (marked ``cuda``, as the GPU tests)
 
@@ -39,7 +40,7 @@ _BLOCK = re.compile(
     r"(?:^[ \t]*<!--\s*docs-test:\s*(?P<marker>[\w-]+)\s*-->[ \t]*\n)?"
     r"^(?P<indent>[ \t]*)```python[ \t]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
     re.M | re.S)
-_MARKERS = ("torch", "jax", "cuda")
+_MARKERS = ("torch", "jax", "jax-torch", "cuda")
 
 
 class Block(NamedTuple):
@@ -117,6 +118,8 @@ def _skip_reason(block: Block) -> Optional[str]:
         return _torch_missing()
     if block.marker == "jax":
         return _jax_missing()
+    if block.marker == "jax-torch":
+        return _jax_missing() or _torch_missing()
     return _gpu_missing()
 
 

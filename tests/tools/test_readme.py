@@ -1,8 +1,8 @@
 """The README's Python examples run as written (they are executed in order, sharing a namespace).
 
-A block that needs PyTorch is marked, as in the docs pages (tests/tools/test_docs.py), by the
-HTML comment ``<!-- docs-test: torch -->`` on the line before its fence; it is skipped only where
-torch is not installed (CI requires torch, so there it always runs).
+A block that needs PyTorch (or JAX) is marked, as in the docs pages (tests/tools/test_docs.py), by
+the HTML comment ``<!-- docs-test: torch -->`` (``jax``) on the line before its fence; it is skipped
+only where that is not installed (CI requires both, so there it always runs).
 """
 import pathlib
 import re
@@ -19,9 +19,14 @@ def python_blocks():
     return [(m.group("marker"), m.group("code")) for m in _BLOCK.finditer(README.read_text())]
 
 
-def _torch_installed():
+def _installed(marker):
     try:
-        import torch  # noqa: F401
+        if marker == "torch":
+            import torch  # noqa: F401
+        else:
+            import flax  # noqa: F401
+
+            import fastrnn.jax  # noqa: F401
     except ImportError:
         return False
     return True
@@ -31,16 +36,16 @@ def _torch_installed():
 def test_readme_examples_run(capsys):
     blocks = python_blocks()
     assert len(blocks) >= 2
-    assert {marker for marker, _ in blocks} <= {None, "torch"}, "unknown docs-test marker"
+    assert {marker for marker, _ in blocks} <= {None, "torch", "jax"}, "unknown docs-test marker"
     namespace = {}
     skipped = 0
     for marker, block in blocks:
-        if marker == "torch" and not _torch_installed():
+        if marker is not None and not _installed(marker):
             skipped += 1
             continue
         exec(compile(block, str(README), "exec"), namespace)
     out = capsys.readouterr().out
     assert "(256, 32)" in out
     if skipped:
-        pytest.skip(f"{skipped} README example(s) need PyTorch, which is not installed (the "
-                    f"others ran)")
+        pytest.skip(f"{skipped} README example(s) need PyTorch or JAX, which is not installed "
+                    f"(the others ran)")

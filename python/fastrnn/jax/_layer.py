@@ -52,8 +52,9 @@ def layer(mode: str, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *, weigh
     """
     spec = _cells.cell(mode)
     x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = (
-        None if a is None else jnp.asarray(a)
-        for a in (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
+        _as_jax(a, name) for a, name in zip(
+            (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr),
+            ("x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")))
     if x is None:
         raise ValueError("x: expected an array (T, B, I), got None")
     sizes = _validate.layer_arrays(mode, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,
@@ -72,11 +73,31 @@ def layer(mode: str, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *, weigh
     return y, h_n, (c_n if spec.has_cell_state else None)
 
 
+def _as_jax(value, name: str):
+    """``value`` as a JAX array, refusing the silent cast JAX makes of float64 data without
+    ``jax_enable_x64`` (to float32)."""
+    if value is None:
+        return None
+    if str(getattr(value, "dtype", "")) == "float64" and not jax.config.jax_enable_x64:
+        raise DtypeError(f"{name}: got dtype float64, which JAX casts to float32 unless "
+                         "jax_enable_x64 is on; enable it, or pass float32")
+    return jnp.asarray(value)
+
+
+def _concrete(value) -> Optional[np.ndarray]:
+    """``value``'s values when they are known now (not traced), else None."""
+    try:
+        return np.asarray(value)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
 def _lengths(value, T: int, B: int) -> jax.Array:
     if value is None:
         return _ffi.absent(jnp.int32)
-    if not isinstance(value, jax.core.Tracer):  # known now: check the values too
-        _validate.lengths(np.asarray(value), B, T)
+    known = _concrete(value)
+    if known is not None:  # known now: check the values too
+        _validate.lengths(known, B, T)
     value = jnp.asarray(value)
     if not jnp.issubdtype(value.dtype, jnp.integer) or value.dtype == jnp.bool_:
         raise LengthsError(f"lengths: expected integers, got dtype {value.dtype}")
